@@ -1,0 +1,1 @@
+"""The user-space half of gotel: decoder -> filter -> adaptive sampler -> batcher -> exporters."""

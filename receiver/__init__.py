@@ -1,0 +1,1 @@
+"""The kernel half of gotel: Go binary inspection, BPF probes, ring-buffer reading, targets."""

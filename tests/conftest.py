@@ -1,0 +1,41 @@
+"""Shared fixtures: Go toolchains, built test programs, and the checks real tracing needs."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline import gotool
+
+GO_PROGRAMS = Path(__file__).resolve().parent / "go"
+
+
+@pytest.fixture(scope="session")
+def go_build(tmp_path_factory):
+    """build(program, version="1.25", flags=(), cgo=False) -> path of the built binary.
+
+    program names a folder under tests/go. Builds are cached for the session.
+    """
+    out_dir = tmp_path_factory.mktemp("gobin")
+
+    def build(program, version="1.25", flags=(), cgo=False):
+        return gotool.build(GO_PROGRAMS / program, out_dir, version=version, flags=flags, cgo=cgo)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def require_bpf():
+    """Fail (not skip) where tracing should work: gotel's machines run as root with bcc installed."""
+    if os.geteuid() != 0:
+        pytest.skip("real tracing needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE)")
+    import bcc  # noqa: F401  (an ImportError here is a set-up defect, so it fails the test)
+
+
+def run_go(binary, *args, env=None, stdin=None, timeout=60):
+    """Run a Go program to completion; return CompletedProcess with text output."""
+    return subprocess.run(
+        [str(binary), *map(str, args)], env={**os.environ, **(env or {})}, input=stdin,
+        capture_output=True, text=True, timeout=timeout,
+    )

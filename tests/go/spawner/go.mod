@@ -1,0 +1,3 @@
+module example.com/gotel/spawner
+
+go 1.19
