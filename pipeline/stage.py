@@ -1,0 +1,46 @@
+"""The one contract every pipeline stage follows: consume(batch), start(), shutdown(timeout).
+
+A stage's logic is the pure function ``process(batch) -> batch``; ``Stage`` counts items in and out
+and forwards non-empty results to the next stage, which is passed in, never looked up. A deliberate
+drop is an empty result (and a counter in the stage), never an exception. Not thread-safe: the
+pipeline is driven by one thread (the ring-buffer poller); exporters own their worker threads.
+"""
+
+import time
+
+
+class Stage:
+    """Base for pipeline stages: subclasses override process() and, if they buffer, flush()."""
+
+    def __init__(self, next_stage=None):
+        self.next = next_stage
+        self.items_in = 0
+        self.items_out = 0
+
+    def start(self):
+        if self.next is not None:
+            self.next.start()
+
+    def consume(self, batch):
+        self.items_in += len(batch)
+        out = self.process(batch)
+        self._forward(out)
+
+    def process(self, batch):
+        return batch
+
+    def flush(self):
+        """Return what the stage still holds (at shutdown); stages that buffer override this."""
+        return None
+
+    def shutdown(self, timeout=5.0):
+        """Flush what is held, then shut the next stage down within what is left of timeout."""
+        deadline = time.monotonic() + timeout
+        self._forward(self.flush())
+        if self.next is not None:
+            self.next.shutdown(max(0.0, deadline - time.monotonic()))
+
+    def _forward(self, out):
+        if out is not None and len(out) and self.next is not None:
+            self.items_out += len(out)
+            self.next.consume(out)
