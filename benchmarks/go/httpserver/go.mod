@@ -1,0 +1,3 @@
+module example.com/gotel/bench/httpserver
+
+go 1.21

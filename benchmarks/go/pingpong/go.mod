@@ -1,0 +1,3 @@
+module example.com/gotel/bench/pingpong
+
+go 1.21

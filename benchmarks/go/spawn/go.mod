@@ -1,0 +1,3 @@
+module example.com/gotel/bench/spawn
+
+go 1.21
