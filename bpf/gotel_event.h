@@ -1,7 +1,7 @@
 /* The one record gotel's BPF programs write to the ring buffer: a goroutine status transition.
  *
  * Mirrored, field for field, by receiver/events.py (EVENT_DTYPE); tests/receiver/test_events.py
- * compiles this header and proves sizes and offsets agree. Fixed size, so that user space can view a
+ * compiles this header and proves sizes and offsets agree. Fixed size and naturally aligned, so that user space can view a
  * whole run of ring-buffer records as one numpy array. Little-endian (amd64).
  */
 #ifndef GOTEL_EVENT_H
@@ -27,8 +27,9 @@ struct gotel_event {
     __u64 ts_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC; user space rewrites it to Unix ns */
     __u64 g;            /* address of the runtime.g that changed status */
     __u64 goid;         /* g.goid */
-    __u64 aux_goid;     /* CREATE: parent goid; READY: the waking goroutine (0: the scheduler,
-                           e.g. netpoll or timers); other kinds: goroutine running on this M */
+    __u64 aux_goid;     /* CREATE/EXISTING: parent goid (0: none, e.g. made by the runtime);
+                           READY: the waking goroutine (0: the scheduler, e.g. netpoll or timers);
+                           other kinds: 0 */
     __u64 pc_start;     /* CREATE/EXISTING: g.startpc */
     __u64 pc_create;    /* CREATE/EXISTING: g.gopc (the go statement) */
     __u32 pid;          /* thread group id */
@@ -38,6 +39,10 @@ struct gotel_event {
     __u16 old_status;   /* raw runtime status, _Gscan bit included */
     __u16 new_status;
     __u16 cpu;
-} __attribute__((packed));
+};
+
+/* Every field sits at its natural alignment, so the struct needs no packing (packing would make
+ * clang store it byte by byte inside the probe). */
+_Static_assert(sizeof(struct gotel_event) == 64, "struct gotel_event must stay 64 bytes");
 
 #endif

@@ -1,23 +1,76 @@
 """The ``gotel`` command line: inspect, trace, run, validate, demo.
 
 Every error a user can cause is a ``receiver.errors.GotelError``: printed as one line, exit status 2.
+SIGINT and SIGTERM stop tracing, flush what was collected, and exit; a second one exits at once.
 """
 
 import argparse
+import logging
+import os
+import shutil
+import signal
 import sys
+import threading
+import time
 
-from receiver.errors import GotelError
+from receiver.errors import GotelError, TargetError
+
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+class UsageError(GotelError):
+    """A command line that cannot be run as given."""
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="gotel", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what gotel does")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inspect", help="report a Go binary's version, layout and probe points")
     p.add_argument("target", help="path of a Go binary, or a PID")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser(
+        "validate", help="check a configuration file and report every problem",
+        description="Check FILE as `gotel run -c FILE` would use it; with targets, as `gotel trace "
+                    "-c FILE TARGETS` would (then the file need not name any).")
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    _target_arguments(p)
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("run", help="run the pipelines of a configuration file until stopped")
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "trace", help="trace Go processes; without -c, write OTLP JSON to DIR and print a summary",
+        usage="gotel trace [-c FILE] [--out DIR] [--duration S] "
+              "(--pid PID ... | --binary PATH | -- COMMAND ARGS...)")
+    p.add_argument("-c", "--config", metavar="FILE", help="configuration (default: built in)")
+    p.add_argument("--out", metavar="DIR", default="./gotel-out",
+                   help="where the default file exporters write (default: ./gotel-out)")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    _target_arguments(p)
+    p.set_defaults(func=_trace)
+
+    p = sub.add_parser("demo", help="build a bundled Go HTTP server, trace it, print a summary")
+    p.add_argument("--out", metavar="DIR", default="./gotel-out")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="how long the demo program runs (default: its own few seconds)")
+    p.set_defaults(func=_demo)
     return parser
+
+
+def _target_arguments(p):
+    p.add_argument("--pid", nargs="+", action="extend", default=[], metavar="PID",
+                   help="running processes to trace")
+    p.add_argument("--binary", action="append", default=[], metavar="PATH",
+                   help="trace every process running this Go binary, now and later")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS...",
+                   help="launch a command and trace it from its first instruction")
 
 
 def _inspect(args):
@@ -26,12 +79,144 @@ def _inspect(args):
     return inspect.command(args.target, as_json=args.json)
 
 
+def _validate(args):
+    from pipeline import config
+
+    settings = None
+    if args.pid or args.binary or args.argv:
+        settings = parse_targets(args.pid, args.binary, args.argv)
+    cfg = config.load(args.config, receiver_settings=settings)
+    parts = []
+    for p in cfg.pipelines.values():
+        chain = " -> ".join([", ".join(p.receivers), *p.processors, ", ".join(p.exporters)])
+        parts.append(f"{p.id} ({chain})")
+    print(f"{args.config}: valid; pipelines: {'; '.join(parts)}")
+    return 0
+
+
+def parse_targets(pids=(), binaries=(), argv=()):
+    """The receiver settings for the targets of `gotel trace`, checked before anything is loaded."""
+    from receiver import targets
+
+    argv = list(argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    given = sum(bool(x) for x in (pids, binaries, argv))
+    if given == 0:
+        raise UsageError("nothing to trace: give --pid PID, --binary PATH, or -- COMMAND ARGS...")
+    if given > 1:
+        raise UsageError("give only one of --pid, --binary, -- COMMAND")
+    if pids:
+        out = []
+        for text in pids:
+            try:
+                pid = int(text)
+            except ValueError:
+                raise UsageError(f"--pid {text!r} is not a process id") from None
+            if pid <= 0:
+                raise UsageError(f"--pid {text!r} is not a process id")
+            if not targets.is_running(pid):
+                raise TargetError(f"process {pid} does not exist (it exited?); give a running PID")
+            targets.open_binary(pid)
+            out.append(pid)
+        return {"pids": out}
+    if binaries:
+        for path in binaries:
+            if not os.path.exists(path):
+                raise TargetError(f"{path}: no such file")
+            targets.open_binary(path)
+        return {"paths": [os.path.abspath(p) for p in binaries]}
+    program = shutil.which(argv[0])
+    if program is None:
+        raise TargetError(f"{argv[0]}: command not found")
+    targets.open_binary(os.path.realpath(program))
+    return {"command": argv}
+
+
+class Stopper:
+    """SIGINT/SIGTERM set an event; a second signal exits at once."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.event.is_set():
+            os._exit(128 + signum)
+        self.signal = signum
+        self.event.set()
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def run_service(cfg, duration=None, summary=True, out=sys.stdout, stopper=None):
+    """Start a Service, run until the targets exit, a signal, or duration; flush; print the summary.
+
+    Returns the Service (shut down)."""
+    from pipeline.service import Service
+
+    service = Service(cfg)
+    with (stopper or Stopper()) as stop:
+        service.start()
+        deadline = None if duration is None else time.monotonic() + duration
+        try:
+            while not stop.event.is_set() and not service.finished():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                stop.event.wait(0.1)
+        finally:
+            command = getattr(service.receiver, "command", None)
+            service.shutdown(SHUTDOWN_TIMEOUT_S)
+            if command is not None and command.popen.poll() is None:
+                command.popen.terminate()
+                try:
+                    command.popen.wait(5)
+                except Exception:  # noqa: BLE001
+                    command.popen.kill()
+    if summary:
+        print(service.summary().render(), file=out)
+    return service
+
+
+def _run(args):
+    from pipeline import config
+
+    cfg = config.load(args.config)
+    run_service(cfg, args.duration)
+    return 0
+
+
+def _trace(args):
+    from pipeline import config
+
+    settings = parse_targets(args.pid, args.binary, args.argv)
+    cfg = config.load(args.config, overrides={"GOTEL_OUT": args.out}, receiver_settings=settings)
+    run_service(cfg, args.duration)
+    return 0
+
+
+def _demo(args):
+    from pipeline import demo
+
+    return demo.run(out_dir=args.out, duration=args.duration)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="gotel: %(message)s", stream=sys.stderr)
     try:
         return args.func(args) or 0
     except GotelError as e:
-        print(f"gotel: {e}", file=sys.stderr)
+        print(f"gotel: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

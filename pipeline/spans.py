@@ -1,6 +1,12 @@
 """The span record that moves between the decoder, filter, sampler, batcher and exporters.
 
-One row is either a goroutine's span or one park interval of it. IDs are split into unsigned
+One row is either a goroutine's span or one park interval of it. A goroutine span runs from the
+goroutine's creation (or, for a CONTINUED part, from the moment its previous part was closed) to its
+exit. Links: a CONTINUED span links to the goroutine's previous part, a SPLIT root to its creator's
+span (``link_*``, zero when there is no link). A PARK row with AS_EVENT is not a span: the encoder
+attaches it as a span event to the row whose ``span_id`` is its ``parent_span_id`` (always in the same
+batch). ``blocked_ns + runnable_ns`` is a park's true length even where the row's start was clipped to
+its goroutine part's start. IDs are split into unsigned
 64-bit halves so that sampling decisions and joins stay vectorized. Names and source locations are
 not stored: exporters symbolize ``start_pc``/``create_pc`` per process (few distinct PCs, cached).
 """
@@ -22,6 +28,9 @@ class SpanFlag(enum.IntFlag):
     CONTINUED = 8              # continuation of a long-lived goroutine in a new trace (linked)
     ANOMALY = 16               # kept by the sampler as an anomaly
     EXITED = 32                # the goroutine's exit was seen
+    SPLIT = 64                 # creator's trace was full: root of a new trace, linked to the creator
+    AS_EVENT = 128             # PARK row to attach as a span event to its parent (park_mode "events")
+    TRACE_END = 256            # the trace's last goroutine part ended: no more rows of this trace
 
 
 SPAN_DTYPE = np.dtype(
@@ -38,7 +47,7 @@ SPAN_DTYPE = np.dtype(
         ("create_pc", "<u8"),
         ("blocked_ns", "<u8"),         # PARK: park -> ready
         ("runnable_ns", "<u8"),        # PARK: ready -> running
-        ("link_trace_hi", "<u8"),      # CONTINUED: the previous part of this goroutine
+        ("link_trace_hi", "<u8"),      # CONTINUED: previous part of the goroutine; SPLIT: the creator
         ("link_trace_lo", "<u8"),
         ("link_span_id", "<u8"),
         ("sample_threshold", "<u8"),   # OTEP 235 rejection threshold (56 bits); 0 = all kept
@@ -47,5 +56,11 @@ SPAN_DTYPE = np.dtype(
         ("kind", "u1"),
         ("wait_reason", "u1"),
         ("flags", "<u2"),
+        ("born_ns", "<u8"),            # the goroutine's creation (first sight if STARTED_BEFORE_ATTACH)
     ]
 )
+
+
+def empty_spans(n=0):
+    """A zeroed span array of length n."""
+    return np.zeros(n, dtype=SPAN_DTYPE)

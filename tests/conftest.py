@@ -39,3 +39,24 @@ def run_go(binary, *args, env=None, stdin=None, timeout=60):
         [str(binary), *map(str, args)], env={**os.environ, **(env or {})}, input=stdin,
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+# Build variants of tests/go/inspectme that binary inspection is checked on: {name: (flags, cgo)}.
+INSPECTME_VARIANTS = {
+    "default": ((), False),
+    "stripped": (("-ldflags=-s -w",), False),
+    "pie": (("-buildmode=pie",), False),
+    "external": (("-ldflags=-linkmode=external",), True),
+    "race": (("-race",), True),
+}
+
+
+@pytest.fixture(scope="session")
+def inspectme(go_build):
+    """inspectme(version, variant="default") -> path of tests/go/inspectme built that way (cached)."""
+
+    def build(version, variant="default"):
+        flags, cgo = INSPECTME_VARIANTS[variant]
+        return go_build("inspectme", version, flags, cgo)
+
+    return build

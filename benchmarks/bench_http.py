@@ -1,0 +1,165 @@
+"""Row 2: a Go net/http server under load from ``wrk``, untraced and traced by gotel as shipped.
+
+The server (benchmarks/go/httpserver: each request hands work to a pool of worker goroutines over a
+channel and waits for the answer) runs with GOMAXPROCS=1 pinned to one CPU; ``wrk`` (one thread,
+a few keep-alive connections) and gotel share the other CPU. "Traced" is the real command line,
+``gotel trace --pid PID --out DIR`` with the embedded default configuration (decoder, filter,
+adaptive sampler, batcher, OTLP/JSON file exporters), attached to the already running server before
+the measured load starts. Untraced and traced runs alternate, each on a freshly started server
+warmed up by a short load first.
+
+Figures: requests/s and p99 latency from wrk; gotel's CPU use during the measured load, from
+/proc/PID/stat of the gotel process (100% = one full CPU); the traced/untraced throughput ratio of
+each pair; events gotel received and lost, from its end-of-run summary; gotel's peak RSS (VmHWM).
+
+Trust the per-pair ``throughput kept`` ratio: both runs of a pair see the same machine within
+seconds of each other. The absolute req/s depend on the CPU and on other tenants. gotel's CPU% is
+the cost the host pays besides the traced program's own slowdown; on this two-CPU machine it is
+taken from the CPU that also drives the load, so it can lower req/s a little by starving wrk,
+which makes the measured loss an upper bound.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import harness
+
+GOTEL = harness.REPO / ".venv" / "bin" / "gotel"
+VARIANTS = ("untraced", "gotel")
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def parse_wrk(text):
+    """(requests/s, p99 latency in ms) from ``wrk --latency`` output."""
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", text).group(1))
+    m = re.search(r"^\s+99%\s+([0-9.]+)(us|ms|s|m)\s*$", text, re.M)
+    p99 = float(m.group(1)) * _UNITS[m.group(2)] * 1e3 if m else None
+    return rps, p99
+
+
+def wrk(addr, seconds, connections):
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://{addr}/work"],
+        capture_output=True, text=True, check=True, preexec_fn=harness.on_cpu(harness.GOTEL_CPU))
+    return parse_wrk(out.stdout)
+
+
+def start_server():
+    server = subprocess.Popen([str(harness.workload("httpserver"))], stdout=subprocess.PIPE,
+                              text=True, env=harness.go_env(1),
+                              preexec_fn=harness.on_cpu(harness.TARGET_CPU))
+    return server, server.stdout.readline().strip()
+
+
+def attached(pid):
+    """True once a process holds a perf event fd (gotel's uprobe is in place)."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[perf_event]"
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def start_gotel(pid, out_dir, timeout=60):
+    gotel = subprocess.Popen([str(GOTEL), "trace", "--pid", str(pid), "--out", str(out_dir)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=harness.on_cpu(harness.GOTEL_CPU))
+    deadline = time.monotonic() + timeout
+    while not attached(gotel.pid):
+        if gotel.poll() is not None or time.monotonic() > deadline:
+            gotel.kill()
+            raise RuntimeError(f"gotel did not attach: {gotel.communicate()[0][-800:]}")
+        time.sleep(0.05)
+    time.sleep(0.3)   # existing goroutines read, poller running
+    return gotel
+
+
+def stop_gotel(gotel):
+    """SIGINT (flush and exit, as a user would); returns its summary text."""
+    gotel.send_signal(signal.SIGINT)
+    out, _ = gotel.communicate(timeout=60)
+    return out
+
+
+def summary_counts(text):
+    """(events received, events lost) from gotel's end-of-run summary."""
+    m = re.search(r"events\s+(\d+) received(?:, (\d+) lost)?", text)
+    if not m:
+        return None, None
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def one_run(variant, seconds, connections, warmup):
+    server, addr = start_server()
+    gotel = None
+    try:
+        wrk(addr, warmup, connections)
+        result = {}
+        with tempfile.TemporaryDirectory(prefix="gotel-bench-") as out_dir:
+            if variant == "gotel":
+                gotel = start_gotel(server.pid, out_dir)
+                cpu0, t0 = harness.cpu_seconds(gotel.pid), time.monotonic()
+            rps, p99 = wrk(addr, seconds, connections)
+            result.update(rps=rps, p99_ms=p99)
+            if gotel is not None:
+                cpu1, t1 = harness.cpu_seconds(gotel.pid), time.monotonic()
+                result["gotel_cpu_pct"] = 100.0 * (cpu1 - cpu0) / (t1 - t0)
+                result["gotel_peak_rss"] = harness.status_bytes(gotel.pid, "VmHWM")
+                text = stop_gotel(gotel)
+                gotel = None
+                result["events"], result["lost"] = summary_counts(text)
+                result["exported_bytes"] = sum(p.stat().st_size for p in Path(out_dir).glob("*.jsonl"))
+        return result
+    finally:
+        if gotel is not None:
+            gotel.kill()
+            gotel.wait()
+        server.kill()
+        server.wait()
+
+
+def run(quick=False):
+    seconds, warmup, repeats, connections = (1, 1, 1, 4) if quick else (5, 1, 5, 8)
+    started = time.monotonic()
+    runs = {v: [None] * repeats for v in VARIANTS}
+    for i, variant in harness.interleaved(VARIANTS, repeats):
+        runs[variant][i] = one_run(variant, seconds, connections, warmup)
+    base, traced = runs["untraced"], runs["gotel"]
+    kept = [t["rps"] / b["rps"] for b, t in zip(base, traced)]
+    figs = {
+        "untraced.rps": harness.figure("untraced: requests/s", "req/s", [r["rps"] for r in base], 0),
+        "gotel.rps": harness.figure("traced by gotel: requests/s", "req/s", [r["rps"] for r in traced], 0),
+        "ratio.throughput_kept": harness.figure("traced / untraced requests/s (per pair)", "x", kept, 3),
+        "throughput_loss_pct": harness.figure("throughput loss (per pair)", "%",
+                                              [100 * (1 - k) for k in kept], 1),
+        "untraced.p99_ms": harness.figure("untraced: p99 latency", "ms", [r["p99_ms"] for r in base], 2),
+        "gotel.p99_ms": harness.figure("traced by gotel: p99 latency", "ms", [r["p99_ms"] for r in traced], 2),
+        "gotel.cpu_pct": harness.figure("gotel's CPU use during the load", "% of a CPU",
+                                        [r["gotel_cpu_pct"] for r in traced], 1),
+        "gotel.events_per_request": harness.figure(
+            "goroutine events per request", "events",
+            [r["events"] / (r["rps"] * seconds) if r["events"] else None for r in traced], 1),
+        "gotel.lost": harness.figure("events lost", "events", [r["lost"] for r in traced], 0),
+        "gotel.peak_rss_mb": harness.figure("gotel's peak RSS (VmHWM)", "MB",
+                                            [r["gotel_peak_rss"] / 1e6 for r in traced], 1),
+    }
+    loss = figs["throughput_loss_pct"]["median"]
+    goals = [harness.goal("<= 10% throughput loss", "throughput_loss_pct", loss, 10,
+                          loss is not None and loss <= 10,
+                          "each request makes several goroutine transitions, each a uprobe trap on "
+                          "the server's only CPU; see row 1 for the cost of one")]
+    notes = [f"wrk -t1 -c{connections} -d{seconds}s --latency after a {warmup}s warm-up, pinned to CPU "
+             f"{harness.GOTEL_CPU} with gotel; server GOMAXPROCS=1 on CPU {harness.TARGET_CPU}; "
+             f"{repeats} pairs; gotel = `gotel trace --pid PID` with the default configuration.",
+             f"Row wall time {time.monotonic() - started:.0f} s."]
+    return harness.row(2, "net/http server under wrk, untraced vs traced", __doc__, figs, goals, notes,
+                       {"seconds": seconds, "connections": connections, "repeats": repeats})
+
+
+if __name__ == "__main__":
+    raise SystemExit(harness.main(run, __doc__))

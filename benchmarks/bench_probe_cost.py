@@ -1,0 +1,254 @@
+"""Row 1: what tracing costs the traced Go program, per captured goroutine event.
+
+Two workloads from benchmarks/go: ``pingpong`` (two goroutines bounce a token over unbuffered
+channels: park, ready and run on both sides per op) and ``spawn`` (start a goroutine that exits at
+once: create, run, exit per op). Each runs pinned to one CPU with GOMAXPROCS=1 while gotel runs on
+the other, in five variants, interleaved within every repetition (untraced, runtime_trace,
+naive_entry, naive_after_prologue, gotel, untraced, ...) so that noise from other tenants hits them
+alike:
+
+- ``untraced``;
+- ``runtime_trace``: Go's own execution tracer writing to io.Discard (the in-process anchor: what
+  the Go team accepts for always-on tracing, stacks included);
+- ``naive_entry``: the probe set a tracer following the runtime's function names would use
+  (newproc1, execute, gopark, ready, goexit1), each uprobe at the function's entry, which on x86 is
+  the stack-check ``cmp`` the kernel must single-step (benchmarks/bpf/naive.c: the same event
+  record and the same ring buffer without wakeups as gotel);
+- ``naive_after_prologue``: that set again, each probe moved past the prologue (the ``push rbp``
+  the kernel emulates): separates the cost of the placement from the cost of the function choice;
+- ``gotel``: gotel as shipped: ``GoroutineReceiver`` with its default kinds, one uprobe on
+  ``runtime.casgstatus`` (nosplit: its entry is a ``push rbp``), the numpy ring-buffer reader and
+  Unix-time conversion, feeding a stage that drops the batches (the pipeline after the reader runs
+  on the other CPU and does not touch the traced program).
+
+Each run yields the workload's own wall ns/op of its loop, and its CPU time (user + system of the
+whole process, from wait4) per op: a uprobe's trap and BPF program are charged to the traced thread
+as system time. Derived, pair by pair within a repetition: ns added per op = traced - untraced;
+ns added per captured event = that / (events captured / ops), with the events counted from the ring
+buffer of that very run; the ratios of those per-event costs to gotel's.
+
+Trust the CPU ``ns added per captured event`` of ``gotel`` and ``naive_entry`` and their per-pair
+ratio: each divides one run's extra CPU time by the events that run really captured (0 lost), both
+pay the same record and ring buffer, so the ratio isolates where the probes sit; CPU time moves
+less than wall time when other tenants take the CPU (on a quiet machine the wall figures agree).
+For ``runtime_trace`` the per-event figure divides by gotel's event count of the same repetition
+(Go's tracer records the same transitions, plus stacks): read it as ns per goroutine transition.
+"""
+
+import os
+import threading
+import time
+
+from benchmarks import harness
+from receiver.events import BPF_DIR
+from receiver.receiver import Config as ReceiverConfig
+from receiver.receiver import GoroutineReceiver
+from receiver.ringbuf import RingBufferReader
+
+NAIVE_SOURCE = harness.REPO / "benchmarks" / "bpf" / "naive.c"
+NAIVE_FUNCTIONS = {
+    "runtime.newproc1": "naive_newproc1",
+    "runtime.execute": "naive_execute",
+    "runtime.gopark": "naive_gopark",
+    "runtime.ready": "naive_ready",
+    "runtime.goexit1": "naive_goexit1",
+}
+VARIANTS = ("untraced", "runtime_trace", "naive_entry", "naive_after_prologue", "gotel")
+TRACED = ("naive_entry", "naive_after_prologue", "gotel")
+RATIOS = (("naive_entry", "naive entry / gotel"),
+          ("naive_after_prologue", "naive after prologue / gotel"),
+          ("runtime_trace", "runtime/trace / gotel"))
+WORKLOADS = ("pingpong", "spawn")
+
+
+class NaiveProbes:
+    """benchmarks/bpf/naive.c compiled once for a Go layout; ``attach(binary, pid, where)`` puts
+    its five uprobes on one process at the functions' entries (``where="entry"``) or after their
+    prologues (``"after_prologue"``); ``detach()`` removes them. Events go to ``events_fd``."""
+
+    def __init__(self, binary):
+        from bcc import BPF
+
+        layout = binary.layout
+        cflags = [f"-I{BPF_DIR}", f"-DNAIVE_G_GOID={layout.g['goid']}",
+                  f"-DNAIVE_G_M={layout.g['m']}", f"-DNAIVE_M_CURG={layout.m['curg']}"]
+        self.bpf = BPF(src_file=str(NAIVE_SOURCE).encode(), cflags=cflags)
+        self.fns = {name: self.bpf.load_func(prog.encode(), BPF.KPROBE)
+                    for name, prog in NAIVE_FUNCTIONS.items()}
+        self.events_fd = self.bpf["events"].map_fd
+        self.attached = []
+
+    @staticmethod
+    def places(binary, where):
+        """{function: virtual address} of the probes for one binary."""
+        from receiver import placement
+
+        found = binary.image.symbols(NAIVE_FUNCTIONS) or binary.pclntab.lookup(NAIVE_FUNCTIONS)
+        out = {}
+        for name in NAIVE_FUNCTIONS:
+            address, size = found[name]
+            if where == "entry":
+                out[name] = address
+            else:
+                code = binary.image.read(address, size)
+                out[name] = placement.place(code, address, name).probe_address
+        return out
+
+    def attach(self, binary, pid, where):
+        from bcc import lib
+
+        for name, address in self.places(binary, where).items():
+            offset = binary.file_offset(address)
+            ev = f"gotel_naive_{os.getpid()}_{pid}_{offset:x}".encode()
+            fd = lib.bpf_attach_uprobe(self.fns[name].fd, 0, ev, str(binary.path).encode(), offset, pid)
+            if fd < 0:
+                raise RuntimeError(f"attaching the naive probe on {name} (pid {pid}) failed")
+            self.bpf._add_uprobe_fd(ev, fd)
+            self.attached.append(ev)
+
+    def detach(self):
+        for ev in self.attached:
+            try:
+                self.bpf.detach_uprobe_event(ev)
+            except Exception:  # noqa: BLE001  (perf-only probe: nothing in tracefs to remove)
+                self.bpf.uprobe_fds.pop(ev, None)
+        self.attached.clear()
+
+    def lost(self):
+        table = self.bpf["lost"]
+        return int(sum(table[table.Key(0)]))
+
+    def close(self):
+        self.detach()
+        self.bpf.cleanup()
+
+
+class Drain(threading.Thread):
+    """Empties a ring buffer while a run goes on, counting the records."""
+
+    def __init__(self, fd):
+        super().__init__(daemon=True)
+        self.reader = RingBufferReader(fd)
+        self.events = 0
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.events += len(self.reader.poll(0.05))
+
+    def finish(self):
+        self.stop.set()
+        self.join()
+        self.events += len(self.reader.read())
+        self.reader.close()
+        return self.events
+
+
+def run_variant(variant, binary, gobinary, n, naive):
+    """(wall ns/op, CPU ns/op, events captured, lost) of one run."""
+    args = ["-n", n] + (["-trace"] if variant == "runtime_trace" else [])
+    proc = harness.start_waiting(binary, args)
+    events = lost = 0
+    if variant in ("untraced", "runtime_trace"):
+        out, cpu = harness.release(proc)
+    elif variant == "gotel":
+        rx = GoroutineReceiver(ReceiverConfig(pids=(proc.pid,), existing=False), harness.Discard())
+        rx.start()
+        try:
+            out, cpu = harness.release(proc)
+        finally:
+            rx.shutdown()
+        events, lost = rx.events, rx.lost
+    else:
+        lost_before = naive.lost()
+        naive.attach(gobinary, proc.pid, "entry" if variant == "naive_entry" else "after_prologue")
+        drain = Drain(naive.events_fd)
+        drain.start()
+        try:
+            out, cpu = harness.release(proc)
+        finally:
+            naive.detach()
+            events = drain.finish()
+        lost = naive.lost() - lost_before
+    return harness.ns_per_op(out), cpu * 1e9 / n, events, lost
+
+
+def measure(workload, n, repeats):
+    """{variant: [run of repetition i]} for one workload."""
+    from receiver.binary import GoBinary
+
+    binary = harness.workload(workload)
+    gobinary = GoBinary.open(str(binary))
+    naive = NaiveProbes(gobinary)
+    runs = {v: [None] * repeats for v in VARIANTS}
+    try:
+        for i, variant in harness.interleaved(VARIANTS, repeats):
+            runs[variant][i] = run_variant(variant, binary, gobinary, n, naive)
+    finally:
+        naive.close()
+    return runs
+
+
+def derive(workload, runs, n):
+    """Figures of one workload; every difference and ratio is taken within a repetition."""
+    figs = {}
+    for v in VARIANTS:
+        figs[f"{workload}.{v}.ns_per_op"] = harness.figure(
+            f"{workload}: {v}, wall ns/op", "ns", [r[0] for r in runs[v]])
+        figs[f"{workload}.{v}.cpu_ns_per_op"] = harness.figure(
+            f"{workload}: {v}, CPU ns/op", "ns", [r[1] for r in runs[v]])
+    for v in TRACED:
+        figs[f"{workload}.{v}.events_per_op"] = harness.figure(
+            f"{workload}: {v}, events captured per op", "events", [r[2] / n for r in runs[v]], 2)
+        figs[f"{workload}.{v}.lost"] = harness.figure(
+            f"{workload}: {v}, events lost", "events", [r[3] for r in runs[v]], 0)
+    events_per_op = {v: [r[2] / n for r in runs[v]] for v in TRACED}
+    events_per_op["runtime_trace"] = events_per_op["gotel"]   # the same transitions
+    for col, suffix, what in ((1, "", "CPU"), (0, "_wall", "wall")):
+        added = {v: [r[col] - b[col] for r, b in zip(runs[v], runs["untraced"])] for v in VARIANTS}
+        per_event = {v: [a / e if e else None for a, e in zip(added[v], events_per_op[v])]
+                     for v in (*TRACED, "runtime_trace")}
+        for v, values in per_event.items():
+            unit = "goroutine transition" if v == "runtime_trace" else "captured event"
+            figs[f"{workload}.{v}.ns_per_event{suffix}"] = harness.figure(
+                f"{workload}: {v}, {what} ns added per {unit}", "ns", values)
+        for v, label in RATIOS:
+            figs[f"{workload}.ratio.{v}_vs_gotel{suffix}"] = harness.figure(
+                f"{workload}: {what} ns added per event, {label}", "x",
+                [a / g if a is not None and g and g > 0 else None
+                 for a, g in zip(per_event[v], per_event["gotel"])], 2)
+    return figs
+
+
+def run(quick=False):
+    n = 2000 if quick else 200_000
+    repeats = 1 if quick else 5
+    started = time.monotonic()
+    figs = {}
+    for w in WORKLOADS:
+        figs.update(derive(w, measure(w, n, repeats), n))
+    goals = []
+    for w in WORKLOADS:
+        ev = figs[f"{w}.gotel.ns_per_event"]["median"]
+        ratio = figs[f"{w}.ratio.naive_entry_vs_gotel"]["median"]
+        goals.append(harness.goal(
+            f"{w}: <= 250 ns added per captured event", f"{w}.gotel.ns_per_event", ev, 250,
+            ev is not None and ev <= 250,
+            "every casgstatus call is a uprobe trap (int3, kernel entry, BPF program, return), "
+            "whether or not its kind is wanted; the trap itself is most of it"))
+        goals.append(harness.goal(
+            f"{w}: >= 10x below the naive entry placement, per captured event",
+            f"{w}.ratio.naive_entry_vs_gotel", ratio, 10, ratio is not None and ratio >= 10,
+            "the ratio is bounded by the cost of the emulated trap that both placements pay"))
+    lost = sum(sum(figs[f"{w}.{v}.lost"]["values"]) for w in WORKLOADS for v in TRACED)
+    notes = [f"Each run: n={n} ops, GOMAXPROCS=1, workload pinned to CPU {harness.TARGET_CPU}, gotel "
+             f"and the naive reader on CPU {harness.GOTEL_CPU}; {repeats} repetitions; events lost "
+             f"in all traced runs: {int(lost)}.",
+             f"Row wall time {time.monotonic() - started:.0f} s."]
+    return harness.row(1, "Cost to the traced program per captured event", __doc__, figs, goals,
+                       notes, {"n": n, "repeats": repeats, "variants": VARIANTS,
+                               "workloads": WORKLOADS})
+
+
+if __name__ == "__main__":
+    raise SystemExit(harness.main(run, __doc__))

@@ -1,0 +1,3 @@
+module example.com/gotel/bench/paced
+
+go 1.21

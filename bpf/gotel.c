@@ -1,0 +1,225 @@
+/* gotel's kernel side: one uprobe on runtime.casgstatus(gp, oldval, newval) of each traced Go binary.
+ *
+ * casgstatus sees every status change of every goroutine (creation, run, park, ready including
+ * netpoll wakeups, exit, syscalls, preemption, stack copies), and it is nosplit, so its first
+ * instruction is `push %rbp`, which the kernel emulates instead of single-stepping (a probe on a Go
+ * stack-check prologue takes a second trap). The trap is paid by every status change, wanted or
+ * not: benchmarks/probe_cost.py measures it, and what this program adds per captured event, on the
+ * machine at hand. Each hit classifies (old, new) through a table
+ * that user space fills per Go layout, drops unwanted kinds before touching the ring buffer, reads a
+ * few fields of the g, and submits one struct gotel_event without waking the reader, unless the ring
+ * holds more than GOTEL_WAKEUP_BYTES (a wakeup costs ~1.4 us inside the probe). Go <= 1.23 numbers
+ * a new goroutine only after marking it runnable, so there its CREATE is held in a hash map and sent
+ * at the goroutine's next transition, with the goid it has by then.
+ *
+ * Layouts are per traced binary: slot N of `layouts` holds the offsets of one Go version, and the
+ * program probe_casgstatus_N, attached only to binaries of that layout, passes N. Nothing here knows
+ * a Go version. Tunables come in as -D cflags from receiver/probes.py.
+ */
+#include <uapi/linux/ptrace.h>
+#include "gotel_event.h"
+
+#ifndef GOTEL_RING_BYTES
+#define GOTEL_RING_BYTES (8 << 20)
+#endif
+#ifndef GOTEL_WAKEUP_BYTES
+#define GOTEL_WAKEUP_BYTES (GOTEL_RING_BYTES / 4)
+#endif
+#define GOTEL_MAX_LAYOUTS 8   /* one probe_casgstatus_N per slot, below */
+#define GOTEL_G_WINDOW 256     /* bytes of g read at most per event (a power of two) */
+
+/* Ring-buffer record = 8-byte header + payload, rounded up to 8 bytes. */
+#define GOTEL_RECORD_BYTES ((8 + sizeof(struct gotel_event) + 7) & ~7)
+
+/* Offsets into runtime.g / runtime.m of one Go version, and the transition table. An offset of 0
+ * means "absent" (no Go field of interest sits at offset 0 of g or m). */
+struct gotel_layout {
+    __u16 g_goid;
+    __u16 g_parent_goid;   /* 0 before Go 1.21: the parent is then the goroutine running on this M */
+    __u16 g_gopc;
+    __u16 g_startpc;
+    __u16 g_waitreason;
+    __u16 g_m;
+    __u16 m_curg;
+    __u16 enabled;         /* 0: slot unused, the program returns at once */
+    /* Go <= 1.23 sets g.goid only after casgstatus(_Gdead -> _Grunnable): a CREATE is then held in
+     * `created` until the goroutine's next transition, whose old status is one of the bits of
+     * late_goid_olds (1 << status), and sent just before it with the goid read then. 0: no holding. */
+    __u16 late_goid_olds;
+    /* The g fields an event needs are read in one go: g_window is the offset where the read
+     * starts, window_len[kind] how many bytes it takes (each bpf_probe_read_user costs ~0.1 us
+     * here, so a creation's four fields cost one read instead of four). */
+    __u16 g_window;
+    __u16 window_len[16];
+    /* kinds[(old & 0xf) << 4 | (new & 0xf)] -> GOTEL_KIND_*, 0 drops; the _Gscan bit is ignored. */
+    __u8  kinds[256];
+};
+
+/* counters[GOTEL_COUNTER_*] */
+#define GOTEL_COUNTER_LOST     0   /* ring buffer full: reserve failed, event lost */
+#define GOTEL_COUNTER_WAKEUPS  1   /* forced wakeups of the reader */
+#define GOTEL_COUNTER_HITS     2   /* probe hits that produced a kind (captured or lost) */
+#define GOTEL_COUNTER_HELD_FULL 3  /* CREATE not held (map full): sent with goid 0 */
+#define GOTEL_NUM_COUNTERS     4
+
+#ifndef GOTEL_MAX_HELD
+#define GOTEL_MAX_HELD 65536
+#endif
+
+/* `events` must stay the first map declared: bcc has no method for bpf_ringbuf_query, and its
+ * placeholder for the first map's fd is bpf_pseudo_fd(1, -1). A wrong map here cannot go unnoticed:
+ * the verifier rejects any map but a ring buffer for that helper. */
+BPF_RINGBUF_OUTPUT(events, GOTEL_RING_BYTES / 4096);
+#define GOTEL_EVENTS_MAP ((void *)bpf_pseudo_fd(1, -1))
+BPF_ARRAY(layouts, struct gotel_layout, GOTEL_MAX_LAYOUTS);
+BPF_PERCPU_ARRAY(counters, __u64, GOTEL_NUM_COUNTERS);
+/* (process, g address) -> held CREATE; g addresses repeat across processes. */
+struct gotel_held_key {
+    __u64 g;
+    __u64 pid;
+};
+BPF_HASH(created, struct gotel_held_key, struct gotel_event, GOTEL_MAX_HELD);
+
+static __always_inline void count(int which)
+{
+    __u64 *n = counters.lookup(&which);
+    if (n)
+        *n += 1;   /* per-CPU: no atomic needed */
+}
+
+static __always_inline __u64 read_u64(__u64 addr)
+{
+    __u64 v = 0;
+    bpf_probe_read_user(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+/* A field of g from the window read at g + l->g_window (the mask keeps the verifier's bounds). */
+static __always_inline __u64 window_u64(__u8 *window, struct gotel_layout *l, __u16 off)
+{
+    __u64 v;
+    __builtin_memcpy(&v, window + ((off - l->g_window) & (GOTEL_G_WINDOW - 1)), sizeof(v));
+    return v;
+}
+
+/* The goid of the goroutine that the current M runs (m.curg), 0 when it runs none (the scheduler,
+ * e.g. findRunnable injecting netpoll or timer wakeups). R14 is the current g, possibly g0. */
+static __always_inline __u64 current_goid(struct pt_regs *ctx, struct gotel_layout *l)
+{
+    __u64 g = ctx->r14;
+    if (!g || !l->g_m)
+        return 0;
+    __u64 m = read_u64(g + l->g_m);
+    if (!m)
+        return 0;
+    __u64 curg = read_u64(m + l->m_curg);
+    if (!curg)
+        return 0;
+    return read_u64(curg + l->g_goid);
+}
+
+/* Submit a reserved record, waking the reader only when it takes the ring across the watermark.
+ * The reader also polls on a timer, so a wakeup missed by a race costs latency, never data. */
+static __always_inline void submit(struct gotel_event *e)
+{
+    __u64 avail = bpf_ringbuf_query(GOTEL_EVENTS_MAP, BPF_RB_AVAIL_DATA);
+    __u64 flags = BPF_RB_NO_WAKEUP;
+    if (avail >= GOTEL_WAKEUP_BYTES && avail < GOTEL_WAKEUP_BYTES + GOTEL_RECORD_BYTES) {
+        flags = BPF_RB_FORCE_WAKEUP;
+        count(GOTEL_COUNTER_WAKEUPS);
+    }
+    events.ringbuf_submit(e, flags);
+}
+
+/* Send the CREATE held for gp (Go <= 1.23), now that g.goid is set. */
+static __always_inline void release_held(__u64 gp, struct gotel_layout *l)
+{
+    struct gotel_held_key key = {.g = gp, .pid = bpf_get_current_pid_tgid() >> 32};
+    struct gotel_event *held = created.lookup(&key);
+    if (!held)
+        return;
+    struct gotel_event *e = events.ringbuf_reserve(sizeof(struct gotel_event));
+    if (e) {
+        __builtin_memcpy(e, held, sizeof(*e));
+        e->goid = read_u64(gp + l->g_goid);
+        submit(e);
+    } else {
+        count(GOTEL_COUNTER_LOST);
+    }
+    created.delete(&key);
+}
+
+static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)
+{
+    struct gotel_layout *l = layouts.lookup(&slot);
+    if (!l || !l->enabled)
+        return 0;
+    /* Go register ABI: gp in RAX, oldval in RBX, newval in RCX. */
+    __u64 gp = ctx->ax;
+    __u32 oldval = ctx->bx, newval = ctx->cx;
+    if (l->late_goid_olds & (1 << (oldval & 0xf)))
+        release_held(gp, l);
+    __u8 kind = l->kinds[((oldval & 0xf) << 4) | (newval & 0xf)];
+    if (kind == GOTEL_KIND_DROP)
+        return 0;
+    count(GOTEL_COUNTER_HITS);
+
+    /* Built on the stack, then copied into the ring (a 64-byte copy is cheaper than the
+     * verifier-proof juggling of a ring pointer that may also be a held record). */
+    struct gotel_event e = {};
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    int hold = kind == GOTEL_KIND_CREATE && l->late_goid_olds;
+    e.ts_ns = bpf_ktime_get_ns();
+    e.g = gp;
+    __u8 window[GOTEL_G_WINDOW + 8] = {};
+    __u32 len = l->window_len[kind & 0xf];
+    if (len > GOTEL_G_WINDOW)
+        len = GOTEL_G_WINDOW;
+    bpf_probe_read_user(window, len, (void *)(gp + l->g_window));
+    e.goid = hold ? 0 : window_u64(window, l, l->g_goid);
+    e.pid = pid_tgid >> 32;
+    e.tid = (__u32)pid_tgid;
+    e.kind = kind;
+    e.old_status = oldval;
+    e.new_status = newval;
+    e.cpu = bpf_get_smp_processor_id();
+    if (kind == GOTEL_KIND_PARK)
+        e.wait_reason = window_u64(window, l, l->g_waitreason);
+    /* The goroutine running on this M is only worth its three reads (~0.1 us each here) for a
+     * wakeup (who made gp runnable) and for a creation before Go 1.21 (no g.parentGoid). For the
+     * other kinds it is gp itself: execute, park_m and goexit0 run with m.curg == gp. */
+    if (kind == GOTEL_KIND_CREATE) {
+        e.pc_start = window_u64(window, l, l->g_startpc);
+        e.pc_create = window_u64(window, l, l->g_gopc);
+        e.aux_goid = l->g_parent_goid ? window_u64(window, l, l->g_parent_goid) : current_goid(ctx, l);
+    } else if (kind == GOTEL_KIND_READY) {
+        e.aux_goid = current_goid(ctx, l);
+    }
+    if (hold) {
+        struct gotel_held_key key = {.g = gp, .pid = e.pid};
+        if (created.update(&key, &e) == 0)
+            return 0;
+        /* No room to hold it: send it now with goid 0 (unknown), and count it. */
+        count(GOTEL_COUNTER_HELD_FULL);
+    }
+    struct gotel_event *out = events.ringbuf_reserve(sizeof(struct gotel_event));
+    if (!out) {
+        count(GOTEL_COUNTER_LOST);
+        return 0;
+    }
+    __builtin_memcpy(out, &e, sizeof(e));
+    submit(out);
+    return 0;
+}
+
+#define GOTEL_PROBE(N) \
+    int probe_casgstatus_##N(struct pt_regs *ctx) { return on_casgstatus(ctx, N); }
+
+GOTEL_PROBE(0)
+GOTEL_PROBE(1)
+GOTEL_PROBE(2)
+GOTEL_PROBE(3)
+GOTEL_PROBE(4)
+GOTEL_PROBE(5)
+GOTEL_PROBE(6)
+GOTEL_PROBE(7)

@@ -1,0 +1,157 @@
+"""SummaryTap and Summary: the end-of-run report of ``gotel trace`` and ``gotel demo``.
+
+``SummaryTap`` is a pass-through stage placed right after the decoder, before any filter or sampler,
+so the report counts every goroutine and park, not just the exported ones. It keeps only small
+aggregates, per (pid, start PC) and per (pid, wait reason), plus the few longest parks, updated with
+vectorized numpy group-bys per batch. ``Summary.render()`` names them with the encoder's cached
+symbolization.
+
+Not thread-safe: the pipeline thread updates it; render it after shutdown.
+"""
+
+import collections
+import heapq
+
+import numpy as np
+
+from pipeline.spans import SpanFlag, SpanKind
+from pipeline.stage import Stage
+
+LONGEST = 5
+
+
+class SummaryTap(Stage):
+    """Counts goroutines and parks by start function and wait reason; forwards every batch."""
+
+    def __init__(self, next_stage=None):
+        super().__init__(next_stage)
+        self.created = collections.Counter()      # (pid, start_pc) -> goroutines created
+        self.started_before = 0                   # alive when gotel attached
+        self.exited = 0
+        self.alive_at_end = 0
+        self.park_count = collections.Counter()   # (pid, wait_reason) -> parks
+        self.park_ns = collections.Counter()      # (pid, wait_reason) -> total parked ns
+        self.longest = []                         # heap of (ns, pid, wait_reason, start_pc, goid)
+        self.spans = 0
+        self.pids = set()
+
+    def process(self, batch):
+        if not len(batch):
+            return batch
+        self.spans += len(batch)
+        self.pids.update(np.unique(batch["pid"]).tolist())
+        kind, flags = batch["kind"], batch["flags"]
+        goroutine = kind == SpanKind.GOROUTINE
+        first_part = goroutine & ((flags & SpanFlag.CONTINUED) == 0)
+        before = (flags & SpanFlag.STARTED_BEFORE_ATTACH) != 0
+        self.started_before += int(np.count_nonzero(first_part & before))
+        born = batch[first_part & ~before]
+        self._count(self.created, born["pid"], born["start_pc"], np.ones(len(born), np.int64))
+        self.exited += int(np.count_nonzero(goroutine & ((flags & SpanFlag.EXITED) != 0)))
+        self.alive_at_end += int(np.count_nonzero(
+            goroutine & ((flags & SpanFlag.ENDED_AT_SHUTDOWN) != 0) & ((flags & SpanFlag.EXITED) == 0)))
+        parks = batch[kind == SpanKind.PARK]
+        if len(parks):
+            dur = (parks["end_ns"].astype(np.int64) - parks["start_ns"].astype(np.int64)).clip(0)
+            self._count(self.park_count, parks["pid"], parks["wait_reason"], np.ones(len(parks), np.int64))
+            self._count(self.park_ns, parks["pid"], parks["wait_reason"], dur)
+            top = np.argsort(dur)[-LONGEST:]
+            for i in top.tolist():
+                item = (int(dur[i]), int(parks["pid"][i]), int(parks["wait_reason"][i]),
+                        int(parks["start_pc"][i]), int(parks["goid"][i]))
+                if len(self.longest) < LONGEST:
+                    heapq.heappush(self.longest, item)
+                elif item > self.longest[0]:
+                    heapq.heapreplace(self.longest, item)
+        return batch
+
+    @staticmethod
+    def _count(counter, a, b, weights):
+        if not len(a):
+            return
+        keys = (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        sums = np.bincount(inverse.reshape(-1), weights=weights, minlength=len(uniq))
+        for key, total in zip(uniq.tolist(), sums.tolist()):
+            counter[(key >> 32, key & 0xFFFFFFFF)] += int(total)
+
+
+class Summary:
+    """The report: a SummaryTap's aggregates plus what the service knows (lost events, outputs)."""
+
+    def __init__(self, tap, encoder=None, lost_events=0, events=0, outputs=(), exported=None,
+                 processes=(), top=10):
+        self.tap = tap
+        self.encoder = encoder
+        self.lost_events = lost_events
+        self.events = events
+        self.outputs = list(outputs)
+        self.exported = dict(exported or {})
+        self.processes = list(processes)
+        self.top = top
+
+    def _function(self, pid, pc):
+        if self.encoder is None or not pc:
+            return f"0x{pc:x}" if pc else "?"
+        return self.encoder.names(pid, pc, 0)[1] or f"0x{pc:x}"
+
+    def _reason(self, pid, number):
+        return self.encoder.wait_reason(pid, number) if self.encoder else f"waitReason({number})"
+
+    def top_functions(self):
+        by_name = collections.Counter()
+        for (pid, pc), n in self.tap.created.items():
+            by_name[self._function(pid, pc)] += n
+        return by_name.most_common(self.top)
+
+    def top_wait_reasons(self):
+        count, total = collections.Counter(), collections.Counter()
+        for (pid, reason), n in self.tap.park_count.items():
+            name = self._reason(pid, reason)
+            count[name] += n
+            total[name] += self.tap.park_ns[(pid, reason)]
+        return [(name, count[name], ns) for name, ns in total.most_common(self.top)]
+
+    def render(self):
+        t = self.tap
+        created = sum(t.created.values())
+        lines = ["gotel summary"]
+        for proc in self.processes:
+            lines.append(f"  process     {proc}")
+        lines.append(f"  goroutines  {created} created, {t.exited} exited, {t.alive_at_end} still "
+                     f"alive at the end, {t.started_before} alive when tracing began")
+        if self.events:
+            lost = f", {self.lost_events} lost" if self.lost_events else ", none lost"
+            lines.append(f"  events      {self.events} received{lost}")
+        elif self.lost_events:
+            lines.append(f"  events      {self.lost_events} lost")
+        top = self.top_functions()
+        if top:
+            lines.append("  top start functions (goroutines created)")
+            width = max(len(str(n)) for _, n in top)
+            lines += [f"    {n:>{width}}  {name}" for name, n in top]
+        reasons = self.top_wait_reasons()
+        if reasons:
+            lines.append("  parks by wait reason (count, total time parked)")
+            width = max(len(str(n)) for _, n, _ in reasons)
+            lines += [f"    {n:>{width}}  {_fmt_ns(ns):>9}  {name}" for name, n, ns in reasons]
+        if t.longest:
+            lines.append("  longest parks")
+            for ns, pid, reason, pc, goid in sorted(t.longest, reverse=True):
+                lines.append(f"    {_fmt_ns(ns):>9}  {self._reason(pid, reason)}  goroutine {goid} "
+                             f"({self._function(pid, pc)})")
+        for signal, (sent, failed) in sorted(self.exported.items()):
+            lines.append(f"  exported    {signal}: {sent} sent" + (f", {failed} failed" if failed else ""))
+        for path in self.outputs:
+            lines.append(f"  wrote       {path}")
+        return "\n".join(lines)
+
+
+def _fmt_ns(ns):
+    if ns >= 1e9:
+        return f"{ns / 1e9:.2f}s"
+    if ns >= 1e6:
+        return f"{ns / 1e6:.1f}ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.1f}us"
+    return f"{ns}ns"

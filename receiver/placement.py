@@ -1,0 +1,144 @@
+"""Where on a Go function a uprobe goes: decoded with capstone, chosen to cost least and fire once.
+
+A uprobe replaces one instruction with int3. On x86 the kernel *emulates* only a few instructions
+(jmp/jcc/call, nop, ``push reg``); every other one is single-stepped out of line, a second trap.
+Measured here (FACTS.md): a probe on a Go function's entry, the stack-check ``cmp``, costs ~2.6-4.2 us
+a hit, and fires twice when the stack grows (the prologue calls morestack, which restarts the
+function); the ``push rbp`` right after the prologue costs ~0.18 us and fires once. So:
+
+- a split function (Go's stack check ``cmp rsp,[r14+0x10]`` or ``lea r12,[rsp-N]; cmp r12,[r14+0x10]``,
+  then ``jbe`` to morestack): the instruction right after the ``jbe``;
+- a nosplit function (no stack check; casgstatus): its entry, typically ``push rbp``.
+
+Go 1.19's frames start with ``sub rsp, N`` (Go 1.21's and later with ``push rbp``), which is not
+emulated: there every probe is single-stepped, but it still sits after the prologue, so it fires once.
+``Placement.emulated`` says which case a binary is in.
+
+The probe address is always an instruction boundary capstone decoded by a linear sweep from the
+function's start. The argument registers of Go's ABIInternal (RAX, RBX, RCX, RDI, RSI, R8-R11) must
+be intact at the probe, since the kernel side reads the arguments there: every instruction between
+the entry and the probe is checked with capstone's ``regs_write``, and a placement that clobbers one
+is refused (``UnsupportedBinary``) rather than silently reading a wrong goroutine.
+
+Return values are captured by probing RET instructions (``ret_sites``), never uretprobes: those
+rewrite the return address on the stack, which Go moves and walks (golang/go#22008, #27077).
+"""
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import capstone
+from capstone import x86
+
+from receiver.errors import CorruptBinary, UnsupportedBinary
+
+# Go ABIInternal integer argument registers (amd64), with every sub-register name capstone uses.
+ARGUMENT_REGISTERS = {
+    "rax": ("rax", "eax", "ax", "al", "ah"),
+    "rbx": ("rbx", "ebx", "bx", "bl", "bh"),
+    "rcx": ("rcx", "ecx", "cx", "cl", "ch"),
+    "rdi": ("rdi", "edi", "di", "dil"),
+    "rsi": ("rsi", "esi", "si", "sil"),
+    "r8": ("r8", "r8d", "r8w", "r8b"),
+    "r9": ("r9", "r9d", "r9w", "r9b"),
+    "r10": ("r10", "r10d", "r10w", "r10b"),
+    "r11": ("r11", "r11d", "r11w", "r11b"),
+}
+_ARG_NAMES = {sub: reg for reg, subs in ARGUMENT_REGISTERS.items() for sub in subs}
+G_REGISTER = "r14"         # the current g, in Go's register ABI
+STACKGUARD0 = 0x10         # offsetof(runtime.g, stackguard0)
+# The stack check sits in the first few instructions; a function longer than this without one is nosplit.
+PROLOGUE_WINDOW = 8
+# Instructions the x86 uprobe code emulates instead of single-stepping (arch/x86/kernel/uprobes.c).
+_EMULATED_GROUPS = (x86.X86_GRP_JUMP, x86.X86_GRP_CALL)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the probe of one function goes, and why."""
+
+    function: str
+    address: int            # function entry
+    probe_address: int      # an instruction boundary
+    kind: str               # "after-prologue" or "entry"
+    instruction: str        # the probed instruction, e.g. "push rbp"
+    emulated: bool          # the kernel emulates it (no single-step)
+    skipped: tuple = ()     # instructions between entry and probe: ("cmp rsp, qword ptr [r14 + 0x10]", ...)
+
+
+@lru_cache(maxsize=1)
+def _disassembler():
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    md.detail = True
+    return md
+
+
+def decode(code, address, count=0):
+    """Instructions capstone decodes linearly from address (stops at the first undecodable byte)."""
+    return list(_disassembler().disasm(bytes(code), address, count))
+
+
+def is_emulated(insn):
+    """True for the instructions the kernel's x86 uprobe emulates: jmp/jcc/call, nop, push reg."""
+    if insn.id == x86.X86_INS_NOP:
+        return True
+    if insn.id == x86.X86_INS_PUSH:
+        return len(insn.operands) == 1 and insn.operands[0].type == x86.X86_OP_REG
+    if insn.id in (x86.X86_INS_CALL, x86.X86_INS_JMP) or any(g in insn.groups for g in _EMULATED_GROUPS):
+        # Only direct (relative) branches are emulated; an indirect one through memory is stepped.
+        return all(op.type == x86.X86_OP_IMM for op in insn.operands)
+    return False
+
+
+def _is_stack_check(insn):
+    """``cmp reg, qword ptr [r14 + 0x10]`` (g.stackguard0), the heart of Go's split-stack prologue."""
+    if insn.id != x86.X86_INS_CMP or len(insn.operands) != 2:
+        return False
+    mem = [op for op in insn.operands if op.type == x86.X86_OP_MEM]
+    return bool(mem) and insn.reg_name(mem[0].mem.base) == G_REGISTER and mem[0].mem.disp == STACKGUARD0
+
+
+def _written_arguments(insn):
+    _, written = insn.regs_access()
+    return sorted({_ARG_NAMES[n] for n in (insn.reg_name(r) for r in written) if n in _ARG_NAMES})
+
+
+def place(code, address, name="function"):
+    """Placement of the probe for the function whose machine code (from its entry) is ``code``.
+
+    Raises CorruptBinary when the entry does not decode, UnsupportedBinary when the only candidate
+    would see clobbered argument registers.
+    """
+    insns = decode(code, address, PROLOGUE_WINDOW + 2)
+    if not insns or insns[0].address != address:
+        raise CorruptBinary(f"{name} at {address:#x}: the disassembler cannot decode its first instruction")
+    probe_index, kind = 0, "entry"
+    for i, insn in enumerate(insns[:PROLOGUE_WINDOW]):
+        if _is_stack_check(insn):
+            nxt = insns[i + 1] if i + 1 < len(insns) else None
+            # The check branches to morestack with jbe (unsigned <=); the probe goes right after it.
+            if nxt is not None and nxt.id in (x86.X86_INS_JBE, x86.X86_INS_JB) and i + 2 < len(insns):
+                probe_index, kind = i + 2, "after-prologue"
+            break
+    probe = insns[probe_index]
+    skipped = insns[:probe_index]
+    for insn in skipped:
+        clobbered = _written_arguments(insn)
+        if clobbered:
+            raise UnsupportedBinary(
+                f"{name}: `{insn.mnemonic} {insn.op_str}` at {insn.address:#x} before the probe point "
+                f"writes argument register(s) {', '.join(clobbered)}; this code shape is not supported")
+    return Placement(
+        function=name, address=address, probe_address=probe.address, kind=kind,
+        instruction=f"{probe.mnemonic} {probe.op_str}".strip(), emulated=is_emulated(probe),
+        skipped=tuple(f"{i.mnemonic} {i.op_str}" for i in skipped),
+    )
+
+
+def ret_sites(code, address):
+    """Virtual addresses of the RET instructions in a function's code (linear sweep from its entry).
+
+    The sweep stops at the first byte capstone cannot decode; Go pads between functions with int3,
+    which decodes, so a function's own code is covered completely.
+    """
+    return [i.address for i in _disassembler().disasm(bytes(code), address) if i.id == x86.X86_INS_RET]

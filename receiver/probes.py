@@ -1,0 +1,315 @@
+"""Probes: gotel's BPF program (bpf/gotel.c) compiled with bcc, its per-layout slots, its uprobes.
+
+One uprobe per traced binary (and per PID, or for every process running the binary) on
+``runtime.casgstatus`` at ``GoBinary.functions["runtime.casgstatus"].probe_address``. The program
+knows no Go version: each distinct Go layout gets a slot of the ``layouts`` map holding its g/m
+offsets and a 16x16 table (old status, new status) -> kind, built here from the binary's own status
+constants; kinds that are not wanted are written as DROP, so they never reach the ring buffer.
+Slot N is served by the program ``probe_casgstatus_N``, so binaries of different Go versions are
+traced at once.
+
+Attaching takes a file offset, computed here from the binary's program headers
+(``GoBinary.file_offset``), and goes straight to libbcc's ``bpf_attach_uprobe``: bcc's
+``attach_uprobe(addr=...)`` expects a virtual address and converts it itself, which differs between
+bcc versions; the kernel's uprobe interface takes the offset in the file, PIE or not.
+
+Cost, measured here by benchmarks/probe_cost.py (CPU time of the traced program, medians, shared
+2-vCPU KVM guest): the uprobe trap itself costs ~0.9-1.1 us per casgstatus call, paid by every
+status change, wanted or filtered out (syscall enter/exit included); building and submitting an
+event adds ~0.35-0.55 us (mostly bpf_probe_read_user, ~0.1 us each: one for the g fields, three
+more for a wakeup's waker). Not thread-safe: attach, detach and counters are called from the
+receiver's control path only.
+"""
+
+import dataclasses
+import os
+import threading
+
+from receiver.errors import ProbeError
+from receiver.events import BPF_DIR, Kind
+
+SOURCE = BPF_DIR / "gotel.c"
+MAX_LAYOUTS = 8
+COUNTERS = ("lost", "wakeups", "hits", "held_full")
+DEFAULT_KINDS = frozenset({Kind.CREATE, Kind.RUN, Kind.PARK, Kind.READY, Kind.EXIT})
+PROBED_FUNCTION = "runtime.casgstatus"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Tunables of the kernel side, passed to the C as -D flags."""
+
+    ring_bytes: int = 8 << 20         # power of two, multiple of the page size
+    wakeup_bytes: int = 0             # wake the reader past this many pending bytes; 0: ring/4
+    kinds: frozenset = DEFAULT_KINDS  # Kind values that reach the ring buffer
+
+    def validate(self):
+        problems = []
+        if self.ring_bytes < 4096 or self.ring_bytes & (self.ring_bytes - 1):
+            problems.append(f"ring_bytes must be a power of two >= 4096, got {self.ring_bytes}")
+        if not 0 <= self.wakeup_bytes < self.ring_bytes:
+            problems.append(f"wakeup_bytes must be in [0, ring_bytes), got {self.wakeup_bytes}")
+        unknown = set(self.kinds) - {k for k in Kind if k not in (Kind.DROP, Kind.EXISTING)}
+        if unknown:
+            problems.append(f"kinds: not emitted by the kernel: {sorted(unknown)}")
+        return problems
+
+    def cflags(self):
+        wakeup = self.wakeup_bytes or self.ring_bytes // 4
+        return [f"-I{BPF_DIR}", f"-DGOTEL_RING_BYTES={self.ring_bytes}",
+                f"-DGOTEL_WAKEUP_BYTES={wakeup}"]
+
+
+def transition_table(statuses, kinds=DEFAULT_KINDS):
+    """The 256-entry (old & 0xf) << 4 | (new & 0xf) -> Kind table for one Go version's statuses.
+
+    statuses maps the runtime's constant names (``_Grunnable`` ...) to numbers; a status a version
+    lacks is simply absent. Kinds not in ``kinds`` become DROP.
+    """
+    s = {name: num & 0xF for name, num in statuses.items() if name.startswith("_G") and name != "_Gscan"}
+
+    def n(*names):
+        return {s[x] for x in names if x in s}
+
+    dead, running = n("_Gdead", "_Gdeadextra"), n("_Grunning")
+    runnable, waiting, syscall = n("_Grunnable"), n("_Gwaiting"), n("_Gsyscall")
+    preempted, copystack = n("_Gpreempted"), n("_Gcopystack")
+    rules = [
+        # newproc1 (runnable, or waiting for goroutines born parked), cgo callbacks (syscall).
+        (dead, runnable | waiting | syscall, Kind.CREATE),
+        # execute(); also the end of the runtime's internal waits (stop-the-world, GC scans), which
+        # go _Gwaiting -> _Grunning without ever being made runnable.
+        (runnable | waiting, running, Kind.RUN),
+        (running, waiting, Kind.PARK),
+        (waiting, runnable, Kind.READY),
+        (running | syscall, dead, Kind.EXIT),
+        (running, syscall, Kind.SYSCALL_ENTER),
+        (syscall, running | runnable, Kind.SYSCALL_EXIT),
+        (running, runnable | preempted, Kind.PREEMPT),
+        (copystack, running | waiting | runnable, Kind.STACK_COPY),
+        (running | waiting | runnable, copystack, Kind.STACK_COPY),
+    ]
+    table = [Kind.DROP] * 256
+    for olds, news, kind in rules:
+        if kind not in kinds:
+            continue
+        for old in olds:
+            for new in news:
+                if table[old << 4 | new] == Kind.DROP:
+                    table[old << 4 | new] = kind
+    return table
+
+
+G_WINDOW = 256   # GOTEL_G_WINDOW of bpf/gotel.c
+
+
+def read_window(layout):
+    """(offset of the first g field read, {kind: bytes to read}) for one layout: every kind reads
+    goid; a park adds waitreason (1 byte); a creation adds parentGoid, gopc and startpc."""
+    g = layout.g
+    needs = {kind: [("goid", 8)] for kind in Kind}
+    needs[Kind.PARK].append(("waitreason", 1))
+    needs[Kind.CREATE] += [(f, 8) for f in ("parentGoid", "gopc", "startpc") if f in g]
+    start = min(g[f] for fields in needs.values() for f, _ in fields)
+    lengths = {kind: max(g[f] + size for f, size in fields) - start for kind, fields in needs.items()}
+    if max(lengths.values()) > G_WINDOW:
+        raise ProbeError(f"runtime.g fields span {max(lengths.values())} bytes, more than the "
+                         f"{G_WINDOW} one probe read takes; raise GOTEL_G_WINDOW in bpf/gotel.c")
+    return start, lengths
+
+
+def late_goid(binary):
+    """True for Go <= 1.23, whose newproc1 sets g.goid after casgstatus(_Gdead -> _Grunnable)
+    (runtime/proc.go; Go 1.24 moved the assignment before it)."""
+    from receiver.buildinfo import parse_go_version
+
+    return tuple(parse_go_version(binary.go_version))[:2] < (1, 24)
+
+
+def layout_key(binary):
+    """What makes two binaries share a slot: the same offsets, status numbers and goid timing."""
+    layout = binary.layout
+    return (tuple(sorted(layout.g.items())), tuple(sorted(layout.m.items())),
+            tuple(sorted(layout.statuses.items())), late_goid(binary))
+
+
+@dataclasses.dataclass
+class Attachment:
+    """One uprobe: a binary (by path and file offset), a PID or -1 for every process, a slot."""
+
+    path: str
+    offset: int
+    pid: int
+    slot: int
+    ev_name: bytes
+
+
+class Probes:
+    """The compiled program, its layout slots and its live uprobes.
+
+    ``events_fd`` is the ring buffer map's fd for a ``RingBufferReader``; ``counters()`` sums the
+    per-CPU counters (lost = ring-buffer reserve failures). ``close()`` detaches everything.
+    Raises ``ProbeError`` when compiling, loading or attaching fails.
+    """
+
+    def __init__(self, config=Config()):
+        problems = config.validate()
+        if problems:
+            raise ProbeError("probe configuration: " + "; ".join(problems))
+        self.config = config
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise ProbeError("bcc is not importable: install Debian's python3-bpfcc and use a venv "
+                             "made with --system-site-packages (make setup)") from e
+        self._BPF = BPF
+        try:
+            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=config.cflags())
+            self._fns = [self.bpf.load_func(f"probe_casgstatus_{i}".encode(), BPF.KPROBE)
+                         for i in range(MAX_LAYOUTS)]
+        except Exception as e:
+            raise ProbeError(f"compiling or loading {SOURCE} failed: {e}") from e
+        self._layouts = self.bpf["layouts"]
+        self._counters = self.bpf["counters"]
+        self._slots = {}
+        self.attachments = {}
+        self._lock = threading.Lock()
+
+    @property
+    def events_fd(self):
+        return self.bpf["events"].map_fd
+
+    def slot_for(self, binary):
+        """The layout slot for a GoBinary, filled on first use."""
+        key = layout_key(binary)
+        if key in self._slots:
+            return self._slots[key]
+        if len(self._slots) >= MAX_LAYOUTS:
+            raise ProbeError(f"{binary.path}: gotel traces at most {MAX_LAYOUTS} distinct Go layouts "
+                             f"at once; this would be one more")
+        slot = len(self._slots)
+        self._write_layout(slot, binary)
+        self._slots[key] = slot
+        return slot
+
+    def _write_layout(self, slot, binary):
+        layout = binary.layout
+        leaf = self._layouts.Leaf()
+        g, m = layout.g, layout.m
+        leaf.g_goid = g["goid"]
+        leaf.g_parent_goid = g.get("parentGoid", 0) or 0
+        leaf.g_gopc = g["gopc"]
+        leaf.g_startpc = g["startpc"]
+        leaf.g_waitreason = g["waitreason"]
+        leaf.g_m = g["m"]
+        leaf.m_curg = m["curg"]
+        leaf.enabled = 1
+        leaf.g_window, lengths = read_window(layout)
+        for kind, n in lengths.items():
+            leaf.window_len[kind] = n
+        if late_goid(binary):
+            s = layout.statuses
+            leaf.late_goid_olds = (1 << (s["_Grunnable"] & 0xF)) | (1 << (s["_Gwaiting"] & 0xF))
+        for i, kind in enumerate(transition_table(layout.statuses, self.config.kinds)):
+            leaf.kinds[i] = int(kind)
+        self._layouts[self._layouts.Key(slot)] = leaf
+
+    def attach(self, binary, pid=-1):
+        """Put the probe on binary (a GoBinary) for one PID, or for every process if pid is -1.
+
+        Returns the Attachment; attaching the same (binary file, pid) twice returns the first.
+        """
+        try:
+            fn = binary.functions[PROBED_FUNCTION]
+        except KeyError as e:
+            raise ProbeError(f"{binary.path}: no {PROBED_FUNCTION} to probe") from e
+        path = os.path.realpath(binary.path) if pid == -1 else str(binary.path)
+        offset = binary.file_offset(fn.probe_address)
+        slot = self.slot_for(binary)
+        st = os.stat(binary.path)
+        key = (st.st_dev, st.st_ino, pid)
+        with self._lock:
+            if key in self.attachments:
+                return self.attachments[key]
+            ev_name = f"gotel_{os.getpid()}_{st.st_ino:x}_{offset:x}_{pid if pid >= 0 else 'all'}".encode()
+            from bcc import lib
+
+            fd = lib.bpf_attach_uprobe(self._fns[slot].fd, 0, ev_name, path.encode(), offset, pid)
+            if fd < 0:
+                raise ProbeError(
+                    f"attaching the uprobe to {path} at file offset {offset:#x} (pid {pid}) failed; "
+                    f"does the process still exist, and is this gotel running as root?")
+            self.bpf._add_uprobe_fd(ev_name, fd)
+            att = Attachment(path, offset, pid, slot, ev_name)
+            self.attachments[key] = att
+            return att
+
+    def detach(self, attachment):
+        """Remove one uprobe; events it already produced stay in the ring buffer."""
+        with self._lock:
+            for key, att in list(self.attachments.items()):
+                if att is attachment:
+                    del self.attachments[key]
+            if attachment.ev_name in self.bpf.uprobe_fds:
+                try:
+                    self.bpf.detach_uprobe_event(attachment.ev_name)
+                except Exception:
+                    # The perf fd is closed first; what can fail after is only tracefs clean-up of
+                    # a probe that perf_event_open created without tracefs.
+                    self.bpf.uprobe_fds.pop(attachment.ev_name, None)
+
+    def forget(self, pid):
+        """Drop what the kernel side still holds for an exited process (creations of Go <= 1.23
+        goroutines that never ran)."""
+        held = self.bpf["created"]
+        for key in [k for k in held.keys() if k.pid == pid]:
+            try:
+                del held[key]
+            except KeyError:
+                pass
+
+    def counters(self):
+        """{"lost", "wakeups", "hits", "held_full"}: sums over CPUs since load."""
+        return {name: int(sum(self._counters[self._counters.Key(i)]))
+                for i, name in enumerate(COUNTERS)}
+
+    def source(self):
+        """The program as compiled: the -D tunables, then bpf/gotel.c (for --dump-bpf)."""
+        return dump_bpf(self.config)
+
+    def close(self):
+        """Detach every uprobe and free the program and maps. Idempotent."""
+        if self.bpf is None:
+            return
+        for att in list(self.attachments.values()):
+            self.detach(att)
+        self.bpf.cleanup()
+        self.bpf = None
+
+
+def dump_bpf(config=Config()):
+    """The program text that Probes would compile with config, without compiling it."""
+    defines = "".join(f"#define {flag[2:].replace('=', ' ', 1)}\n"
+                      for flag in config.cflags() if flag.startswith("-D"))
+    return f"/* cflags: {' '.join(config.cflags())} */\n{defines}{SOURCE.read_text()}"
+
+
+def main(argv=None):
+    """``python -m receiver.probes --dump-bpf [--ring-bytes N]``: print the program gotel loads."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m receiver.probes", description=main.__doc__)
+    parser.add_argument("--dump-bpf", action="store_true", help="print the BPF C with its tunables")
+    parser.add_argument("--ring-bytes", type=int, default=Config.ring_bytes)
+    parser.add_argument("--wakeup-bytes", type=int, default=Config.wakeup_bytes)
+    args = parser.parse_args(argv)
+    config = Config(ring_bytes=args.ring_bytes, wakeup_bytes=args.wakeup_bytes)
+    problems = config.validate()
+    if problems:
+        parser.error("; ".join(problems))
+    print(dump_bpf(config))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

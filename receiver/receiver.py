@@ -1,0 +1,356 @@
+"""GoroutineReceiver: the pipeline's source stage. Every goroutine transition of the traced Go
+processes, as numpy batches of ``EVENT_DTYPE``, handed to the next stage.
+
+``start()`` compiles the probes, resolves the targets (PIDs, binaries, a command it launches held
+until the probe is in place), attaches, emits the goroutines that already exist as ``Kind.EXISTING``
+events, and starts the one poller thread. That thread waits on the ring buffer (a wakeup past the
+watermark, or ``poll_interval_s``), converts timestamps to Unix ns in bulk, fills in goroutines it
+has never heard of (read from the process), and calls ``next.consume(batch)``; every
+``check_interval_s`` it retires processes that exited (detaching their probe, after their last
+events came out) and reports lost events from the kernel's counter.
+
+Errors: ``start()`` raises ``TargetError`` (no such PID, not a Go program, ...) or ``ProbeError``
+before anything runs; after that, nothing raises: a process that dies is logged and retired, and
+gotel keeps tracing the others. ``lost`` counts events the kernel could not store (ring full).
+Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.consume`` runs on the
+poller thread only.
+"""
+
+import dataclasses
+import logging
+import os
+import subprocess
+import threading
+import time
+
+import numpy as np
+
+from pipeline.stage import Stage
+from receiver import existing, probes, targets
+from receiver.clock import MonotonicClock
+from receiver.errors import ConfigError, GotelError, TargetError
+from receiver.events import Kind
+from receiver.ringbuf import RingBufferReader
+
+log = logging.getLogger("gotel.receiver")
+
+KIND_NAMES = {k.name.lower(): k for k in Kind if k not in (Kind.DROP, Kind.EXISTING)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """receivers::goroutines in gotel's YAML."""
+
+    pids: tuple = ()
+    paths: tuple = ()
+    command: tuple = ()                    # argv of a program to launch and trace from its start
+    kinds: tuple = ("create", "run", "park", "ready", "exit")
+    ring_bytes: int = 8 << 20
+    wakeup_bytes: int = 0                  # 0: a quarter of the ring
+    poll_interval_s: float = 0.05
+    check_interval_s: float = 0.2
+    existing: bool = True                  # emit goroutines alive at attach, and read unknown ones
+
+    def validate(self, path="receivers::goroutines"):
+        problems = []
+        if not (self.pids or self.paths or self.command):
+            problems.append(f"{path}: give at least one of pids, paths, command")
+        for pid in self.pids:
+            if not isinstance(pid, int) or pid <= 0:
+                problems.append(f"{path}::pids: {pid!r} is not a process id")
+        unknown = [k for k in self.kinds if k not in KIND_NAMES]
+        if unknown:
+            problems.append(f"{path}::kinds: unknown {unknown}; choose from {sorted(KIND_NAMES)}")
+        if self.poll_interval_s <= 0 or self.check_interval_s <= 0:
+            problems.append(f"{path}: poll_interval_s and check_interval_s must be > 0")
+        problems += [f"{path}: {p}" for p in self.probe_config().validate()] if not unknown else []
+        return problems
+
+    def probe_config(self):
+        return probes.Config(ring_bytes=self.ring_bytes, wakeup_bytes=self.wakeup_bytes,
+                             kinds=frozenset(KIND_NAMES[k] for k in self.kinds if k in KIND_NAMES))
+
+
+class GoroutineReceiver(Stage):
+    """Source stage: see the module docstring. ``registry`` is the ``ProcessRegistry`` consumers read."""
+
+    def __init__(self, config, next_stage=None, registry=None, launch_options=None):
+        super().__init__(next_stage)
+        problems = config.validate()
+        if problems:
+            raise ConfigError(problems)
+        self.config = config
+        self.registry = registry if registry is not None else targets.ProcessRegistry()
+        self.probes = None
+        self.reader = None
+        self.clock = MonotonicClock()
+        self.lost = 0
+        self.events = 0
+        self.failed_batches = 0             # batches the next stage raised on (dropped)
+        self._next_error_log = 0.0
+        self.finished = threading.Event()   # set when every target has exited (none left to trace)
+        self.command = None                 # targets.LaunchedCommand
+        self._launch_options = dict(launch_options or {})   # subprocess.Popen keywords (stdio)
+        self._stop = threading.Event()
+        self._thread = None
+        self._path_targets = []             # (Target, GoBinary, Attachment, (dev, ino))
+        self._known = {}                    # pid -> set of goids seen created or existing
+        self._mem = {}                      # pid -> existing.ProcessMemory
+        self._pending = []                  # EXISTING batches to emit before the first poll
+        self._shut = False
+
+    # -- control path -----------------------------------------------------------------------------
+
+    def start(self):
+        """Attach to every target and start polling. Raises TargetError / ProbeError up front."""
+        super().start()
+        self.probes = probes.Probes(self.config.probe_config())
+        try:
+            self.reader = RingBufferReader(self.probes.events_fd)
+            for pid in self.config.pids:
+                self._attach_pid(targets.Target.pid(pid), pid)
+            for path in self.config.paths:
+                self._attach_path(targets.Target.path(path))
+            if self.config.command:
+                self._launch(targets.Target.command(self.config.command))
+        except BaseException:
+            self._teardown()
+            raise
+        self._thread = threading.Thread(target=self._run, name="gotel-receiver", daemon=True)
+        self._thread.start()
+        return self
+
+    def _attach_pid(self, target, pid, binary=None, popen=None):
+        if not targets.is_running(pid):
+            raise TargetError(f"process {pid} does not exist (it exited?); give a running PID")
+        binary = binary or targets.open_binary(pid)
+        proc = targets.new_process(pid, binary, target, popen=popen)
+        if popen is not None:
+            proc.exe = self.command.program   # the shell is about to become it
+        proc.attachment = self.probes.attach(binary, pid)
+        self.registry.add(proc)
+        self._known[pid] = set()
+        if self.config.existing and popen is None:
+            self._read_existing(proc)
+        log.info("tracing %s", proc)
+        return proc
+
+    def _attach_path(self, target):
+        binary = targets.open_binary(target.value)
+        att = self.probes.attach(binary, -1)
+        st = os.stat(target.value)
+        self._path_targets.append((target, binary, att, (st.st_dev, st.st_ino)))
+        for pid in targets.processes_running(target.value):
+            proc = self.registry.add(targets.new_process(pid, binary, target))
+            self._known[pid] = set()
+            if self.config.existing:
+                self._read_existing(proc)
+        log.info("tracing every process running %s", target.value)
+
+    def _launch(self, target):
+        self.command = targets.LaunchedCommand(list(target.value), **self._launch_options)
+        try:
+            binary = targets.open_binary(self.command.program)
+            self._attach_pid(target, self.command.pid, binary=binary, popen=self.command.popen)
+        except BaseException:
+            self.command.kill()
+            raise
+        self.command.release()
+
+    def _read_existing(self, proc):
+        try:
+            batch = existing.read_goroutines(proc.pid, proc.binary, self._memory(proc.pid))
+        except GotelError as e:
+            log.warning("process %d: goroutines alive at attach not read: %s", proc.pid, e)
+            return
+        self._known[proc.pid].update(batch["goid"].tolist())
+        self._pending.append(batch)
+
+    def _memory(self, pid):
+        mem = self._mem.get(pid)
+        if mem is None:
+            mem = self._mem[pid] = existing.ProcessMemory(pid)
+        return mem
+
+    def wait(self, timeout=None):
+        """Block until every target has exited (or timeout); return the launched command's exit
+        status, if gotel launched one."""
+        self.finished.wait(timeout)
+        if self.command is not None:
+            return self.command.popen.wait(timeout)
+        return None
+
+    def shutdown(self, timeout=5.0):
+        """Stop polling after a last full drain, detach everything, then shut the next stage down.
+        Idempotent."""
+        if self._shut:
+            return
+        self._shut = True
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._teardown()
+        super().shutdown(max(0.0, deadline - time.monotonic()))
+
+    def _teardown(self):
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        if self.probes is not None:
+            self.probes.close()
+            self.probes = None
+        for mem in self._mem.values():
+            mem.close()
+        self._mem.clear()
+
+    # -- poller thread ----------------------------------------------------------------------------
+
+    def _run(self):
+        next_check = 0.0
+        try:
+            for batch in self._pending:
+                self._deliver(batch)
+            self._pending.clear()
+            while not self._stop.is_set():
+                self._deliver(self.reader.poll(self.config.poll_interval_s))
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + self.config.check_interval_s
+                    self._check()
+            self._deliver(self.reader.read())   # what was committed before shutdown
+            self._check()
+        except Exception:
+            log.exception("receiver poller stopped by an unexpected error")
+            self.finished.set()
+
+    def _deliver(self, batch):
+        if not len(batch):
+            return
+        if self.config.existing:
+            batch = self._with_unknown(batch)
+        self.clock.to_unix(batch["ts_ns"])
+        self.events += len(batch)
+        try:
+            self.consume(batch)
+        except Exception:
+            # A failing stage must not stop the poller: the ring would fill and every process
+            # would lose events. The batch is dropped, counted, and the error logged (rate-limited).
+            self.failed_batches += 1
+            now = time.monotonic()
+            if now >= self._next_error_log:
+                self._next_error_log = now + 10.0
+                log.exception("next stage failed on a batch of %d events (%d batches dropped so "
+                              "far)", len(batch), self.failed_batches)
+
+    def _with_unknown(self, batch):
+        """Prefix EXISTING events for goroutines never seen created (read from the process)."""
+        extra = []
+        for pid in np.unique(batch["pid"]).tolist():
+            known = self._known.get(pid)
+            if known is None:
+                known = self._adopt(pid)
+                if known is None:
+                    continue
+            mine = batch[batch["pid"] == pid]
+            born = (mine["kind"] == Kind.CREATE) | (mine["kind"] == Kind.EXISTING)
+            known.update(mine["goid"][born].tolist())
+            others = mine[~born]
+            goids, first = np.unique(others["goid"], return_index=True)
+            proc = self.registry.get(pid)
+            for goid, i in zip(goids.tolist(), first.tolist()):
+                if goid not in known:
+                    known.add(goid)
+                    extra.append(self._introduce(proc, others[i:i + 1]))
+            done = mine["goid"][mine["kind"] == Kind.EXIT]
+            known.difference_update(done.tolist())
+        if not extra:
+            return batch
+        return np.concatenate(extra + [batch])
+
+    def _introduce(self, proc, event):
+        """An EXISTING event for the goroutine of one kernel event: read from its g in the process,
+        or, when the process is already gone, just its goid and g address (start PC unknown)."""
+        if proc is not None and proc.alive:
+            try:
+                found = existing.read_g(self._memory(proc.pid), int(event["g"][0]), proc.binary.layout)
+                if len(found) and found["goid"][0] == event["goid"][0]:
+                    found["ts_ns"] = event["ts_ns"]   # known to exist by then
+                    return found
+            except GotelError:
+                pass
+        out = event.copy()
+        out["kind"] = Kind.EXISTING
+        out["aux_goid"] = out["pc_start"] = out["pc_create"] = out["wait_reason"] = 0
+        out["new_status"] = out["old_status"]
+        return out
+
+    def _adopt(self, pid):
+        """A PID seen in events but not registered: a new process running a traced binary."""
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+            ident = (st.st_dev, st.st_ino)
+        except OSError:
+            ident = None
+        for target, binary, _att, path_ident in self._path_targets:
+            if ident is None and len(self._path_targets) > 1:
+                break
+            if ident is None or ident == path_ident:
+                proc = targets.new_process(pid, binary, target)
+                proc.alive = ident is not None
+                self.registry.add(proc)
+                self._known[pid] = set()
+                log.info("tracing new %s", proc)
+                return self._known[pid]
+        return None
+
+    def _check(self):
+        """Retire exited processes and report lost events."""
+        if self.probes is None:
+            return
+        for proc in self.registry.alive():
+            status = proc.popen.poll() if proc.popen is not None else None
+            if status is None and targets.is_running(proc.pid):
+                continue
+            # Its last events were committed before it died: drain them before detaching.
+            self._deliver(self.reader.read())
+            if proc.attachment is not None:
+                self.probes.detach(proc.attachment)
+            self.probes.forget(proc.pid)
+            self.registry.mark_exited(proc.pid, status)
+            mem = self._mem.pop(proc.pid, None)
+            if mem is not None:
+                mem.close()
+            log.warning("process %d (%s) %s; still tracing %d other process(es)", proc.pid,
+                        proc.exe, targets.describe_exit(status), len(self.registry.alive()))
+        lost = self.probes.counters()["lost"]
+        if lost > self.lost:
+            log.warning("%d events lost: the ring buffer (%d bytes) was full; raise ring_bytes",
+                        lost - self.lost, self.config.ring_bytes)
+            self.lost = lost
+        if not self._path_targets and not self.registry.alive():
+            self.finished.set()
+
+
+def create(config, next_stage=None, registry=None, launch_options=None):
+    return GoroutineReceiver(config, next_stage, registry, launch_options)
+
+
+def run_command(argv, next_stage=None, timeout=None, capture=True, **config):
+    """Trace a command from its first instruction until it exits, then drain and shut down.
+
+    ``config`` holds any other ``Config`` fields. With ``capture``, the command's stdout and stderr
+    are collected as text (else inherited). Returns ``(receiver, subprocess.CompletedProcess)``;
+    the receiver is shut down but its registry, ``lost`` and counters stay readable.
+    """
+    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True} if capture else {}
+    rx = GoroutineReceiver(Config(command=tuple(map(str, argv)), **config), next_stage,
+                           launch_options=options)
+    rx.start()
+    try:
+        out, err = rx.command.popen.communicate(timeout=timeout)
+        rx.wait(timeout)
+    finally:
+        rx.shutdown()
+    return rx, subprocess.CompletedProcess(list(argv), rx.command.popen.returncode, out, err)
+

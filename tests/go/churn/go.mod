@@ -1,0 +1,3 @@
+module example.com/gotel/churn
+
+go 1.21

@@ -1,0 +1,3 @@
+module example.com/gotel/inspectme
+
+go 1.19

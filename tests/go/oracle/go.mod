@@ -1,0 +1,3 @@
+module example.com/gotel/oracle
+
+go 1.21

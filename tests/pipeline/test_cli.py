@@ -1,0 +1,132 @@
+"""The command line: user errors are one line on stderr and exit status 2."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import cli
+
+REPO = Path(__file__).resolve().parents[2]
+GOTEL = [sys.executable, "-m", "pipeline.cli"]
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err, *words):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("gotel: ")
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_validate_a_good_file(capsys, tmp_path):
+    f = tmp_path / "gotel.yaml"
+    f.write_text((REPO / "config" / "default.yaml").read_text().replace(
+        "collection_interval: 10s", "collection_interval: 10s\n    pids: [1]"))
+    code, out, err = run(capsys, "validate", "-c", str(f))
+    assert code == 0 and err == ""
+    assert "valid; pipelines: traces (goroutines -> filter -> sampler -> batch -> file/traces)" in out
+
+
+def test_validate_with_targets_like_trace(capsys, go_build):
+    shipped = str(REPO / "config" / "default.yaml")
+    code, _, err = run(capsys, "validate", "-c", shipped)
+    assert code == 2
+    one_line_error(err, "receivers::goroutines: give at least one of pids, paths, command")
+    code, out, err = run(capsys, "validate", "-c", shipped, "--binary", str(go_build("spawner")))
+    assert code == 0 and "valid; pipelines" in out
+
+
+def test_validate_lists_every_problem_on_one_line(capsys, tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("receivers: {goroutines: {pids: [1]}}\nprocessors: {batch: {send_batch_size: 10, "
+                 "send_batch_max_size: 5, timeout: soon}}\nexporters: {debug: {}}\nservice: "
+                 "{pipelines: {traces: {receivers: [goroutines], processors: [batch], exporters: [otlp]}}}\n")
+    code, out, err = run(capsys, "validate", "-c", str(f))
+    assert code == 2 and out == ""
+    one_line_error(err, "invalid configuration:",
+                   "processors::batch::timeout must be a duration like 200ms or 5s, not 'soon'",
+                   "processors::batch::send_batch_max_size must be >= send_batch_size",
+                   "service::pipelines::traces::exporters: otlp is not defined in exporters")
+
+
+def test_validate_a_missing_file(capsys):
+    code, _, err = run(capsys, "validate", "-c", "/no/such/gotel.yaml")
+    assert code == 2
+    one_line_error(err, "cannot read config file /no/such/gotel.yaml")
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["trace"], ["nothing to trace"]),
+    (["trace", "--pid", "abc"], ["--pid 'abc' is not a process id"]),
+    (["trace", "--pid", "-5"], ["is not a process id"]),
+    (["trace", "--pid", "1", "--binary", "/bin/true"], ["give only one of"]),
+    (["trace", "--binary", "/no/such/binary"], ["/no/such/binary: no such file"]),
+    (["trace", "--", "no-such-command-gotel"], ["no-such-command-gotel: command not found"]),
+])
+def test_trace_usage_errors(capsys, argv, words):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    one_line_error(err, *words)
+
+
+def test_trace_a_dead_pid(capsys):
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    code, _, err = run(capsys, "trace", "--pid", str(proc.pid))
+    assert code == 2
+    one_line_error(err, f"process {proc.pid} does not exist")
+
+
+@pytest.mark.parametrize("make", ["text", "elf", "empty"])
+def test_trace_something_that_is_not_go(capsys, tmp_path, make):
+    if make == "text":
+        target = tmp_path / "script.sh"
+        target.write_text("#!/bin/sh\necho hi\n")
+    elif make == "empty":
+        target = tmp_path / "empty"
+        target.write_bytes(b"")
+    else:
+        target = Path("/bin/true")                 # an ELF, but C
+    target.chmod(0o755) if make != "elf" else None
+    code, _, err = run(capsys, "trace", "--binary", str(target))
+    assert code == 2
+    one_line_error(err, "is not a Go program")
+    code, _, err = run(capsys, "trace", "--", str(target))
+    assert code == 2
+    one_line_error(err, "is not a Go program")
+
+
+def test_trace_a_running_process_that_is_not_go(capsys):
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        code, _, err = run(capsys, "trace", "--pid", str(proc.pid))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 2
+    one_line_error(err, f"process {proc.pid} is not a Go program")
+
+
+def test_trace_with_a_bad_config(capsys, tmp_path, go_build):
+    f = tmp_path / "bad.yaml"
+    f.write_text("receivers: {goroutines: {}}\nexporters: {file: {}}\n"
+                 "service: {pipelines: {traces: {receivers: [goroutines], exporters: [file]}}}\n")
+    code, _, err = run(capsys, "trace", "-c", str(f), "--binary", str(go_build("spawner")))
+    assert code == 2
+    one_line_error(err, "invalid configuration: exporters::file::path is required")
+
+
+def test_the_installed_entry_point_exits_2_with_one_line():
+    proc = subprocess.run([*GOTEL, "trace", "--pid", "0"], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert proc.returncode == 2
+    one_line_error(proc.stderr, "--pid '0' is not a process id")

@@ -1,0 +1,203 @@
+"""AdaptiveSampler: whole traces, a rate held near the target, OTEP 235 thresholds, anomalies."""
+
+import numpy as np
+import pytest
+
+import gosim
+from pipeline.decoder import EventDecoder
+from pipeline.ids import IdGenerator, randomness
+from pipeline.metrics import GoRuntimeMetrics
+from pipeline.sampler import (AdaptiveSampler, Config, format_threshold, probability_of,
+                              threshold_for)
+from pipeline.spans import SpanFlag, SpanKind, empty_spans
+
+NS = 1_000_000_000
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def trace_stream(seconds, spans_per_s, seed=0, start=0.0):
+    """Span rows of traces of 1..20 spans, each trace's rows spread over up to 0.5 s and its last
+    row flagged TRACE_END (as the decoder does), ordered by emission time. Returns (rows, times)."""
+    rng = np.random.default_rng(seed)
+    ids = IdGenerator(seed)
+    n_traces = int(seconds * spans_per_s / 10.5)
+    sizes = rng.integers(1, 21, n_traces)
+    hi, lo = ids.trace_ids(n_traces)
+    t0 = start + rng.random(n_traces) * seconds
+    trace = np.repeat(np.arange(n_traces), sizes)
+    rows = empty_spans(trace.size)
+    rows["trace_hi"], rows["trace_lo"] = hi[trace], lo[trace]
+    rows["span_id"] = ids.span_ids(trace.size)
+    first = np.r_[0, np.cumsum(sizes)[:-1]]
+    rows["parent_span_id"] = rows["span_id"][first[trace]]
+    rows["parent_span_id"][first] = 0
+    offset = rng.random(trace.size) * 0.5
+    offset[first] = 0
+    last = np.cumsum(sizes) - 1
+    offset[last] = 0.5
+    times = t0[trace] + offset
+    rows["flags"][last] = SpanFlag.TRACE_END
+    rows["kind"] = SpanKind.GOROUTINE
+    rows["start_ns"] = (times * NS).astype(np.uint64)
+    rows["end_ns"] = rows["start_ns"] + 1000
+    rows["born_ns"] = rows["start_ns"]
+    order = np.argsort(times, kind="stable")
+    return rows[order], times[order]
+
+
+def drive(sampler, clock, rows, times, step=0.05):
+    """Feed rows in steps of ``step`` seconds of the fake clock; return (exported rows, their times)."""
+    out, out_t = [], []
+    edges = np.searchsorted(times, np.arange(0, times[-1] + step, step))
+    for i in range(len(edges) - 1):
+        clock.t = i * step
+        batch = rows[edges[i]:edges[i + 1]]
+        kept = sampler.process(batch)
+        out.append(kept)
+        out_t.append(np.full(len(kept), clock.t))
+    return np.concatenate(out), np.concatenate(out_t)
+
+
+def assert_complete(rows, exported):
+    """Every trace is exported whole or not at all."""
+    full = dict(zip(*np.unique(rows["trace_lo"], return_counts=True)))
+    got = dict(zip(*np.unique(exported["trace_lo"], return_counts=True)))
+    assert all(full[t] == n for t, n in got.items())
+
+
+@pytest.mark.parametrize("target", [1000, 200])
+def test_rate_settles_near_target_under_ten_times_the_load(target):
+    clock = Clock()
+    sampler = AdaptiveSampler(Config(target_spans_per_second=target), clock=clock)
+    # 20 s at twice the target, then 40 s at ten times it.
+    a, ta = trace_stream(20, 2 * target, seed=1)
+    b, tb = trace_stream(40, 10 * target, seed=2, start=20)
+    rows, times = np.concatenate([a, b]), np.concatenate([ta, tb])
+    order = np.argsort(times, kind="stable")
+    rows, times = rows[order], times[order]
+    exported, when = drive(sampler, clock, rows, times)
+    assert_complete(rows, exported)
+    settled = np.count_nonzero((when >= 40) & (when < 60)) / 20
+    assert abs(settled - target) <= 0.2 * target, (settled, sampler.probability)
+    early = np.count_nonzero((when >= 10) & (when < 20)) / 10
+    assert abs(early - target) <= 0.2 * target, early
+    # Each kept row carries its trace's threshold, and its trace's randomness passes it.
+    assert (randomness(exported["trace_lo"]) >= exported["sample_threshold"]).all()
+    assert sampler.decisions.live < 200      # decisions are forgotten at TRACE_END
+    assert sampler.spans_kept + sampler.spans_dropped == rows.size
+
+
+def test_below_target_everything_is_kept_with_threshold_zero():
+    clock = Clock()
+    sampler = AdaptiveSampler(Config(target_spans_per_second=10_000), clock=clock)
+    rows, times = trace_stream(10, 1000, seed=3)
+    exported, _ = drive(sampler, clock, rows, times)
+    assert exported.size == rows.size and (exported["sample_threshold"] == 0).all()
+
+
+def test_a_trace_keeps_its_first_decision_when_the_threshold_moves():
+    clock = Clock()
+    sampler = AdaptiveSampler(Config(target_spans_per_second=100), clock=clock)
+    rows, _ = trace_stream(1, 1000, seed=4)
+    lo, sizes = np.unique(rows["trace_lo"], return_counts=True)
+    trace = rows[rows["trace_lo"] == lo[np.argmax(sizes)]]
+    assert trace.size > 1
+    sampler.process(trace[:1])                 # decided at threshold 0: kept
+    sampler.threshold = threshold_for(0.0001)  # the rate controller moved meanwhile
+    later = trace[1:]
+    kept = sampler.process(later)
+    assert kept.size == later.size and (kept["sample_threshold"] == 0).all()
+
+
+def test_threshold_encoding_follows_otep_235():
+    assert format_threshold(0) == "0"
+    assert format_threshold(1 << 55) == "8"                    # keep 1/2
+    assert format_threshold(threshold_for(0.25)) == "c"        # reject 3/4
+    assert format_threshold(threshold_for(0.1, digits=4)) == "e666"
+    assert format_threshold(1) == "00000000000001"
+    assert probability_of(threshold_for(0.1, digits=14)) == pytest.approx(0.1)
+    assert threshold_for(1.0) == 0 and threshold_for(0.0) < (1 << 56)
+
+
+def test_anomalies_of_dropped_traces_are_kept_as_standalone_roots():
+    clock = Clock()
+    sampler = AdaptiveSampler(Config(anomaly_park_s=1.0, anomaly_lifetime_s=60), clock=clock)
+    sampler.threshold = (1 << 56) - (1 << 40)      # drop almost everything
+    rows = empty_spans(4)
+    rows["trace_hi"], rows["trace_lo"] = 1, 5     # randomness 5: dropped
+    rows["span_id"] = [11, 12, 13, 14]
+    rows["parent_span_id"] = [0, 11, 11, 11]
+    rows["kind"] = [SpanKind.GOROUTINE, SpanKind.PARK, SpanKind.PARK, SpanKind.GOROUTINE]
+    rows["blocked_ns"] = [0, 2 * NS, NS // 10, 0]
+    rows["born_ns"] = 1
+    rows["end_ns"] = [2, 3 * NS, NS, 100 * NS]
+    out = sampler.process(rows)
+    assert sorted(out["span_id"].tolist()) == [12, 14]
+    assert (out["flags"] & SpanFlag.ANOMALY).all()
+    assert (out["parent_span_id"] == 0).all() and (out["link_span_id"] == 11).all()
+    assert (out["sample_threshold"] == 0).all() and sampler.anomalies_kept == 2
+
+
+def test_anomalous_park_event_brings_its_goroutine_span():
+    sampler = AdaptiveSampler(Config(anomaly_park_s=1.0), clock=Clock())
+    sampler.threshold = (1 << 56) - (1 << 40)
+    rows = empty_spans(3)
+    rows["trace_lo"] = 5
+    rows["span_id"] = [11, 12, 13]
+    rows["parent_span_id"] = [0, 11, 11]
+    rows["kind"] = [SpanKind.GOROUTINE, SpanKind.PARK, SpanKind.PARK]
+    rows["flags"] = [0, SpanFlag.AS_EVENT, SpanFlag.AS_EVENT]
+    rows["blocked_ns"] = [0, 2 * NS, 10]
+    out = sampler.process(rows)
+    assert sorted(out["span_id"].tolist()) == [11, 12, 13]
+    assert (out["parent_span_id"][out["kind"] == SpanKind.PARK] == 11).all()
+
+
+def test_decisions_expire_when_trace_end_never_comes():
+    clock = Clock()
+    sampler = AdaptiveSampler(Config(decision_ttl_s=5, max_traces=10), clock=clock)
+    rows, times = trace_stream(2, 500, seed=6)
+    rows["flags"] = 0
+    sampler.process(rows)
+    assert sampler.decisions.live > 10
+    clock.t = 1.5
+    sampler.process(rows[:1])          # the window closes: the cap applies, then this trace
+    assert sampler.decisions.live <= 10 + 1
+    clock.t = 10
+    sampler.process(empty_spans(0))
+    clock.t = 11.5
+    sampler.process(rows[-1:])
+    assert sampler.decisions.live == 1
+
+
+def test_sampling_changes_no_metric_and_keeps_decoded_traces_whole():
+    ev, truth = gosim.workload(3000, parks=2, seed=7, spread_ns=2 * NS)
+    ev = np.concatenate([gosim.events([(0, 1, gosim.Kind.EXISTING, 0)]), ev])
+    batches = gosim.batches(ev, 2048)
+
+    def decode(sample):
+        metrics = GoRuntimeMetrics()
+        dec = EventDecoder(metrics=metrics, ids=IdGenerator(42))
+        clock = Clock()
+        sampler = AdaptiveSampler(Config(target_spans_per_second=2000, window_s=0.1), clock=clock)
+        out = []
+        for i, b in enumerate(batches):
+            clock.t = i * 0.05
+            spans = dec.process(b)
+            out.append(sampler.process(spans) if sample else spans)
+        spans = dec.flush()
+        out.append(sampler.process(spans) if sample else spans)
+        return metrics.snapshot(), np.concatenate(out)
+
+    truth_metrics, everything = decode(False)
+    sampled_metrics, kept = decode(True)
+    assert sampled_metrics == truth_metrics
+    assert 0 < kept.size < everything.size
+    assert_complete(everything, kept)

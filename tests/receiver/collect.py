@@ -1,0 +1,44 @@
+"""Helpers for receiver tests: a sink stage that keeps every batch, and a traced run of a Go program."""
+
+import subprocess
+
+import numpy as np
+
+from receiver.events import EVENT_DTYPE
+
+
+class Collect:
+    """The last stage of a test pipeline: keeps each batch it is given (thread-safe enough: the
+    receiver's poller is the only caller of consume)."""
+
+    def __init__(self):
+        self.batches = []
+        self.started = self.shut = False
+
+    def start(self):
+        self.started = True
+
+    def consume(self, batch):
+        assert batch.dtype == EVENT_DTYPE
+        self.batches.append(batch)
+
+    def shutdown(self, timeout=5.0):
+        self.shut = True
+
+    @property
+    def events(self):
+        return np.concatenate(self.batches) if self.batches else np.zeros(0, EVENT_DTYPE)
+
+
+def untraced(binary, *args, env=None, timeout=60):
+    """(exit code, stdout, stderr) of a plain run, to compare traced runs with."""
+    p = subprocess.run([str(binary), *map(str, args)], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def start_held(binary, *args):
+    """A Go program (tests/go/spawner or oracle) that waits for a line on stdin before it starts."""
+    return subprocess.Popen([str(binary), *map(str, args)], env={"WAIT_STDIN": "1"},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)

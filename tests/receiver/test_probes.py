@@ -1,0 +1,232 @@
+"""Probes: the (old, new) -> kind table, layout slots, where the uprobe attaches, and what a real
+probe on real Go processes delivers: every creation with the right goid and parent, parks with
+their wait reasons, only the kinds asked for, several Go versions at once, PIE included."""
+
+import collections
+import time
+
+import numpy as np
+import pytest
+
+import oracle
+from collect import start_held, untraced
+from receiver import probes
+from receiver.events import Kind
+from receiver.ringbuf import RingBufferReader
+
+GO125 = {"_Gidle": 0, "_Grunnable": 1, "_Grunning": 2, "_Gsyscall": 3, "_Gwaiting": 4,
+         "_Gdead": 6, "_Gcopystack": 8, "_Gpreempted": 9, "_Gscan": 0x1000}
+SPAWNED = 500
+
+
+def kind_of(table, old, new):
+    return table[(old & 0xF) << 4 | (new & 0xF)]
+
+
+def test_transition_table_default_kinds():
+    t = probes.transition_table(GO125)
+    assert kind_of(t, 6, 1) == Kind.CREATE
+    assert kind_of(t, 1, 2) == Kind.RUN
+    assert kind_of(t, 4, 2) == Kind.RUN          # end of an internal (GC) wait
+    assert kind_of(t, 2, 4) == Kind.PARK
+    assert kind_of(t, 4, 1) == Kind.READY
+    assert kind_of(t, 2, 6) == Kind.EXIT
+    assert kind_of(t, 0, 6) == Kind.DROP         # a fresh g allocated, not a goroutine yet
+    assert kind_of(t, 2, 3) == Kind.DROP         # syscalls are off by default
+    assert kind_of(t, 0x1000 | 2, 4) == Kind.PARK  # the _Gscan bit is ignored
+    assert sum(k != Kind.DROP for k in t) == 9
+
+
+def test_transition_table_optional_kinds_and_filter():
+    every = frozenset(k for k in Kind if k not in (Kind.DROP, Kind.EXISTING))
+    t = probes.transition_table(GO125, every)
+    assert kind_of(t, 2, 3) == Kind.SYSCALL_ENTER
+    assert kind_of(t, 3, 2) == Kind.SYSCALL_EXIT
+    assert kind_of(t, 2, 1) == Kind.PREEMPT
+    assert kind_of(t, 2, 8) == Kind.STACK_COPY
+    only = probes.transition_table(GO125, {Kind.CREATE})
+    assert {k for k in only if k != Kind.DROP} == {Kind.CREATE}
+
+
+def test_transition_table_follows_the_binary_numbering():
+    shifted = {name: (n + 1 if name != "_Gscan" else n) for name, n in GO125.items()}
+    t = probes.transition_table(shifted)
+    assert kind_of(t, 7, 2) == Kind.CREATE and kind_of(t, 6, 1) == Kind.DROP
+
+
+def test_config_validation_names_every_problem():
+    problems = probes.Config(ring_bytes=5000, wakeup_bytes=10**9, kinds={Kind.EXISTING}).validate()
+    assert len(problems) == 3
+    assert probes.Config().validate() == []
+
+
+def test_dump_bpf_shows_the_tunables():
+    text = probes.dump_bpf(probes.Config(ring_bytes=1 << 20))
+    assert "#define GOTEL_RING_BYTES 1048576" in text
+    assert "#define GOTEL_WAKEUP_BYTES 262144" in text
+    assert "GOTEL_PROBE(7)" in text
+
+
+@pytest.fixture(scope="module")
+def loaded(require_bpf):
+    p = probes.Probes()
+    yield p
+    p.close()
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("flags", [(), ("-buildmode=pie",)], ids=["exec", "pie"])
+def test_file_offset_agrees_with_bcc_symbol_resolution(require_bpf, go_build, flags):
+    """gotel attaches at GoBinary.file_offset(probe_address); bcc's own resolver of the symbol
+    must land on the same file offset, for a plain executable and for a PIE."""
+    from bcc import BPF
+
+    from receiver.binary import GoBinary
+
+    binary = GoBinary.open(go_build("spawner", "1.25", flags))
+    fn = binary.functions["runtime.casgstatus"]
+    assert fn.probe_address == fn.address          # nosplit: probed at its first instruction
+    _, bcc_offset = BPF._check_path_symbol(binary.path.encode(), b"runtime.casgstatus", None, -1)
+    assert binary.file_offset(fn.probe_address) == bcc_offset
+    assert binary.pie == bool(flags)
+
+
+def traced_run(loaded, binaries):
+    """Run each binary (spawner SPAWNED) with the probe attached to its PID; return per-process
+    (binary, proc, output, events)."""
+    from receiver.binary import GoBinary
+
+    reader = RingBufferReader(loaded.events_fd)
+    runs = []
+    try:
+        for path in binaries:
+            proc = start_held(path, SPAWNED)
+            binary = GoBinary.open(proc.pid)
+            att = loaded.attach(binary, proc.pid)
+            runs.append((binary, proc, att))
+        outputs = [p.communicate("go\n", timeout=60) + (p.returncode,) for _, p, _ in runs]
+        time.sleep(0.05)
+        events = reader.read()
+    finally:
+        for _, p, att in runs:
+            p.kill()
+            loaded.detach(att)
+        reader.close()
+    return [(b, p, out, events[events["pid"] == p.pid]) for (b, p, _), out in zip(runs, outputs)]
+
+
+@pytest.mark.bpf
+def test_two_go_versions_and_a_pie_at_once(loaded, go_build):
+    paths = [go_build("spawner", "1.21"), go_build("spawner", "1.25", ("-buildmode=pie",)),
+             go_build("spawner", "1.23")]
+    lost_before = loaded.counters()["lost"]
+    runs = traced_run(loaded, paths)
+    assert loaded.counters()["lost"] == lost_before
+    slots = {probes.layout_key(b) for b, *_ in runs}
+    assert len(slots) == 3                            # three layouts, three slots
+    for (binary, proc, (out, err, code), ev), path in zip(runs, paths):
+        assert (code, out, err) == untraced(path, SPAWNED), binary.go_version
+        kinds = collections.Counter(ev["kind"].tolist())
+        created = ev[ev["kind"] == Kind.CREATE]
+        # Workers, plus the few goroutines the runtime starts itself.
+        assert SPAWNED <= len(created) <= SPAWNED + 50, (binary.go_version, kinds)
+        assert len(np.unique(created["goid"])) == len(created) and created["goid"].min() >= 1
+        workers = created[created["aux_goid"] == 1]   # `go worker(...)` in main
+        assert len(workers) == SPAWNED, binary.go_version
+        assert kinds[Kind.EXIT] >= SPAWNED and kinds[Kind.RUN] >= SPAWNED
+        # A worker can only block on `<-start` (the scheduler decides whether it does), or be
+        # marked waiting by the runtime while it helps the GC (an internal wait).
+        parks = ev[(ev["kind"] == Kind.PARK) & np.isin(ev["goid"], workers["goid"])]
+        reasons = {binary.layout.wait_reasons[r] for r in parks["wait_reason"]}
+        assert reasons <= {"chan receive"} | oracle.INTERNAL_WAITS, (binary.go_version, reasons)
+        # Any other goid belongs to a goroutine that existed before the probe (main, runtime's own).
+        others = set(ev["goid"].tolist()) - set(created["goid"].tolist())
+        assert max(others, default=0) < created["goid"].min(), binary.go_version
+
+
+@pytest.mark.bpf
+def test_only_the_kinds_asked_for_reach_the_ring(require_bpf, go_build):
+    p = probes.Probes(probes.Config(kinds=frozenset({Kind.CREATE, Kind.EXIT})))
+    try:
+        path = go_build("spawner", "1.25")
+        [(binary, proc, (out, err, code), ev)] = traced_run(p, [path])
+        assert (code, out, err) == untraced(path, SPAWNED)
+        assert set(ev["kind"].tolist()) == {Kind.CREATE, Kind.EXIT}
+        assert p.counters()["hits"] == len(ev)
+    finally:
+        p.close()
+
+
+@pytest.mark.bpf
+def test_detached_probe_sees_nothing(loaded, go_build):
+    from receiver.binary import GoBinary
+
+    path = go_build("spawner", "1.25")
+    proc = start_held(path, SPAWNED)
+    reader = RingBufferReader(loaded.events_fd)
+    try:
+        att = loaded.attach(GoBinary.open(proc.pid), proc.pid)
+        loaded.detach(att)
+        out, err = proc.communicate("go\n", timeout=60)
+        assert (proc.returncode, out, err) == untraced(path, SPAWNED)
+        assert len(reader.read()) == 0
+    finally:
+        proc.kill()
+        reader.close()
+
+
+def test_one_read_covers_the_g_fields_each_kind_needs():
+    class Layout:
+        g = {"goid": 152, "parentGoid": 272, "gopc": 280, "startpc": 296, "waitreason": 176,
+             "atomicstatus": 144, "m": 48}
+
+    start, lengths = probes.read_window(Layout)
+    assert start == 152
+    assert lengths[Kind.RUN] == 8 and lengths[Kind.PARK] == 25 and lengths[Kind.CREATE] == 152
+    Layout.g = dict(Layout.g, startpc=152 + 400)
+    with pytest.raises(probes.ProbeError, match="GOTEL_G_WINDOW"):
+        probes.read_window(Layout)
+
+
+@pytest.mark.bpf
+def test_a_full_ring_counts_every_event_it_drops(require_bpf, go_build):
+    """Nobody reads a one-page ring: what does not fit is counted as lost, nothing vanishes."""
+    p = probes.Probes(probes.Config(ring_bytes=4096))
+    try:
+        path = go_build("spawner", "1.25")
+        [(binary, proc, (out, err, code), ev)] = traced_run(p, [path])
+        assert (code, out, err) == untraced(path, SPAWNED)
+        c = p.counters()
+        assert c["lost"] > 0 and len(ev) == 4096 // 72
+        assert c["hits"] == len(ev) + c["lost"]
+    finally:
+        p.close()
+
+
+@pytest.mark.bpf
+def test_the_reader_is_woken_past_the_watermark(require_bpf, go_build):
+    """Records are submitted without a wakeup; crossing wakeup_bytes wakes a reader that would
+    otherwise sleep for its whole (here: 60 s) poll timeout."""
+    import threading
+
+    from receiver.binary import GoBinary
+
+    p = probes.Probes(probes.Config(ring_bytes=1 << 20, wakeup_bytes=16384))
+    reader = RingBufferReader(p.events_fd)
+    proc = start_held(go_build("spawner", "1.25"), 5000)
+    try:
+        p.attach(GoBinary.open(proc.pid), proc.pid)
+        def release():
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+
+        threading.Timer(0.2, release).start()
+        batch = reader.poll(60)
+        assert len(batch) * 72 >= 16384
+        assert p.counters()["wakeups"] >= 1
+        out, err = proc.communicate(timeout=60)
+        assert (proc.returncode, out, err) == untraced(go_build("spawner", "1.25"), 5000)
+    finally:
+        proc.kill()
+        reader.close()
+        p.close()

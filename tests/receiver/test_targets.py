@@ -1,0 +1,183 @@
+"""Targets and the receiver stage end to end: PIDs, binary paths (processes started later too), a
+command launched held and traced from its first instruction; goroutines alive at attach; a target
+killed mid-run; a PID that does not exist; a process that is not Go. Traced programs must print
+the same and exit the same as untraced ones."""
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from collect import Collect, start_held, untraced
+from receiver import targets
+from receiver.errors import ConfigError, TargetError
+from receiver.events import Kind
+from receiver.receiver import Config, GoroutineReceiver, run_command
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_registry_keys_processes_by_pid():
+    reg = targets.ProcessRegistry()
+    p = reg.add(targets.Process(42, binary=None, exe="/x", start_time_ns=1, target=targets.Target.pid(42)))
+    assert reg.get(42) is p and 42 in reg and len(reg) == 1 and reg.alive() == [p]
+    assert reg.mark_exited(42, -9) is p and not p.alive and p.exit_status == -9
+    assert reg.alive() == [] and reg.get(7) is None
+    assert targets.describe_exit(-9) == "killed by SIGKILL"
+
+
+def test_config_fails_fast_with_every_problem():
+    with pytest.raises(ConfigError) as e:
+        GoroutineReceiver(Config(kinds=("create", "teleport"), poll_interval_s=0))
+    assert len(e.value.problems) == 3
+    assert "receivers::goroutines" in str(e.value)
+
+
+def test_start_time_is_a_recent_unix_time():
+    assert abs(targets.start_time_ns(os.getpid()) - time.time_ns()) < 3600 * 10**9
+
+
+@pytest.mark.bpf
+def test_launched_command_is_traced_from_its_first_instruction(require_bpf, go_build):
+    binary = go_build("oracle", "1.25")
+    args = ("-exit", "3", "chan", "select", "timer")
+    sink = Collect()
+    rx, done = run_command([binary, *args], sink, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == untraced(binary, *args)
+    assert done.returncode == 3
+    ev = sink.events
+    proc = rx.registry.get(rx.command.pid)
+    assert proc.exe == os.path.realpath(binary) and not proc.alive and proc.exit_status == 3
+    created = ev[ev["kind"] == Kind.CREATE]
+    assert created["goid"][0] == 1 and created["aux_goid"][0] == 0     # main, from the very start
+    assert rx.lost == 0 and sink.shut
+    assert np.all(np.diff(ev["ts_ns"].astype(np.int64)) > -10**7)     # Unix ns, roughly ordered
+    assert abs(int(ev["ts_ns"][-1]) - time.time_ns()) < 60 * 10**9
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("flags", [(), ("-ldflags=-s -w",)], ids=["allgs", "stripped-lazy"])
+def test_goroutines_alive_at_attach_are_reported(require_bpf, go_build, flags):
+    """With symbols, runtime.allgs is read at attach; stripped, each unknown goroutine is read from
+    its g when its first event arrives. Either way main (goid 1) shows up as EXISTING before any
+    other event of it, with its start PC, and nothing is unknown."""
+    binary = go_build("oracle", "1.25", flags)
+    args = ("-repeat", "5", "timer", "chan")
+    proc = start_held(binary, *args)
+    sink = Collect()
+    rx = GoroutineReceiver(Config(pids=(proc.pid,)), sink).start()
+    try:
+        out, err = proc.communicate("go\n", timeout=60)
+        assert wait_for(lambda: not rx.registry.get(proc.pid).alive)
+    finally:
+        proc.kill()
+        rx.shutdown()
+    assert (proc.returncode, out, err) == untraced(binary, *args)
+    ev = sink.events
+    existing = ev[ev["kind"] == Kind.EXISTING]
+    assert 1 in existing["goid"].tolist()
+    first_of_main = np.flatnonzero(ev["goid"] == 1)[0]
+    assert ev["kind"][first_of_main] == Kind.EXISTING
+    assert existing[existing["goid"] == 1]["pc_start"][0] != 0
+    introduced = set(ev[np.isin(ev["kind"], [Kind.CREATE, Kind.EXISTING])]["goid"].tolist())
+    assert set(ev["goid"].tolist()) <= introduced
+
+
+@pytest.mark.bpf
+def test_binary_path_traces_processes_started_later(require_bpf, go_build):
+    binary = go_build("spawner", "1.21")
+    sink = Collect()
+    rx = GoroutineReceiver(Config(paths=(str(binary),)), sink).start()
+    try:
+        procs = [start_held(binary, 200) for _ in range(2)]
+        outs = [p.communicate("go\n", timeout=60) for p in procs]
+        assert wait_for(lambda: all(p.pid in rx.registry for p in procs))
+        assert wait_for(lambda: not any(rx.registry.get(p.pid).alive for p in procs))
+        assert not rx.finished.is_set()            # a path target keeps gotel listening
+    finally:
+        rx.shutdown()
+    expected = untraced(binary, 200)
+    ev = sink.events
+    for p, (out, err) in zip(procs, outs):
+        assert (p.returncode, out, err) == expected
+        mine = ev[ev["pid"] == p.pid]
+        assert (mine["kind"] == Kind.CREATE).sum() >= 200
+        assert rx.registry.get(p.pid).binary.go_version.startswith("go1.21")
+
+
+@pytest.mark.bpf
+def test_sigkilled_target_is_retired_and_the_others_still_traced(require_bpf, go_build, caplog):
+    binary = go_build("oracle", "1.25")
+    victim = start_held(binary, "-repeat", "0", "chan", "timer")
+    survivor = start_held(binary, "-repeat", "0", "chan", "timer")
+    sink = Collect()
+    rx = GoroutineReceiver(Config(pids=(victim.pid, survivor.pid)), sink).start()
+    try:
+        victim.stdin.write("go\n"), victim.stdin.flush()
+        survivor.stdin.write("go\n"), survivor.stdin.flush()
+        assert wait_for(lambda: (sink.events["pid"] == victim.pid).sum() > 1000)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        assert wait_for(lambda: not rx.registry.get(victim.pid).alive)
+        assert rx.registry.get(victim.pid).attachment.ev_name not in rx.probes.bpf.uprobe_fds
+        before = (sink.events["pid"] == survivor.pid).sum()
+        assert wait_for(lambda: (sink.events["pid"] == survivor.pid).sum() > before + 1000)
+        assert rx.registry.get(survivor.pid).alive and not rx.finished.is_set()
+    finally:
+        for p in (victim, survivor):
+            p.kill()
+            p.wait()
+        rx.shutdown()
+    assert rx.lost == 0
+    assert any(f"process {victim.pid}" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.bpf
+def test_nonexistent_pid_is_a_clear_error(require_bpf):
+    pid = 4_000_000 - 7
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    with pytest.raises(TargetError, match=f"process {pid} does not exist"):
+        GoroutineReceiver(Config(pids=(pid,)), Collect()).start()
+
+
+@pytest.mark.bpf
+def test_non_go_pid_is_a_clear_error_and_nothing_stays_attached(require_bpf, go_build):
+    sleeper = subprocess.Popen(["sleep", "30"])
+    binary = go_build("spawner", "1.25")
+    go = start_held(binary, 10)
+    try:
+        rx = GoroutineReceiver(Config(pids=(go.pid, sleeper.pid)), Collect())
+        with pytest.raises(TargetError, match=f"process {sleeper.pid} is not a Go program"):
+            rx.start()
+        assert rx.probes is None                   # torn down: the Go target was detached again
+        out, err = go.communicate("go\n", timeout=30)
+        assert (go.returncode, out, err) == untraced(binary, 10)
+    finally:
+        sleeper.kill()
+        go.kill()
+
+
+@pytest.mark.bpf
+def test_a_failing_next_stage_does_not_stop_the_receiver(require_bpf, go_build):
+    class Flaky(Collect):
+        def consume(self, batch):
+            if not self.batches:
+                self.batches.append(batch[:0])
+                raise RuntimeError("first batch refused")
+            super().consume(batch)
+
+    binary = go_build("oracle", "1.25")
+    sink = Flaky()
+    rx, done = run_command([binary, "-repeat", "3", "chan", "timer"], sink, timeout=60)
+    assert done.returncode == 0 and rx.failed_batches == 1
+    assert len(sink.events) > 0 and rx.lost == 0
