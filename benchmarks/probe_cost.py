@@ -12,6 +12,8 @@ filtered out in the kernel (the bare uprobe trap plus the table lookup, nothing 
   (estimated as the default run's events per op): what the trap alone costs, paid by every
   transition, wanted or not;
 - ``*_wall_ns_per_op``: wall time per op, for reference;
+- ``syscall_cost``: CPU ns added per syscall with the default kinds (syscalls filtered out), per
+  Go version: up to Go 1.25 every syscall passes casgstatus twice, so it pays two traps;
 - ``event_rate``: captured events per second during the traced run, with ``lost`` (ring-buffer
   reserve failures) which must be 0 for the rate to count.
 
@@ -118,6 +120,20 @@ def measure(version="1.25", workload="pingpong", ops=200_000, pairs=1, repeats=3
     }
 
 
+def syscall_cost(versions=("1.25", "1.27"), ops=200_000, repeats=3):
+    """CPU ns added per syscall with syscall kinds filtered out (the default), per Go version:
+    up to Go 1.25 entersyscall/exitsyscall go through casgstatus (two traps per syscall, captured
+    or not); from Go 1.26 a fast-path CAS skips it (and syscall events become incomplete)."""
+    out = {}
+    for version in versions:
+        binary = churn_binary(version)
+        args = ["syscall", str(ops)]
+        base = statistics.median(run_untraced(binary, args)[0] for _ in range(repeats))
+        traced = statistics.median(run_traced(binary, args)[0] for _ in range(repeats))
+        out[version] = round(traced - base, 1)
+    return out
+
+
 def max_rate(version="1.25", ops=200_000, pairs=(1, 2, 4, 8), repeats=1, ring_bytes=None):
     """The highest event rate the probes produce here, with lost events, per ping-pong width."""
     results = []
@@ -139,8 +155,9 @@ def main(argv=None):
     started = time.monotonic()
     results = [measure(args.version, w, args.ops, 1, args.repeats) for w in ("pingpong", "spawn")]
     rate = max_rate(args.version, args.ops)
+    syscalls = syscall_cost(ops=args.ops, repeats=args.repeats)
     if args.json:
-        print(json.dumps({"workloads": results, "max_rate": rate}, indent=2))
+        print(json.dumps({"workloads": results, "max_rate": rate, "syscall_ns": syscalls}, indent=2))
         return 0
     cols = ["workload", "untraced_ns_per_op", "traced_ns_per_op", "filtered_ns_per_op",
             "events_per_op", "ns_per_event", "ns_per_hit_filtered", "event_rate", "lost"]
@@ -148,6 +165,7 @@ def main(argv=None):
     for r in results:
         print(" ".join(f"{str(r[c]):>20}" for c in cols))
     print(f"max lossless event rate: {rate['max_lossless_rate']} events/s  runs: {rate['runs']}")
+    print(f"CPU ns added per syscall, syscall kinds filtered out: {syscalls}")
     print(f"({time.monotonic() - started:.0f} s)")
     return 0
 

@@ -45,8 +45,8 @@ sampler sees a span.
 Cost: about a hundred numpy operations per batch, plus one step per level of goroutines created by
 goroutines created in the same batch; no per-event Python. Measured with metrics on, batches of
 16384 synthetic events (create, run, three park/ready/run cycles, exit, on interleaved CPUs):
-1.8-3.6 M events/s on one core of the project's 2-vCPU machine, depending on what else ran on it
-(``pytest -s tests/pipeline/test_decoder.py -k throughput``). Memory: ~93 bytes per live goroutine
+2.7-3.6 M events per CPU second on the project's 2-vCPU machine (half that with batches of 4096,
+where fixed per-batch costs dominate) (``pytest -s tests/pipeline/test_decoder.py -k throughput``). Memory: ~93 bytes per live goroutine
 plus 52 per live trace (goroutines.py); a million parked goroutines of one creator hold 93.4 MB in
 all (``-k million``). Not thread-safe: one pipeline thread drives it.
 """
@@ -413,21 +413,23 @@ class EventDecoder(Stage):
         need = np.flatnonzero(root)
         if need.size:
             trace[need] = self._new_traces(need.size, ts[need])
+            g["trace"][rows[need]] = trace[need]
             bump(t["n_live"], trace[need])
         # Then level by level: goroutines whose creator already has its trace join it (or spill
         # over, see _join), so a chain of creations inside one batch is bounded like any other.
         level = old
         for _ in range(256):
             li = np.flatnonzero(level)
-            if li.size == 0:
-                break
-            # A SPLIT root keeps its creator's span in parent_span: it is emitted as its link.
-            trace[li], split = self._join(g["trace"][prow[li]], ts[li])
-            flags[li[split]] |= np.uint16(SpanFlag.SPLIT)
-            g["trace"][rows[li]] = trace[li]
-            bump(t["n_live"], trace[li])
+            if li.size:
+                # A SPLIT root keeps its creator's span in parent_span: emitted as its link.
+                trace[li], split = self._join(g["trace"][prow[li]], ts[li])
+                flags[li[split]] |= np.uint16(SpanFlag.SPLIT)
+                g["trace"][rows[li]] = trace[li]
+                bump(t["n_live"], trace[li])
             level = (trace < 0) & (anc >= 0)
             level[level] = trace[anc[level]] >= 0
+            if not level.any():
+                break
         cyclic = np.flatnonzero(trace < 0)      # bad data: a creation cycle
         if cyclic.size:
             flags[cyclic] |= np.uint16(SpanFlag.PARENT_UNSEEN)

@@ -57,18 +57,20 @@ def build(source_dir, out_dir, version="1.25", flags=(), cgo=False, name=None):
     subprocess.CalledProcessError with the compiler's output on failure.
     """
     go = toolchain(version)
-    source_dir = Path(source_dir)
+    source_dir = Path(source_dir).resolve()
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha1()
     for f in sorted(source_dir.rglob("*")):
         if f.is_file():
             digest.update(f.name.encode() + f.read_bytes())
     digest.update(repr((str(go), tuple(flags), cgo)).encode())
-    out = Path(out_dir) / f"{name or source_dir.name}-{go.parents[2].name}-{digest.hexdigest()[:10]}"
+    out = out_dir / f"{name or source_dir.name}-{go.parents[2].name}-{digest.hexdigest()[:10]}"
     if out.exists():
         return out
     env = go_env(go)
     env["CGO_ENABLED"] = "1" if cgo else "0"
-    tmp = out.with_suffix(".tmp")
+    tmp = out.parent / (out.name + ".tmp")
     subprocess.run(
         [str(go), "build", *flags, "-o", str(tmp), "."],
         cwd=source_dir, env=env, check=True, capture_output=True, text=True,

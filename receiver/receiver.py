@@ -321,8 +321,11 @@ class GoroutineReceiver(Stage):
             mem = self._mem.pop(proc.pid, None)
             if mem is not None:
                 mem.close()
-            log.warning("process %d (%s) %s; still tracing %d other process(es)", proc.pid,
-                        proc.exe, targets.describe_exit(status), len(self.registry.alive()))
+            # Killed or failed is worth a warning; an ordinary end (or one gotel cannot know the
+            # status of, not being the parent) is news.
+            level = logging.INFO if status in (None, 0) else logging.WARNING
+            log.log(level, "process %d (%s) %s; still tracing %d other process(es)", proc.pid,
+                    proc.exe, targets.describe_exit(status), len(self.registry.alive()))
         lost = self.probes.counters()["lost"]
         if lost > self.lost:
             log.warning("%d events lost: the ring buffer (%d bytes) was full; raise ring_bytes",

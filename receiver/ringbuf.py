@@ -14,7 +14,6 @@ up to the copy (~300 M records/s measured); no Python work per record. Not threa
 """
 
 import mmap
-import os
 import select
 
 import numpy as np

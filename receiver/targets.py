@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 
 from receiver.errors import NotAGoBinary, TargetError
 
@@ -213,20 +212,6 @@ class LaunchedCommand:
         if self.popen.poll() is None:
             self.popen.kill()
         self.popen.wait()
-
-    def wait_exec(self, timeout=5.0):
-        """Wait until the shell has become the command (its exe is the program)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if os.path.realpath(f"/proc/{self.pid}/exe") == self.program:
-                    return True
-            except OSError:
-                return False
-            if self.popen.poll() is not None:
-                return False
-            time.sleep(0.001)
-        return False
 
 
 def describe_exit(status):

@@ -190,15 +190,16 @@ def test_creator_with_a_full_trace_gives_new_goroutines_new_traces():
     first = [(0, 1, E, 0)] + [(10 + i, 100 + i, C, 1) for i in range(150)]
     more = [(1000 + i, 300 + i, C, 1) for i in range(10)]
     d = EventDecoder(Config(max_spans_per_trace=100))
-    d.process(events(first))
+    d.process(events(first))        # main and 99 children fill main's trace, even in one batch
     d.process(events(more))
     spans = d.flush()
-    assert d.traces_split == 1                     # the ten share one spill trace
+    assert d.traces_split == 1                     # the other 61 share one spill trace
     assert_tree(spans)
     assert_links(spans)
-    split = spans[(spans["flags"] & SpanFlag.SPLIT) != 0]
-    assert sorted(split["goid"]) == list(range(300, 310))
     main = one(spans, goid=1)
+    assert (spans["trace_lo"] == main["trace_lo"]).sum() == 100
+    split = spans[(spans["flags"] & SpanFlag.SPLIT) != 0]
+    assert sorted(split["goid"]) == list(range(199, 250)) + list(range(300, 310))
     assert (split["link_span_id"] == main["span_id"]).all()
     assert (split["link_trace_lo"] == main["trace_lo"]).all()
     assert np.unique(split["trace_lo"]).size == 1 and split["trace_lo"][0] != main["trace_lo"]
@@ -321,18 +322,20 @@ def test_a_million_live_goroutines_fit_in_100_mb(capsys):
 
 
 def test_throughput(capsys):
-    """Events/s through the decoder (with metrics) on realistic batches; the figure is printed."""
+    """Events per CPU second through the decoder (with metrics) on realistic batches (CPU time, so
+    that other work on a shared machine does not count); the figure is printed."""
     ev, _ = gosim.workload(60_000, parks=3, seed=9, spread_ns=2_000 * MS)
     batches = gosim.batches(ev, 16384)
     best = 0.0
     for _ in range(3):
         d = EventDecoder(metrics=GoRuntimeMetrics())
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for b in batches:
             d.process(b)
-        best = max(best, ev.size / (time.perf_counter() - t0))
+        best = max(best, ev.size / (time.process_time() - t0))
     with capsys.disabled():
-        print(f"\ndecoder: {best / 1e6:.2f} M events/s ({ev.size} events, batches of 16384)")
+        print(f"\ndecoder: {best / 1e6:.2f} M events per CPU second ({ev.size} events, "
+              "batches of 16384)")
     assert best > 500_000   # a floor for a shared, noisy CI machine; the goal is 2 M/s
 
 

@@ -367,16 +367,9 @@ def test_without_section_headers(inspectme, version, variant):
 def test_layout_table_covers_every_toolchain():
     from receiver import layout
 
-    installed = {opened_version(v) for v in gotool.toolchains()}
+    # `go version` prints "go version go1.19.8 linux/amd64"; Debian's toolchain is named "1.19" only.
+    installed = {go(v, "version").split()[2] for v in gotool.toolchains()}
     assert installed <= set(layout.table())
-
-
-def opened_version(toolchain_version):
-    version = toolchain_version if toolchain_version.count(".") == 2 else None
-    if version is None:   # Debian's 1.19 is named by its minor version only
-        out = go(toolchain_version, "version")
-        version = out.split()[2][2:]
-    return "go" + version
 
 
 def test_missing_function_is_a_clear_error(inspectme):

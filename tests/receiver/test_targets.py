@@ -3,6 +3,7 @@ command launched held and traced from its first instruction; goroutines alive at
 killed mid-run; a PID that does not exist; a process that is not Go. Traced programs must print
 the same and exit the same as untraced ones."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -116,6 +117,7 @@ def test_binary_path_traces_processes_started_later(require_bpf, go_build):
 
 @pytest.mark.bpf
 def test_sigkilled_target_is_retired_and_the_others_still_traced(require_bpf, go_build, caplog):
+    caplog.set_level(logging.INFO, logger="gotel.receiver")
     binary = go_build("oracle", "1.25")
     victim = start_held(binary, "-repeat", "0", "chan", "timer")
     survivor = start_held(binary, "-repeat", "0", "chan", "timer")
@@ -181,3 +183,24 @@ def test_a_failing_next_stage_does_not_stop_the_receiver(require_bpf, go_build):
     rx, done = run_command([binary, "-repeat", "3", "chan", "timer"], sink, timeout=60)
     assert done.returncode == 0 and rx.failed_batches == 1
     assert len(sink.events) > 0 and rx.lost == 0
+
+
+@pytest.mark.bpf
+def test_launched_command_killed_mid_run(require_bpf, go_build, caplog):
+    binary = go_build("oracle", "1.25")
+    sink = Collect()
+    rx = GoroutineReceiver(Config(command=(str(binary), "-repeat", "0", "chan")), sink,
+                           launch_options={"stdout": subprocess.DEVNULL})
+    rx.start()
+    try:
+        assert wait_for(lambda: len(sink.batches) > 0)
+        rx.command.popen.send_signal(signal.SIGKILL)
+        assert rx.wait(10) == -signal.SIGKILL
+        assert wait_for(rx.finished.is_set)
+    finally:
+        rx.command.kill()
+        rx.shutdown()
+    proc = rx.registry.get(rx.command.pid)
+    assert not proc.alive and proc.exit_status == -signal.SIGKILL
+    assert any("killed by SIGKILL" in r.getMessage() for r in caplog.records)
+    assert rx.lost == 0 and len(sink.events) > 0

@@ -2,6 +2,7 @@
 //
 //	churn pingpong N [PAIRS]   N round trips over unbuffered channels per pair (2 parks, 2 readies)
 //	churn spawn N              N goroutines started and awaited, 64 at a time
+//	churn syscall N            N one-byte writes to /dev/null (entersyscall/exitsyscall each)
 //
 // It prints "ops N ns_per_op X cpu_ns_per_op Y": wall and CPU (user + system) time of the loop only,
 // after an optional WAIT_STDIN line.
@@ -58,9 +59,22 @@ func spawn(n int) {
 	}
 }
 
+func syscalls(n int) {
+	f, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	defer f.Close()
+	b := []byte{0}
+	for i := 0; i < n; i++ {
+		f.Write(b)
+	}
+}
+
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: churn pingpong|spawn N [PAIRS]")
+		fmt.Fprintln(os.Stderr, "usage: churn pingpong|spawn|syscall N [PAIRS]")
 		os.Exit(2)
 	}
 	n, _ := strconv.Atoi(os.Args[2])
@@ -79,6 +93,8 @@ func main() {
 		ops = n * pairs
 	case "spawn":
 		spawn(n)
+	case "syscall":
+		syscalls(n)
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(2)

@@ -1,0 +1,3 @@
+module example.com/gotel/bench/hold
+
+go 1.21
