@@ -36,6 +36,7 @@ ROWS = (
     (5, "benchmarks.bench_memory", 240),
 )
 QUICK_BUDGET_S = 120
+LOG_DIR = REPO / "benchmarks" / ".work" / "logs"   # git-ignored
 
 
 def run_row(number, module, budget, quick, log_dir):
@@ -76,6 +77,36 @@ def peak_rss(rows):
 
 
 # --- RESULTS.md ----------------------------------------------------------------------------------
+HEADLINES = (
+    (1, "pingpong.gotel.ns_per_event", "ping-pong: CPU ns gotel adds per captured event"),
+    (1, "pingpong.ratio.naive_entry_vs_gotel", "ping-pong: naive entry placement / gotel, per event"),
+    (1, "pingpong.ratio.runtime_trace_vs_gotel", "ping-pong: runtime/trace / gotel, per transition"),
+    (1, "spawn.gotel.ns_per_event", "spawn: CPU ns gotel adds per captured event"),
+    (1, "spawn.ratio.naive_entry_vs_gotel", "spawn: naive entry placement / gotel, per event"),
+    (1, "spawn.ratio.runtime_trace_vs_gotel", "spawn: runtime/trace / gotel, per transition"),
+    (2, "throughput_loss_pct", "net/http under wrk: throughput lost when traced"),
+    (2, "gotel.cpu_pct", "net/http under wrk: gotel's own CPU"),
+    (3, "pipeline_default.events_per_s", "pipeline, default config: events/s on one core"),
+    (3, "pipeline_all.events_per_s", "pipeline, every span encoded: events/s on one core"),
+    (3, "ratio.pipeline_vs_sdk", "pipeline (every span) / OpenTelemetry SDK, spans/s"),
+    (3, "ratio.pipeline_vs_bcc_callback", "pipeline (default) / bcc per-event callback, events/s"),
+    (4, "max_lossless_rate", "highest offered rate with 0 events lost (8 MiB ring)"),
+    (5, "decoder_bytes_per_goroutine", "bytes per live goroutine tracked"),
+)
+
+
+def headlines(rows):
+    by = {r["row"]: r for r in rows if "error" not in r}
+    out = []
+    for n, key, text in HEADLINES:
+        f = by.get(n, {}).get("figures", {}).get(key)
+        if f and f["n"]:
+            u = f["unit"]
+            out.append(f"- {text}: **{_num(f['median'], u)} {u}** (min {_num(f['min'], u)}, "
+                       f"max {_num(f['max'], u)}; row {n})")
+    return out
+
+
 def _num(v, unit=""):
     if v is None:
         return "n/a"
@@ -103,6 +134,7 @@ def render(results):
     ]
     if results["quick"]:
         lines += ["**Quick mode: tiny sizes that only check the harness. These figures mean nothing.**", ""]
+    lines += ["## Headline figures", "", *headlines(results["rows"]), ""]
     lines += ["## Goals", "", "| row | goal | measured (median) | target | |", "|---|---|---|---|---|"]
     for r in results["rows"]:
         if "error" in r:
@@ -142,11 +174,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check the harness only")
     parser.add_argument("--rows", help="comma-separated row numbers to run (default: all)")
     parser.add_argument("--out-dir", default=str(REPO / "benchmarks"),
-                        help="where results.json, RESULTS.md and the row logs go")
+                        help="where results.json and RESULTS.md go (row logs: benchmarks/.work/logs/)")
     args = parser.parse_args(argv)
     wanted = {int(x) for x in args.rows.split(",")} if args.rows else {n for n, _, _ in ROWS}
     out_dir = Path(args.out_dir)
-    log_dir = out_dir / "logs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = LOG_DIR / ("quick" if args.quick else "full")
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     results = {"machine": harness.machine(), "quick": args.quick, "rows": []}

@@ -37,7 +37,9 @@ over by span count only once its emitted spans are at least its open parts, so a
 about twice the bound (plus one batch of overshoot, since bounds are checked once per batch); by
 age, checked every ``sweep_interval_s`` of event time, a trace lives at most the duration plus the
 interval. A park still open at a roll-over ends up in the new part, its start clipped to the part's
-start; ``blocked_ns``/``runnable_ns`` keep its true length.
+start; ``blocked_ns``/``runnable_ns`` keep its true length. A roll-over happens at the latest time
+of its batch; an event of a rolled goroutine that comes later but carries an earlier time (records
+of different CPUs interleave) is dated to the new part's start, off by at most that interleaving.
 
 Runtime metrics (``metrics.GoRuntimeMetrics``) are fed here, from every event, before any filter or
 sampler sees a span.
@@ -45,10 +47,10 @@ sampler sees a span.
 Cost: about a hundred numpy operations per batch, plus one step per level of goroutines created by
 goroutines created in the same batch; no per-event Python. Measured with metrics on, batches of
 16384 synthetic events (create, run, three park/ready/run cycles, exit, on interleaved CPUs):
-2.7-3.6 M events per CPU second on the project's 2-vCPU machine (half that with batches of 4096,
-where fixed per-batch costs dominate) (``pytest -s tests/pipeline/test_decoder.py -k throughput``). Memory: ~93 bytes per live goroutine
-plus 52 per live trace (goroutines.py); a million parked goroutines of one creator hold 93.4 MB in
-all (``-k million``). Not thread-safe: one pipeline thread drives it.
+2.7-3.6 M events per CPU second on the project's 2-vCPU machine, half that with batches of 4096,
+where fixed per-batch costs dominate (``pytest -s tests/pipeline/test_decoder.py -k throughput``).
+Memory: ~93 bytes per live goroutine plus 52 per live trace (goroutines.py); a million parked
+goroutines of one creator hold 93.4 MB in all (``-k million``). Not thread-safe: one pipeline thread drives it.
 """
 
 import time
@@ -514,7 +516,10 @@ class EventDecoder(Stage):
         out["span_id"] = span_ids
         out["parent_span_id"] = parent_span
         out["start_ns"] = start_ns
-        out["end_ns"] = end_ns
+        # A roll-over happens at the batch's latest time; another goroutine's next event may be a
+        # little earlier (CPUs interleave in the ring buffer), so a part can end "before" it
+        # started by that much: such an end is moved up to the start.
+        out["end_ns"] = np.maximum(end_ns, start_ns)
         out["goid"] = g["goid"][rows]
         out["parent_goid"] = g["parent_goid"][rows]
         out["start_pc"] = self.sites["start_pc"][site]

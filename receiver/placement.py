@@ -11,8 +11,10 @@ function); the ``push rbp`` right after the prologue costs ~0.18 us and fires on
 - a nosplit function (no stack check; casgstatus): its entry, typically ``push rbp``.
 
 Go 1.19's frames start with ``sub rsp, N`` (Go 1.21's and later with ``push rbp``), which is not
-emulated: there every probe is single-stepped, but it still sits after the prologue, so it fires once.
-``Placement.emulated`` says which case a binary is in.
+emulated. There the probe moves on along the straight-line frame set-up to the first instruction the
+kernel emulates (often a one-byte nop or a jcc), when that is provably safe (``_walk_to_emulated``);
+otherwise it stays on ``sub rsp`` and is single-stepped, still firing once. ``Placement.emulated``
+says which case a function is in.
 
 The probe address is always an instruction boundary capstone decoded by a linear sweep from the
 function's start. The argument registers of Go's ABIInternal (RAX, RBX, RCX, RDI, RSI, R8-R11) must
@@ -49,8 +51,16 @@ G_REGISTER = "r14"         # the current g, in Go's register ABI
 STACKGUARD0 = 0x10         # offsetof(runtime.g, stackguard0)
 # The stack check sits in the first few instructions; a function longer than this without one is nosplit.
 PROLOGUE_WINDOW = 8
-# Instructions the x86 uprobe code emulates instead of single-stepping (arch/x86/kernel/uprobes.c).
-_EMULATED_GROUPS = (x86.X86_GRP_JUMP, x86.X86_GRP_CALL)
+# How far past the prologue to look for an emulated instruction (Go 1.19 frames: see _walk_to_emulated).
+WALK_LIMIT = 12
+_CONTROL_FLOW = (x86.X86_GRP_JUMP, x86.X86_GRP_CALL, x86.X86_GRP_RET, x86.X86_GRP_INT, x86.X86_GRP_IRET)
+# Branches the x86 uprobe code emulates instead of single-stepping (arch/x86/kernel/uprobes.c,
+# branch_setup_xol_ops: jmp/call rel, jcc rel8/rel32; not loop/jrcxz, not indirect branches).
+_EMULATED_BRANCHES = {
+    x86.X86_INS_JMP, x86.X86_INS_CALL, x86.X86_INS_JA, x86.X86_INS_JAE, x86.X86_INS_JB, x86.X86_INS_JBE,
+    x86.X86_INS_JE, x86.X86_INS_JG, x86.X86_INS_JGE, x86.X86_INS_JL, x86.X86_INS_JLE, x86.X86_INS_JNE,
+    x86.X86_INS_JNO, x86.X86_INS_JNP, x86.X86_INS_JNS, x86.X86_INS_JO, x86.X86_INS_JP, x86.X86_INS_JS,
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,7 @@ class Placement:
     function: str
     address: int            # function entry
     probe_address: int      # an instruction boundary
-    kind: str               # "after-prologue" or "entry"
+    kind: str               # "after-prologue", "entry" or "after-frame-setup" (see _walk_to_emulated)
     instruction: str        # the probed instruction, e.g. "push rbp"
     emulated: bool          # the kernel emulates it (no single-step)
     skipped: tuple = ()     # instructions between entry and probe: ("cmp rsp, qword ptr [r14 + 0x10]", ...)
@@ -79,13 +89,13 @@ def decode(code, address, count=0):
 
 
 def is_emulated(insn):
-    """True for the instructions the kernel's x86 uprobe emulates: jmp/jcc/call, nop, push reg."""
+    """True for the instructions the kernel's x86 uprobe emulates: direct jmp/jcc/call, the one-byte
+    nop, push reg. Multi-byte nops count as stepped: only some kernels emulate them."""
     if insn.id == x86.X86_INS_NOP:
-        return True
+        return bytes(insn.bytes) == b"\x90"
     if insn.id == x86.X86_INS_PUSH:
         return len(insn.operands) == 1 and insn.operands[0].type == x86.X86_OP_REG
-    if insn.id in (x86.X86_INS_CALL, x86.X86_INS_JMP) or any(g in insn.groups for g in _EMULATED_GROUPS):
-        # Only direct (relative) branches are emulated; an indirect one through memory is stepped.
+    if insn.id in _EMULATED_BRANCHES:
         return all(op.type == x86.X86_OP_IMM for op in insn.operands)
     return False
 
@@ -98,9 +108,13 @@ def _is_stack_check(insn):
     return bool(mem) and insn.reg_name(mem[0].mem.base) == G_REGISTER and mem[0].mem.disp == STACKGUARD0
 
 
-def _written_arguments(insn):
+def _written(insn):
     _, written = insn.regs_access()
-    return sorted({_ARG_NAMES[n] for n in (insn.reg_name(r) for r in written) if n in _ARG_NAMES})
+    return {insn.reg_name(r) for r in written}
+
+
+def _written_arguments(insn):
+    return sorted({_ARG_NAMES[n] for n in _written(insn) if n in _ARG_NAMES})
 
 
 def place(code, address, name="function"):
@@ -109,7 +123,7 @@ def place(code, address, name="function"):
     Raises CorruptBinary when the entry does not decode, UnsupportedBinary when the only candidate
     would see clobbered argument registers.
     """
-    insns = decode(code, address, PROLOGUE_WINDOW + 2)
+    insns = decode(code, address, PROLOGUE_WINDOW + 2 + WALK_LIMIT)
     if not insns or insns[0].address != address:
         raise CorruptBinary(f"{name} at {address:#x}: the disassembler cannot decode its first instruction")
     probe_index, kind = 0, "entry"
@@ -120,6 +134,10 @@ def place(code, address, name="function"):
             if nxt is not None and nxt.id in (x86.X86_INS_JBE, x86.X86_INS_JB) and i + 2 < len(insns):
                 probe_index, kind = i + 2, "after-prologue"
             break
+    if not is_emulated(insns[probe_index]):
+        later = _walk_to_emulated(code, address, insns, probe_index)
+        if later is not None:
+            probe_index, kind = later, "after-frame-setup"
     probe = insns[probe_index]
     skipped = insns[:probe_index]
     for insn in skipped:
@@ -133,6 +151,46 @@ def place(code, address, name="function"):
         instruction=f"{probe.mnemonic} {probe.op_str}".strip(), emulated=is_emulated(probe),
         skipped=tuple(f"{i.mnemonic} {i.op_str}" for i in skipped),
     )
+
+
+def _walk_to_emulated(code, address, insns, start):
+    """Index of the first emulated instruction on the straight line from insns[start], or None.
+
+    Go 1.19 sets frames up with ``sub rsp; mov [rsp+N], rbp; lea rbp`` and spills its arguments,
+    none of which the kernel emulates; a few instructions on there is often a one-byte nop or a
+    direct jcc that it does. Moving the probe there is safe only if every path into the function
+    runs the skipped instructions exactly once: they are straight-line code (no branch among them),
+    no branch anywhere in the function targets them or the new point, and none of them writes an
+    argument register.
+    """
+    targets = None
+    for k in range(start, min(len(insns), start + WALK_LIMIT)):
+        insn = insns[k]
+        if k > start:
+            if targets is None:
+                targets = _branch_targets(code, address)
+            if insn.address in targets:
+                return None
+            if is_emulated(insn):
+                return k
+        if _written_arguments(insn) or _stores_outside_frame(insn) or G_REGISTER in _written(insn) \
+                or any(g in insn.groups for g in _CONTROL_FLOW):
+            return None
+    return None
+
+
+def _stores_outside_frame(insn):
+    """True when the instruction writes memory other than its own stack frame ([rsp/rbp + N]):
+    the probe would then see g or m fields the function has already changed."""
+    return any(op.type == x86.X86_OP_MEM and op.access & capstone.CS_AC_WRITE
+               and insn.reg_name(op.mem.base) not in ("rsp", "rbp") for op in insn.operands)
+
+
+def _branch_targets(code, address):
+    """Targets of the direct branches in a function (a linear sweep of its code)."""
+    return {op.imm for i in _disassembler().disasm(bytes(code), address)
+            if any(g in i.groups for g in (x86.X86_GRP_JUMP, x86.X86_GRP_CALL))
+            for op in i.operands if op.type == x86.X86_OP_IMM}
 
 
 def ret_sites(code, address):

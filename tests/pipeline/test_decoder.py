@@ -13,6 +13,7 @@ from pipeline.decoder import Config, EventDecoder
 from pipeline.ids import predecessor
 from pipeline.metrics import GoRuntimeMetrics
 from pipeline.spans import SPAN_DTYPE, SpanFlag, SpanKind
+from pipeline.stage import Stage
 from receiver.errors import ConfigError
 from receiver.events import EVENT_DTYPE, Kind
 
@@ -339,18 +340,15 @@ def test_throughput(capsys):
     assert best > 500_000   # a floor for a shared, noisy CI machine; the goal is 2 M/s
 
 
-class Sink:
+class Sink(Stage):
+    """The last stage: keeps every span batch."""
+
     def __init__(self):
+        super().__init__()
         self.batches = []
 
-    def start(self):
-        pass
-
-    def consume(self, batch):
+    def process(self, batch):
         self.batches.append(batch)
-
-    def shutdown(self, timeout=5.0):
-        pass
 
     @property
     def spans(self):
@@ -499,3 +497,32 @@ def test_vectorized_state_machine_matches_a_per_event_model(seed, batch):
     assert snap.get((100, None), {"count": 0})["count"] == len(sched)
     if sched:
         assert snap[(100, None)]["sum"] == pytest.approx(sum(sched) / 1e9)
+
+
+@pytest.mark.parametrize("mode", ["spans", "events"])
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2**32), st.integers(50, 3000), st.integers(3, 40))
+def test_bounded_traces_stay_well_formed_under_any_batching(mode, seed, batch, max_spans):
+    """Goroutines created by random earlier goroutines, tight trace bounds (by count and by
+    duration): splits, spills and roll-overs mix, and the span tree stays whole."""
+    ev, truth = gosim.workload(800, parks=2, seed=seed, spread_ns=40 * MS, park_ns=(10_000, 3 * MS))
+    rng = np.random.default_rng(seed)
+    creates = np.flatnonzero(ev["kind"] == C)
+    goids = ev["goid"][creates]
+    creator = np.where(rng.random(goids.size) < 0.8, goids - rng.integers(1, 30, goids.size), 1)
+    ev["aux_goid"][creates] = np.maximum(creator, 1)
+    ev = np.concatenate([events([(0, 1, E, 0)]), ev])
+    config = Config(park_mode=mode, max_spans_per_trace=max_spans, max_trace_duration_s=0.004,
+                    sweep_interval_s=0.001, hold_min_park_ns=0)
+    d, spans = run(ev, config, batch=batch)
+    assert_tree(spans)
+    assert_links(spans)
+    g = spans[spans["kind"] == SpanKind.GOROUTINE]
+    assert np.unique(g["goid"]).size == truth["n"] + 1
+    assert np.count_nonzero(g["flags"] & SpanFlag.EXITED) == truth["n"]
+    assert (spans["kind"] == SpanKind.PARK).sum() == truth["parks"]
+    assert d.traces.live == 0 and d.live_goroutines == 0
+    assert d.dropped_out_of_order == d.dropped_after_exit == d.dropped_duplicate_create == 0
+    # Every trace's rows end with one TRACE_END batch: its last parts carry the flag.
+    ended = np.unique(spans["trace_lo"][(spans["flags"] & SpanFlag.TRACE_END) != 0])
+    assert set(ended.tolist()) == set(np.unique(spans["trace_lo"]).tolist())

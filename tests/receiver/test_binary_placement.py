@@ -56,8 +56,9 @@ def test_undecodable_entry():
 
 
 @pytest.mark.parametrize("hexcode,emulated", [
-    ("90", True), ("0f1f4000", True), ("55", True), ("4156", True),     # nop, nopl, push rbp, push r14
-    ("e800000000", True), ("eb00", True), ("7400", True),               # call rel32, jmp rel8, je rel8
+    ("90", True), ("55", True), ("4156", True),                         # nop, push rbp, push r14
+    ("e800000000", True), ("eb00", True), ("7400", True), ("0f8400010000", True),  # call, jmp, je, je32
+    ("0f1f4000", False), ("e200", False), ("e300", False),              # nopl, loop, jrcxz
     ("493b6610", False), ("c3", False), ("5d", False),                  # cmp, ret, pop
     ("ff10", False), ("6a01", False), ("4883ec40", False),              # call [rax], push imm, sub
 ])
@@ -69,3 +70,30 @@ def test_emulated_instructions(hexcode, emulated):
 def test_ret_sites():
     code = CMP_RSP + JBE_NEAR + PUSH_RBP + RET + PUSH_RBP + RET + INT3 * 4
     assert placement.ret_sites(code, BASE) == [BASE + 7, BASE + 9]
+
+
+NOP = bytes.fromhex("90")
+SPILL_RAX = bytes.fromhex("4889442448")             # mov qword ptr [rsp + 0x48], rax
+STORE_VIA_RAX = bytes.fromhex("c7409001000000")     # mov dword ptr [rax + 0x90], 1
+JE_BACK_3 = bytes.fromhex("74fd")                   # je -3: back to the instruction before it
+
+
+def test_go119_frame_walks_to_an_emulated_instruction():
+    code = CMP_RSP + JBE_FAR + SUB_RSP + SPILL_RAX + NOP + RET
+    p = placement.place(code, BASE)
+    assert (p.kind, p.instruction, p.emulated) == ("after-frame-setup", "nop", True)
+    assert p.probe_address == BASE + len(CMP_RSP + JBE_FAR + SUB_RSP + SPILL_RAX)
+
+
+@pytest.mark.parametrize("between", [MOV_EAX_1, STORE_VIA_RAX, RET])
+def test_walk_stops_at_writes_and_branches(between):
+    # An argument written, a g field stored, or control flow before the nop: stay after the prologue.
+    p = placement.place(CMP_RSP + JBE_FAR + SUB_RSP + between + NOP + RET, BASE)
+    assert (p.kind, p.instruction, p.emulated) == ("after-prologue", "sub rsp, 0x40", False)
+
+
+def test_walk_refuses_points_other_branches_reach():
+    # The nop is a loop head (the je jumps back to it): a probe there would fire on every iteration.
+    code = SUB_RSP + SPILL_RAX + NOP + JE_BACK_3 + RET
+    p = placement.place(code, BASE)
+    assert (p.kind, p.probe_address, p.emulated) == ("entry", BASE, False)

@@ -48,7 +48,7 @@ def test_transition_table_optional_kinds_and_filter():
     assert {k for k in only if k != Kind.DROP} == {Kind.CREATE}
 
 
-def test_transition_table_follows_the_binary_numbering():
+def test_transition_table_follows_the_status_numbering_given():
     shifted = {name: (n + 1 if name != "_Gscan" else n) for name, n in GO125.items()}
     t = probes.transition_table(shifted)
     assert kind_of(t, 7, 2) == Kind.CREATE and kind_of(t, 6, 1) == Kind.DROP

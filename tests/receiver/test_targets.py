@@ -66,8 +66,9 @@ def test_launched_command_is_traced_from_its_first_instruction(require_bpf, go_b
 
 
 @pytest.mark.bpf
-@pytest.mark.parametrize("flags", [(), ("-ldflags=-s -w",)], ids=["allgs", "stripped-lazy"])
-def test_goroutines_alive_at_attach_are_reported(require_bpf, go_build, flags):
+@pytest.mark.parametrize("flags", [(), ("-buildmode=pie",), ("-ldflags=-s -w",)],
+                         ids=["allgs", "allgs-pie", "stripped-lazy"])
+def test_goroutines_alive_at_attach_are_reported(require_bpf, go_build, flags, caplog):
     """With symbols, runtime.allgs is read at attach; stripped, each unknown goroutine is read from
     its g when its first event arrives. Either way main (goid 1) shows up as EXISTING before any
     other event of it, with its start PC, and nothing is unknown."""
@@ -91,10 +92,16 @@ def test_goroutines_alive_at_attach_are_reported(require_bpf, go_build, flags):
     assert existing[existing["goid"] == 1]["pc_start"][0] != 0
     introduced = set(ev[np.isin(ev["kind"], [Kind.CREATE, Kind.EXISTING])]["goid"].tolist())
     assert set(ev["goid"].tolist()) <= introduced
+    if "-ldflags=-s -w" not in flags:
+        # Read from runtime.allgs at attach: all of them come first, in one batch, including the
+        # runtime's own goroutines that have no event of their own here.
+        assert sink.batches[0]["kind"].tolist() == [Kind.EXISTING] * len(sink.batches[0])
+        assert len(sink.batches[0]) >= 3
+        assert not any("not read" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.bpf
-def test_binary_path_traces_processes_started_later(require_bpf, go_build):
+def test_path_target_traces_processes_started_later(require_bpf, go_build):
     binary = go_build("spawner", "1.21")
     sink = Collect()
     rx = GoroutineReceiver(Config(paths=(str(binary),)), sink).start()
