@@ -89,7 +89,7 @@ def workload(n, parks=3, pid=100, seed=0, spread_ns=1_000_000_000, first_goid=10
         old[k], new[k] = o, nw
     ev["old_status"] = old[kind]
     ev["new_status"] = new[kind]
-    ev["new_status"][:, 3::3][~keep[:, 3::3]] = RUNNING
+    ev["old_status"][:, 4::3][~keep[:, 3::3]] = WAITING     # resumed straight from waiting
     ev["cpu"] = rng.integers(0, cpus, (n, per))
     flat = ev[keep]
     # The ring buffer: each CPU's records in time order, CPUs interleaved in chunks.

@@ -1,0 +1,69 @@
+"""How long `gotel inspect` takes on ~30 MB Go binaries, with and without DWARF.
+
+Trust the in-process figure (GoBinary.open, best of N) for gotel's own cost; the CLI wall time adds
+the interpreter start and the imports of numpy and capstone (~0.3 s), which a long-running gotel
+pays once. The binaries: the Go 1.27 compiler as Go distributions ship it (symbols, no DWARF), and
+cmd/compile built here with Go 1.25 with DWARF, and the same built `-s -w`.
+"""
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline import gotool
+from receiver.binary import GoBinary
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _build_compiler(out_dir, flags=()):
+    go = gotool.toolchain("1.25")
+    out = Path(out_dir) / ("compile" + ("-stripped" if flags else "-dwarf"))
+    if not out.exists():
+        subprocess.run([str(go), "build", *flags, "-o", str(out), "cmd/compile"],
+                       env=gotool.go_env(go), check=True, capture_output=True)
+    return out
+
+
+def _inspect(path):
+    """What `gotel inspect` computes: the probe points and the runtime layout."""
+    binary = GoBinary.open(path)
+    return binary.functions, binary.layout
+
+
+def _times(fn, repeat):
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def run(work_dir, repeat=5):
+    """Return {binary label: {"size_mb", "open_s": [..], "cli_s": [..], "has_dwarf"}}."""
+    binaries = {
+        "go1.27 compile (no DWARF)": gotool.toolchain("1.27").parents[1] / "pkg/tool/linux_amd64/compile",
+        "go1.25 cmd/compile (DWARF)": _build_compiler(work_dir),
+        "go1.25 cmd/compile (-s -w)": _build_compiler(work_dir, ["-ldflags=-s -w"]),
+    }
+    results = {}
+    for label, path in binaries.items():
+        cli = [sys.executable, "-m", "pipeline.cli", "inspect", "--json", str(path)]
+        results[label] = {
+            "size_mb": round(path.stat().st_size / 1e6, 1),
+            "has_dwarf": GoBinary.open(path).has_dwarf,
+            "open_s": _times(lambda: _inspect(path), repeat),
+            "cli_s": _times(lambda: subprocess.run(cli, cwd=REPO, check=True, capture_output=True), repeat),
+        }
+    return results
+
+
+if __name__ == "__main__":
+    work = REPO / "benchmarks" / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    for label, r in run(work).items():
+        print(f"{label:32s} {r['size_mb']:5.1f} MB  open min {min(r['open_s']):.3f}s "
+              f"median {statistics.median(r['open_s']):.3f}s  cli min {min(r['cli_s']):.3f}s")
