@@ -1,0 +1,1 @@
+"""gotel's benchmarks: ``make bench`` runs every row (benchmarks/run.py) and writes RESULTS.md."""

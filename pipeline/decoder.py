@@ -91,7 +91,7 @@ class Config:
     max_park_events: int = 64             # park_mode "events": per goroutine part
     hold_min_park_ns: int = 100_000       # park_mode "events": shorter parks are not held
     max_held_park_events: int = 262_144   # park_mode "events": held for all open goroutines
-    max_spans_per_trace: int = 2000       # Tempo rejects traces over 5 MB (~10k spans of ours)
+    max_spans_per_trace: int = 2000       # a trace holds at most ~2x this; Tempo caps at 5 MB
     max_trace_duration_s: float = 20.0    # below Tempo's ~30 s live-trace window
     sweep_interval_s: float = 1.0         # how often (event time) trace ages are checked
     initial_capacity: int = 4096          # live goroutines before the first growth
