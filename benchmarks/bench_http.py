@@ -109,6 +109,7 @@ def one_run(variant, seconds, connections, warmup):
             if gotel is not None:
                 cpu1, t1 = harness.cpu_seconds(gotel.pid), time.monotonic()
                 result["gotel_cpu_pct"] = 100.0 * (cpu1 - cpu0) / (t1 - t0)
+                result["gotel_cpu_s"] = cpu1 - cpu0
                 result["gotel_peak_rss"] = harness.status_bytes(gotel.pid, "VmHWM")
                 text = stop_gotel(gotel)
                 gotel = None
@@ -144,6 +145,9 @@ def run(quick=False):
         "gotel.events_per_request": harness.figure(
             "goroutine events per request", "events",
             [r["events"] / (r["rps"] * seconds) if r["events"] else None for r in traced], 1),
+        "gotel.cpu_us_per_event": harness.figure(
+            "gotel's CPU per event received", "us",
+            [1e6 * r["gotel_cpu_s"] / r["events"] if r["events"] else None for r in traced], 2),
         "gotel.lost": harness.figure("events lost", "events", [r["lost"] for r in traced], 0),
         "gotel.peak_rss_mb": harness.figure("gotel's peak RSS (VmHWM)", "MB",
                                             [r["gotel_peak_rss"] / 1e6 for r in traced], 1),

@@ -378,7 +378,9 @@ def run(quick=False):
     sdk, enc = results["sdk"], results["encoder"]
     live = {k: results[k] for k in ("bcc_callback", "numpy_reader")}
 
-    figs = {}
+    figs = {"recorded.batch_events": harness.figure(
+        "events per batch the reader delivered while recording (all batches)", "events",
+        [len(b) for b in recorded], 0)}
     for kind, label in (("decode", "decode alone"), ("pipeline_default", "whole pipeline, default config"),
                         ("pipeline_all", "whole pipeline, every span encoded")):
         rs = results[kind]

@@ -8,8 +8,9 @@ rounded up to 8 bytes. gotel's records all have one size, so a run of them is vi
 structured array with no copy, the headers are checked in bulk, and the payloads are copied out
 once before the consumer position advances (after which the kernel may overwrite them).
 
-Cost: one epoll wait per poll and a few numpy operations per batch, independent of batch length
-up to the copy (~300 M records/s measured); no Python work per record. Not thread-safe: one thread
+Cost: one epoll wait per poll and a few numpy operations per batch; no Python work per record.
+Draining a full 8 MiB ring (116k records) and converting its timestamps runs at ~60 M records/s
+here, far above what the probes can produce. Not thread-safe: one thread
 (the receiver's poller) owns a reader.
 """
 
@@ -138,8 +139,16 @@ class RingBufferReader:
         sizes = lengths & ~np.uint32(BUSY_BIT | DISCARD_BIT)
         if count and not np.all(sizes == self.dtype.itemsize):
             return self._read_mixed(consumer, producer)
+        # Copy the payloads out as a byte slab (rows of record_size bytes, header columns cut):
+        # ~5x faster than copying the structured field of a strided view.
+        rows = self._data[start:start + count * self.record_size].reshape(count, self.record_size)
         kept = (lengths & DISCARD_BIT) == 0
-        out = records["payload"][kept] if not kept.all() else records["payload"].copy()
+        if not kept.all():
+            rows = rows[kept]
+        payload = rows[:, HEADER_SIZE:HEADER_SIZE + self.dtype.itemsize]
+        # Always a copy (a single row would be contiguous already, and a view would dangle once
+        # the consumer position moves past it).
+        out = np.array(payload, order="C", copy=True).view(self.dtype).reshape(-1)
         self._advance(consumer, count * self.record_size, len(out))
         return out
 

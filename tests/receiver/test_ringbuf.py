@@ -172,3 +172,12 @@ def test_real_ring_buffer_from_a_go_process(require_bpf, go_build):
     expected = total - len(range(0, total, 3))
     assert total * 24 > 4 * 16384, "the ring did not wrap around"
     assert expected - lost <= len(seqs) <= expected
+
+
+def test_a_single_record_is_copied_out_not_viewed():
+    ring = FakeRing()
+    ring.push(7)
+    out = ring.reader.read()
+    assert out.base is None or not np.shares_memory(out, ring.data)
+    ring.data[:] = 0
+    assert out["seq"].tolist() == [7]
