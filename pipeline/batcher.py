@@ -118,7 +118,7 @@ class Batcher(Stage):
         step, start = self.max_items, 0
         while len(held) - start > 0 and len(held) - start >= keep_below:
             self.batches_sent += 1
-            self._forward(held[start:start + step])
+            self.emit(held[start:start + step])
             start += step
         rest = held[start:]
         self._held, self._count = ([rest], len(rest)) if len(rest) else ([], 0)

@@ -63,7 +63,6 @@ from pipeline.goroutines import GoroutineTable, RowStore, SiteTable, TRACE_COLUM
 from pipeline.ids import IdGenerator, predecessor, successor
 from pipeline.spans import SPAN_DTYPE, SpanFlag, SpanKind, empty_spans
 from pipeline.stage import Stage
-from receiver.errors import ConfigError
 from receiver.events import Kind
 
 PARK_MODES = ("spans", "events")
@@ -160,11 +159,7 @@ class EventDecoder(Stage):
                 "traces_rolled")
 
     def __init__(self, config=Config(), next_stage=None, metrics=None, ids=None):
-        super().__init__(next_stage)
-        problems = config.validate()
-        if problems:
-            raise ConfigError(problems)
-        self.config = config
+        super().__init__(next_stage, config)
         self.metrics = metrics
         self.ids = ids or IdGenerator()
         self.goroutines = GoroutineTable(config.initial_capacity)
@@ -178,11 +173,6 @@ class EventDecoder(Stage):
         self._max_age = int(config.max_trace_duration_s * _NS)
         self._sweep = int(config.sweep_interval_s * _NS)
         self._events_mode = config.park_mode == "events"
-        for name in self.COUNTERS:
-            setattr(self, name, 0)
-
-    def counters(self):
-        return {name: getattr(self, name) for name in self.COUNTERS}
 
     @property
     def live_goroutines(self):

@@ -19,7 +19,6 @@ import numpy as np
 from pipeline.goroutines import unique_pairs
 from pipeline.spans import SpanKind, empty_spans
 from pipeline.stage import Stage
-from receiver.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -53,19 +52,10 @@ class SpanFilter(Stage):
     COUNTERS = ("dropped_short_parks", "dropped_by_pid", "dropped_by_function")
 
     def __init__(self, config=Config(), next_stage=None, names=None):
-        super().__init__(next_stage)
-        problems = config.validate()
-        if problems:
-            raise ConfigError(problems)
-        self.config = config
+        super().__init__(next_stage, config)
         self.names = names
         self._by_function = bool(config.include_functions or config.exclude_functions)
         self._verdicts = {}   # (pid, start_pc) -> keep
-        for name in self.COUNTERS:
-            setattr(self, name, 0)
-
-    def counters(self):
-        return {name: getattr(self, name) for name in self.COUNTERS}
 
     def _function_ok(self, name):
         c = self.config

@@ -37,7 +37,6 @@ from pipeline.goroutines import HashIndex, RowStore, unique_pairs
 from pipeline.ids import MASK56, randomness
 from pipeline.spans import SpanFlag, SpanKind, empty_spans
 from pipeline.stage import Stage
-from receiver.errors import ConfigError
 
 _NS = 1_000_000_000
 
@@ -103,11 +102,7 @@ class AdaptiveSampler(Stage):
                 "decisions_expired")
 
     def __init__(self, config=Config(), next_stage=None, clock=time.monotonic):
-        super().__init__(next_stage)
-        problems = config.validate()
-        if problems:
-            raise ConfigError(problems)
-        self.config = config
+        super().__init__(next_stage, config)
         self.clock = clock
         self.decisions = RowStore({"hi": "<u8", "lo": "<u8", "threshold": "<u8",
                                    "seen": "<f4"}, 4096)
@@ -121,11 +116,6 @@ class AdaptiveSampler(Stage):
         self._in = self._out = self._anomalies = 0
         self._park_ns = int(config.anomaly_park_s * _NS)
         self._life_ns = int(config.anomaly_lifetime_s * _NS)
-        for name in self.COUNTERS:
-            setattr(self, name, 0)
-
-    def counters(self):
-        return {name: getattr(self, name) for name in self.COUNTERS}
 
     @property
     def probability(self):

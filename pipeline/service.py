@@ -270,6 +270,7 @@ class Service:
         self.processors = []          # (pipeline id, component id, stage)
         self.tap = SummaryTap()
         self._processes = {}          # pid -> the registry's Process whose facts are cached
+        self._retired = {}            # exited Process -> metrics forgotten (after one more export)
         self._stop = threading.Event()
         self._ticker = None
         self._shut = False
@@ -366,10 +367,12 @@ class Service:
         proc = self.registry.get(int(pid))
         if proc is None:
             return None
-        frames = proc.binary.symbolizer().symbolize(pcs)
+        # PCs are the process's addresses; the symbolizer knows the file's (they differ for PIE).
+        file_pcs = np.asarray(pcs, dtype=np.uint64) - np.uint64(proc.pc_bias())
+        frames = proc.binary.symbolizer().symbolize(file_pcs)
         out = []
-        for pc, fn, file, line in zip(pcs.tolist(), frames.function.tolist(), frames.file.tolist(),
-                                      frames.line.tolist()):
+        for pc, fn, file, line in zip(file_pcs.tolist(), frames.function.tolist(),
+                                      frames.file.tolist(), frames.line.tolist()):
             if _GOWRAP.search(fn):
                 fn = wrapped_function(proc.binary, pc) or fn
             out.append(("" if fn == "?" else fn, "" if file == "?" else file, int(line)))
@@ -418,6 +421,7 @@ class Service:
         while not self._stop.wait(self.TICK_S):
             try:
                 with self.lock:
+                    self._retire_exited()
                     for b in self.batchers:
                         b.tick()
                 if time.monotonic() >= self._next_collection:
@@ -425,6 +429,22 @@ class Service:
                     self.export_metrics()
             except Exception:  # noqa: BLE001
                 log.exception("ticker error")
+
+    def _retire_exited(self):
+        """End the goroutines of processes that exited: a process that dies sends no EXIT for
+        them. The receiver retires a process only after draining its last events, so its spans
+        are complete. Its metrics are forgotten after the next collection has exported them."""
+        for proc in self.registry:
+            if not proc.alive and proc not in self._retired:
+                self._retired[proc] = False
+                if self.decoder is not None and hasattr(self.decoder, "end_process"):
+                    self.decoder.emit(self.decoder.end_process(proc.pid))
+
+    def _forget_retired_metrics(self):
+        for proc, forgotten in self._retired.items():
+            if not forgotten and self.metrics is not None:
+                self.metrics.forget(proc.pid)
+                self._retired[proc] = True
 
     def wait(self, timeout=None):
         """Until every target exited, or timeout; returns the launched command's exit status."""
@@ -443,6 +463,7 @@ class Service:
                 request = self._runtime_metrics_request()
                 if request is not None and request.resource_metrics:
                     payloads.append(Payload.of("metrics", request))
+                self._forget_retired_metrics()
         if self.config.telemetry.level != "none":
             payloads.append(Payload.of("metrics", self.telemetry_request()))
         for payload in payloads:

@@ -8,14 +8,32 @@ pipeline is driven by one thread (the ring-buffer poller); exporters own their w
 
 import time
 
+from receiver.errors import ConfigError
+
 
 class Stage:
-    """Base for pipeline stages: subclasses override process() and, if they buffer, flush()."""
+    """Base for pipeline stages: subclasses override process() and, if they buffer, flush().
 
-    def __init__(self, next_stage=None):
+    A stage with a ``config`` has it validated here (every problem in one ConfigError); the
+    integer counters named in ``COUNTERS`` start at 0 and are reported by ``counters()``.
+    """
+
+    COUNTERS = ()
+
+    def __init__(self, next_stage=None, config=None):
+        if config is not None:
+            problems = config.validate()
+            if problems:
+                raise ConfigError(problems)
+            self.config = config
         self.next = next_stage
         self.items_in = 0
         self.items_out = 0
+        for name in self.COUNTERS:
+            setattr(self, name, 0)
+
+    def counters(self):
+        return {name: getattr(self, name) for name in self.COUNTERS}
 
     def start(self):
         if self.next is not None:
@@ -24,7 +42,7 @@ class Stage:
     def consume(self, batch):
         self.items_in += len(batch)
         out = self.process(batch)
-        self._forward(out)
+        self.emit(out)
 
     def process(self, batch):
         return batch
@@ -36,11 +54,13 @@ class Stage:
     def shutdown(self, timeout=5.0):
         """Flush what is held, then shut the next stage down within what is left of timeout."""
         deadline = time.monotonic() + timeout
-        self._forward(self.flush())
+        self.emit(self.flush())
         if self.next is not None:
             self.next.shutdown(max(0.0, deadline - time.monotonic()))
 
-    def _forward(self, out):
+    def emit(self, out):
+        """Hand a non-empty batch to the next stage (also for what a stage produces outside
+        consume(), e.g. spans of a process that exited)."""
         if out is not None and len(out) and self.next is not None:
             self.items_out += len(out)
             self.next.consume(out)

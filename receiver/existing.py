@@ -62,20 +62,6 @@ class ProcessMemory:
         self.close()
 
 
-def load_bias(pid, binary):
-    """What to add to the binary's virtual addresses to get the process's (0 unless PIE)."""
-    if not binary.pie:
-        return 0
-    exe = os.readlink(f"/proc/{pid}/exe")
-    first = min(binary.image.segments, key=lambda s: s.offset)
-    with open(f"/proc/{pid}/maps") as maps:
-        for line in maps:
-            parts = line.split(None, 5)
-            if len(parts) == 6 and parts[5].strip() == exe and int(parts[2], 16) == first.offset & ~0xFFF:
-                return int(parts[0].split("-")[0], 16) - (first.vaddr & ~0xFFF)
-    raise TargetError(f"process {pid}: its executable {exe} is not mapped (it is exiting?)")
-
-
 def _span(layout):
     return max(layout.g[f] for f in G_FIELDS if f in layout.g) + 8
 
@@ -112,16 +98,16 @@ def events_from_gs(pid, addrs, blobs, layout):
 def read_goroutines(pid, binary, mem=None):
     """EXISTING events for every live goroutine of process pid running binary (a GoBinary).
 
-    Returns an empty array when the binary has no ``runtime.allgs`` symbol (stripped): unknown
-    goroutines are then read one by one with ``read_g`` as their events arrive.
+    Returns None when the binary has no ``runtime.allgs`` symbol (stripped): unknown goroutines
+    are then read one by one with ``read_g`` as their events arrive.
     """
     sym = binary.image.symbols(["runtime.allgs"], functions_only=False).get("runtime.allgs")
     if sym is None:
-        return np.zeros(0, dtype=EVENT_DTYPE)
+        return None
     own = mem is None
     mem = mem or ProcessMemory(pid)
     try:
-        bias = load_bias(pid, binary)
+        bias = binary.load_bias(pid)
         header = mem.read(sym[0] + bias, 16)
         if header is None:
             raise TargetError(f"process {pid}: cannot read runtime.allgs (it exited?)")

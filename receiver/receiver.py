@@ -94,7 +94,10 @@ class GoroutineReceiver(Stage):
         self._stop = threading.Event()
         self._thread = None
         self._path_targets = []             # (Target, GoBinary, Attachment, (dev, ino))
-        self._known = {}                    # pid -> set of goids seen created or existing
+        self._seen_pids = set()             # pids whose events came through (registered or not)
+        # pid -> goids seen, only for processes whose goroutines at attach could not be read
+        # at once (no runtime.allgs symbol): their unknown goroutines are read one by one.
+        self._lazy = {}
         self._mem = {}                      # pid -> existing.ProcessMemory
         self._pending = []                  # EXISTING batches to emit before the first poll
         self._shut = False
@@ -128,8 +131,9 @@ class GoroutineReceiver(Stage):
         if popen is not None:
             proc.exe = self.command.program   # the shell is about to become it
         proc.attachment = self.probes.attach(binary, pid)
+        if popen is None:
+            proc.pc_bias()      # a launched command's is read at its first event, after its exec
         self.registry.add(proc)
-        self._known[pid] = set()
         if self.config.existing and popen is None:
             self._read_existing(proc)
         log.info("tracing %s", proc)
@@ -142,7 +146,7 @@ class GoroutineReceiver(Stage):
         self._path_targets.append((target, binary, att, (st.st_dev, st.st_ino)))
         for pid in targets.processes_running(target.value):
             proc = self.registry.add(targets.new_process(pid, binary, target))
-            self._known[pid] = set()
+            proc.pc_bias()
             if self.config.existing:
                 self._read_existing(proc)
         log.info("tracing every process running %s", target.value)
@@ -162,9 +166,11 @@ class GoroutineReceiver(Stage):
             batch = existing.read_goroutines(proc.pid, proc.binary, self._memory(proc.pid))
         except GotelError as e:
             log.warning("process %d: goroutines alive at attach not read: %s", proc.pid, e)
-            return
-        self._known[proc.pid].update(batch["goid"].tolist())
-        self._pending.append(batch)
+            batch = None
+        if batch is None:
+            self._lazy[proc.pid] = set()
+        else:
+            self._pending.append(batch)
 
     def _memory(self, pid):
         mem = self._mem.get(pid)
@@ -227,7 +233,12 @@ class GoroutineReceiver(Stage):
     def _deliver(self, batch):
         if not len(batch):
             return
-        if self.config.existing:
+        if self.command is not None and self.command.proc_bias_unread:
+            self._read_command_bias(batch)
+        pids = batch["pid"]
+        if pids[0] not in self._seen_pids or not (pids == pids[0]).all():
+            self._note_pids(pids)
+        if self._lazy:
             batch = self._with_unknown(batch)
         self.clock.to_unix(batch["ts_ns"])
         self.events += len(batch)
@@ -243,15 +254,31 @@ class GoroutineReceiver(Stage):
                 log.exception("next stage failed on a batch of %d events (%d batches dropped so "
                               "far)", len(batch), self.failed_batches)
 
+    def _read_command_bias(self, batch):
+        """A launched command's PIE load bias, read at its first event: by then it has exec'd."""
+        pid = self.command.pid
+        if (batch["pid"] == pid).any():
+            proc = self.registry.get(pid)
+            if proc is not None:
+                proc.pc_bias()
+            self.command.proc_bias_unread = False
+
+    def _note_pids(self, pids):
+        """Register processes first seen in events: new processes running a traced binary."""
+        for pid in np.unique(pids).tolist():
+            if pid not in self._seen_pids:
+                self._seen_pids.add(pid)
+                if pid not in self.registry:
+                    self._adopt(pid)
+
     def _with_unknown(self, batch):
-        """Prefix EXISTING events for goroutines never seen created (read from the process)."""
+        """Prefix EXISTING events for goroutines never seen created (read from the process), for
+        the processes whose goroutines at attach could not be read as a whole."""
         extra = []
         for pid in np.unique(batch["pid"]).tolist():
-            known = self._known.get(pid)
+            known = self._lazy.get(pid)
             if known is None:
-                known = self._adopt(pid)
-                if known is None:
-                    continue
+                continue
             mine = batch[batch["pid"] == pid]
             born = (mine["kind"] == Kind.CREATE) | (mine["kind"] == Kind.EXISTING)
             known.update(mine["goid"][born].tolist())
@@ -298,11 +325,11 @@ class GoroutineReceiver(Stage):
             if ident is None or ident == path_ident:
                 proc = targets.new_process(pid, binary, target)
                 proc.alive = ident is not None
+                if proc.alive:
+                    proc.pc_bias()
                 self.registry.add(proc)
-                self._known[pid] = set()
                 log.info("tracing new %s", proc)
-                return self._known[pid]
-        return None
+                return
 
     def _check(self):
         """Retire exited processes and report lost events."""

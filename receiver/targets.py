@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import threading
 
-from receiver.errors import NotAGoBinary, TargetError
+from receiver.errors import GotelError, NotAGoBinary, TargetError
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 SHELL = "/bin/bash"
@@ -63,6 +63,17 @@ class Process:
     exit_status: int = None      # known for launched commands; negative = killed by that signal
     attachment: object = None    # receiver.probes.Attachment owned by this process (pid-filtered)
     popen: object = None         # subprocess.Popen for launched commands
+    load_bias: int = None        # what to subtract from its PCs to get the file's (PIE), once known
+
+    def pc_bias(self):
+        """The PIE load bias of this process (0 for non-PIE), read once while the process lives.
+        0 if it could not be read: its PCs then stay unresolved rather than wrongly resolved."""
+        if self.load_bias is None:
+            try:
+                self.load_bias = self.binary.load_bias(self.pid)
+            except GotelError:
+                return 0
+        return self.load_bias
 
     def __repr__(self):
         state = "alive" if self.alive else f"exited({self.exit_status})"
@@ -197,6 +208,7 @@ class LaunchedCommand:
         finally:
             os.close(self._read)
         self.pid = self.popen.pid
+        self.proc_bias_unread = True   # its PIE load bias can only be read after its exec
 
     def release(self):
         """Let the shell exec the command (idempotent)."""

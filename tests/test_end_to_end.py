@@ -133,7 +133,7 @@ def test_the_span_tree_is_the_go_tracers_goroutine_tree(run):
         same_tree += a["gotel.goroutine.parent_id"] == t.parent and parent_goid == t.parent
         # Parks the tracer logs: not the runtime's internal waits (no ready: no runnable time),
         # and inside the tracer's window.
-        mine = [p["gotel.wait_reason"] for ts, p in sorted(parks[goid])
+        mine = [p["gotel.wait_reason"] for ts, p in sorted(parks[goid], key=lambda park: park[0])
                 if p["gotel.park.runnable_ns"] > 0 and (trace.mono_end is None
                                                         or ts - offset <= trace.mono_end)]
         same_parks += len(mine) == len(t.parks) and all(

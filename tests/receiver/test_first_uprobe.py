@@ -61,7 +61,9 @@ def test_casgstatus_counts_match_program(require_bpf, go_build, version):
     exited = counts.get((RUNNING, DEAD), 0)
     # The workers, plus the few the runtime starts after main begins (GC workers, finalizers).
     assert SPAWNED <= created <= SPAWNED + 50, counts
-    assert SPAWNED <= exited <= created, counts
+    # A worker's wg.Done runs before it exits, so main may end the process before the last
+    # few workers reach goexit: their exits are never made.
+    assert SPAWNED - 20 <= exited <= created, counts
     assert counts.get((RUNNABLE, RUNNING), 0) >= SPAWNED
 
 
