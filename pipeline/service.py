@@ -270,7 +270,7 @@ class Service:
         self.processors = []          # (pipeline id, component id, stage)
         self.tap = SummaryTap()
         self._processes = {}          # pid -> the registry's Process whose facts are cached
-        self._retired = {}            # exited Process -> metrics forgotten (after one more export)
+        self._retired = set()         # exited Processes whose goroutines were ended
         self._stop = threading.Event()
         self._ticker = None
         self._shut = False
@@ -433,18 +433,12 @@ class Service:
     def _retire_exited(self):
         """End the goroutines of processes that exited: a process that dies sends no EXIT for
         them. The receiver retires a process only after draining its last events, so its spans
-        are complete. Its metrics are forgotten after the next collection has exported them."""
+        are complete. Its metrics stay: cumulative series of a process that ended, as the
+        Collector keeps them, and the end-of-run summary reads them."""
         for proc in self.registry:
             if not proc.alive and proc not in self._retired:
-                self._retired[proc] = False
-                if self.decoder is not None and hasattr(self.decoder, "end_process"):
-                    self.decoder.emit(self.decoder.end_process(proc.pid))
-
-    def _forget_retired_metrics(self):
-        for proc, forgotten in self._retired.items():
-            if not forgotten and self.metrics is not None:
-                self.metrics.forget(proc.pid)
-                self._retired[proc] = True
+                self._retired.add(proc)
+                self.decoder.emit(self.decoder.end_process(proc.pid))
 
     def wait(self, timeout=None):
         """Until every target exited, or timeout; returns the launched command's exit status."""
@@ -463,7 +457,6 @@ class Service:
                 request = self._runtime_metrics_request()
                 if request is not None and request.resource_metrics:
                     payloads.append(Payload.of("metrics", request))
-                self._forget_retired_metrics()
         if self.config.telemetry.level != "none":
             payloads.append(Payload.of("metrics", self.telemetry_request()))
         for payload in payloads:

@@ -14,6 +14,7 @@ import heapq
 
 import numpy as np
 
+from pipeline.goroutines import unique_pairs
 from pipeline.spans import SpanFlag, SpanKind
 from pipeline.stage import Stage
 
@@ -69,11 +70,10 @@ class SummaryTap(Stage):
     def _count(counter, a, b, weights):
         if not len(a):
             return
-        keys = (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        sums = np.bincount(inverse.reshape(-1), weights=weights, minlength=len(uniq))
-        for key, total in zip(uniq.tolist(), sums.tolist()):
-            counter[(key >> 32, key & 0xFFFFFFFF)] += int(total)
+        ua, ub, inverse = unique_pairs(a, b)   # PCs of a PIE need all 64 bits
+        sums = np.bincount(inverse, weights=weights, minlength=len(ua))
+        for x, y, total in zip(ua.tolist(), ub.tolist(), sums.tolist()):
+            counter[(x, y)] += int(total)
 
 
 class Summary:

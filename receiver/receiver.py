@@ -255,13 +255,23 @@ class GoroutineReceiver(Stage):
                               "far)", len(batch), self.failed_batches)
 
     def _read_command_bias(self, batch):
-        """A launched command's PIE load bias, read at its first event: by then it has exec'd."""
+        """A launched command's PIE load bias. Traced from its first instruction, its first events
+        include goroutine 1's creation, whose start PC is runtime.main: that gives the bias
+        exactly, even when the process is gone before its memory map could be read."""
         pid = self.command.pid
-        if (batch["pid"] == pid).any():
-            proc = self.registry.get(pid)
-            if proc is not None:
-                proc.pc_bias()
-            self.command.proc_bias_unread = False
+        mine = batch[batch["pid"] == pid]
+        if not len(mine):
+            return
+        self.command.proc_bias_unread = False
+        proc = self.registry.get(pid)
+        if proc is None or not proc.binary.pie:
+            return
+        main = mine[(mine["kind"] == Kind.CREATE) & (mine["goid"] == 1)]
+        entry = proc.binary.pclntab.lookup(["runtime.main"]).get("runtime.main")
+        if len(main) and entry is not None:
+            proc.load_bias = int(main["pc_start"][0]) - entry[0]
+        else:
+            proc.pc_bias()
 
     def _note_pids(self, pids):
         """Register processes first seen in events: new processes running a traced binary."""
