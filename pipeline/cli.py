@@ -23,7 +23,9 @@ class UsageError(GotelError):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="gotel", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="gotel", description="OpenTelemetry traces and metrics of every goroutine of running Go "
+        "programs, from eBPF uprobes on the Go runtime: no change to the programs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what gotel does")
     sub = parser.add_subparsers(dest="command", required=True)
 
