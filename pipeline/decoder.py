@@ -63,12 +63,13 @@ from pipeline.goroutines import GoroutineTable, RowStore, SiteTable, TRACE_COLUM
 from pipeline.ids import IdGenerator, predecessor, successor
 from pipeline.spans import SPAN_DTYPE, SpanFlag, SpanKind, empty_spans
 from pipeline.stage import Stage
-from receiver.events import Kind
+from receiver.events import DECODED_STATUSES, Kind
 
 PARK_MODES = ("spans", "events")
 _SCAN = 0x1000
-# Raw Go statuses that EXISTING and SYSCALL_EXIT events carry (stable across Go versions).
-_G_RUNNABLE, _G_RUNNING, _G_SYSCALL, _G_WAITING, _G_PREEMPTED = 1, 2, 3, 4, 9
+# Raw Go statuses that EXISTING and SYSCALL_EXIT events carry (checked per target at attach).
+_G_RUNNABLE, _G_RUNNING, _G_SYSCALL, _G_WAITING, _G_PREEMPTED = (
+    DECODED_STATUSES[n] for n in ("_Grunnable", "_Grunning", "_Gsyscall", "_Gwaiting", "_Gpreempted"))
 
 # State a goroutine is in after an event of each kind (EXISTING and SYSCALL_EXIT refined below).
 _STATE_AFTER = np.full(256, gt.UNKNOWN, np.uint8)

@@ -29,6 +29,24 @@ class Kind(enum.IntEnum):
     EXISTING = 10
 
 
+# The raw statuses that EXISTING and SYSCALL_EXIT events carry and the decoder reads. Go has kept
+# these numbers since 1.14; a binary whose layout numbers them otherwise is refused at attach
+# (check_statuses) rather than misread.
+DECODED_STATUSES = {"_Grunnable": 1, "_Grunning": 2, "_Gsyscall": 3, "_Gwaiting": 4, "_Gpreempted": 9}
+
+
+def check_statuses(binary):
+    """Raise UnsupportedGoVersion if binary's goroutine statuses differ from DECODED_STATUSES."""
+    from receiver.errors import UnsupportedGoVersion
+
+    statuses = binary.layout.statuses
+    wrong = {n: statuses.get(n) for n, v in DECODED_STATUSES.items() if statuses.get(n, v) != v}
+    if wrong:
+        raise UnsupportedGoVersion(
+            f"{binary.path}: {binary.go_version} numbers goroutine statuses differently ({wrong}); "
+            f"this gotel cannot decode them: use a newer gotel")
+
+
 EVENT_DTYPE = np.dtype(
     [
         ("ts_ns", "<u8"),

@@ -26,7 +26,7 @@ import os
 import threading
 
 from receiver.errors import ProbeError
-from receiver.events import BPF_DIR, Kind
+from receiver.events import BPF_DIR, Kind, check_statuses
 
 SOURCE = BPF_DIR / "gotel.c"
 MAX_LAYOUTS = 8
@@ -187,6 +187,7 @@ class Probes:
         if len(self._slots) >= MAX_LAYOUTS:
             raise ProbeError(f"{binary.path}: gotel traces at most {MAX_LAYOUTS} distinct Go layouts "
                              f"at once; this would be one more")
+        check_statuses(binary)
         slot = len(self._slots)
         self._write_layout(slot, binary)
         self._slots[key] = slot

@@ -1,5 +1,7 @@
 """struct gotel_event (bpf/gotel_event.h) and EVENT_DTYPE (receiver/events.py) agree byte for byte.
 
+The decoder's reading of raw goroutine statuses agrees with every Go version's numbering.
+
 The header is compiled twice: by the host C compiler (offsetof/sizeof printed by a tiny program) and
 by bcc's clang as BPF (offsets proved with _Static_assert, so a mismatch fails the compile).
 """
@@ -95,3 +97,32 @@ def test_monotonic_timestamps_become_unix_ns_in_place_once_per_batch():
     clock.to_unix(np.zeros(0, dtype="<u8"))
     assert clock.offset_ns == first                       # not re-measured before refresh_s
     assert abs(measure_offset() - first) < 10**7
+
+
+def test_every_known_go_version_numbers_statuses_as_the_decoder_reads_them():
+    """The decoder reads raw statuses of EXISTING/SYSCALL_EXIT events; each version's layout
+    (the committed table, generated from each toolchain's DWARF) must agree, or attach refuses."""
+    import json
+
+    from receiver.events import DECODED_STATUSES
+
+    versions = json.loads((EVENT_HEADER.parents[1] / "receiver" / "layouts.json").read_text())["layouts"]
+    assert len(versions) >= 5
+    for version, entry in versions.items():
+        statuses = entry["statuses"]
+        assert {n: statuses[n] for n in DECODED_STATUSES} == DECODED_STATUSES, version
+
+
+def test_a_binary_that_renumbers_statuses_is_refused(inspectme):
+    import dataclasses
+
+    from receiver.binary import GoBinary
+    from receiver.errors import UnsupportedGoVersion
+    from receiver.events import check_statuses
+
+    binary = GoBinary.open(inspectme("1.25"))
+    check_statuses(binary)
+    renumbered = dataclasses.replace(binary.layout, statuses={**binary.layout.statuses, "_Gwaiting": 5})
+    binary.__dict__["layout"] = renumbered
+    with pytest.raises(UnsupportedGoVersion, match="numbers goroutine statuses differently"):
+        check_statuses(binary)
