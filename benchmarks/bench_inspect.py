@@ -1,4 +1,5 @@
-"""How long `gotel inspect` takes on ~30 MB Go binaries, with and without DWARF.
+"""How long `gotel inspect` takes on ~30 MB Go binaries, with and without DWARF, and how fast the
+symbolizer names PCs (500,000 PCs over the first 500 functions of the stripped build, one call).
 
 Trust the in-process figure (GoBinary.open, best of N) for gotel's own cost; the CLI wall time adds
 the interpreter start and the imports of numpy and capstone (~0.3 s), which a long-running gotel
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from pipeline import gotool
 from receiver.binary import GoBinary
@@ -58,12 +61,19 @@ def run(work_dir, repeat=5):
             "open_s": _times(lambda: _inspect(path), repeat),
             "cli_s": _times(lambda: subprocess.run(cli, cwd=REPO, check=True, capture_output=True), repeat),
         }
+    stripped = GoBinary.open(binaries["go1.25 cmd/compile (-s -w)"])
+    sym = stripped.symbolizer()
+    pcs = np.random.default_rng(1).choice(stripped.pclntab.entries[:500], 500_000) + np.uint64(3)
+    results["symbolizer"] = {"pcs_per_s": [len(pcs) / t for t in _times(lambda: sym.symbolize(pcs), repeat)]}
     return results
 
 
 if __name__ == "__main__":
     work = REPO / "benchmarks" / ".work"
     work.mkdir(parents=True, exist_ok=True)
-    for label, r in run(work).items():
+    results = run(work)
+    rates = results.pop("symbolizer")["pcs_per_s"]
+    print(f"symbolizer: median {statistics.median(rates):,.0f} PCs/s")
+    for label, r in results.items():
         print(f"{label:32s} {r['size_mb']:5.1f} MB  open min {min(r['open_s']):.3f}s "
               f"median {statistics.median(r['open_s']):.3f}s  cli min {min(r['cli_s']):.3f}s")

@@ -1,6 +1,5 @@
 """TraceEncoder writes the protobuf wire format by hand: protobuf's own parser is the oracle."""
 
-import time
 
 import numpy as np
 import pytest
@@ -193,16 +192,3 @@ def test_extreme_integers_round_trip(rows):
         assert a["gotel.goroutine.id"] == as_int64(rows[i][0])
         key = "gotel.park.blocked_ns" if rows[i][3] else "gotel.goroutine.parent_id"
         assert a[key] == as_int64(rows[i][1])
-
-
-def test_throughput():
-    """Far above what the kernel side produces per core; the measured rate is printed."""
-    s = spanfactory.spans(50_000, seed=3)
-    enc = spanfactory.encoder()
-    enc.encode_chunks(s[:1000])
-    t0 = time.perf_counter()
-    for start in range(0, len(s), 8192):
-        enc.encode_chunks(s[start:start + 8192], 4 << 20)
-    rate = len(s) / (time.perf_counter() - t0)
-    print(f"encode: {rate:,.0f} spans/s")
-    assert rate > 50_000

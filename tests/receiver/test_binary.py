@@ -306,19 +306,17 @@ def test_symbolizer_matches_addr2line(inspectme, version, variant):
     assert list(outside.function) == ["?"] * 3 and list(outside.line) == [0] * 3
 
 
-def test_symbolizer_is_fast_and_shared(inspectme):
+def test_symbolizer_is_shared_and_takes_whole_vectors(inspectme):
+    """500,000 PCs in one call (benchmarks/bench_inspect.py measures the rate)."""
     binary = opened(inspectme("1.25", "stripped"))
     sym = binary.symbolizer()
     assert binary.symbolizer() is sym
     entries = binary.pclntab.entries[:-1]
     pcs = np.random.default_rng(1).choice(entries[:500], 500_000) + np.uint64(3)
-    import time
-    sym.symbolize(pcs[:1000])
-    start = time.perf_counter()
     frames = sym.symbolize(pcs)
-    rate = len(pcs) / (time.perf_counter() - start)
-    assert rate > 300_000, f"{rate:.0f} PCs/s"
     assert len(frames.function) == len(pcs)
+    one_by_one = {int(pc): sym.symbolize(np.array([pc], np.uint64)).function[0] for pc in pcs[:50]}
+    assert [one_by_one[int(pc)] for pc in pcs[:50]] == list(frames.function[:50])
 
 
 # --- targets: PIDs, deleted binaries, containers ------------------------------------------------
