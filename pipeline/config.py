@@ -247,6 +247,17 @@ def duration_unit(field):
     return None
 
 
+_UNIT_SUFFIX = re.compile(r"_(ns|us|ms|s|seconds)$")
+
+
+def yaml_key(field):
+    """The YAML name of a dataclass field: a duration field drops its unit suffix, since YAML
+    durations carry their unit ("min_park_ns" is written ``min_park: 100us``)."""
+    if duration_unit(field) is not None and _UNIT_SUFFIX.search(field.name):
+        return _UNIT_SUFFIX.sub("", field.name)
+    return field.name
+
+
 # --- building typed configs ---------------------------------------------------------------------
 _MISSING = object()
 
@@ -347,7 +358,7 @@ def build_dataclass(cls, mapping, where, problems):
     if not isinstance(mapping, dict):
         problems.append(f"{_path(where)} must be a mapping, not {mapping!r}")
         return _MISSING
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
+    fields = {yaml_key(f): f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
     hints = typing.get_type_hints(cls, include_extras=False)
     kwargs, failed_keys, failed = {}, set(), False
     for key, value in mapping.items():
@@ -357,14 +368,14 @@ def build_dataclass(cls, mapping, where, problems):
                             f"{', '.join(sorted(fields)) or 'none'})")
             failed = True
             continue
-        out = convert(value, hints.get(key, typing.Any), (*where, key), problems,
+        out = convert(value, hints.get(field.name, typing.Any), (*where, key), problems,
                       duration_unit(field))
         if out is _MISSING:
-            failed_keys.add(key)
+            failed_keys.add(field.name)
         else:
-            kwargs[key] = out
-    missing = [name for name, field in fields.items()
-               if name not in kwargs and name not in failed_keys
+            kwargs[field.name] = out
+    missing = [key for key, field in fields.items()
+               if field.name not in kwargs and field.name not in failed_keys
                and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING]
     for name in missing:
         problems.append(f"{_path((*where, name))} is required")
@@ -387,9 +398,12 @@ def build_dataclass(cls, mapping, where, problems):
             found = (validate(path=_path(where)) if takes_path else validate()) or []
         except (TypeError, ValueError) as e:
             found = [str(e)]
+        renamed = {f.name: key for key, f in fields.items() if key != f.name}
         for problem in found:
             if any(re.search(rf"\b{re.escape(k)}\b", problem) for k in failed_keys):
                 continue
+            for name, key in renamed.items():   # the component speaks of fields; users of YAML keys
+                problem = re.sub(rf"\b{re.escape(name)}\b", key, problem)
             problems.append(problem if takes_path else f"{_path(where)}::{problem}")
     if failed or failed_keys or found:
         return _MISSING

@@ -54,7 +54,8 @@ class Config:
     def validate(self, path="receivers::goroutines"):
         problems = []
         if not (self.pids or self.paths or self.command):
-            problems.append(f"{path}: give at least one of pids, paths, command")
+            problems.append(f"{path}: give at least one of pids, paths, command (or the targets "
+                            f"on the command line: --pid, --binary or -- COMMAND)")
         for pid in self.pids:
             if not isinstance(pid, int) or pid <= 0:
                 problems.append(f"{path}::pids: {pid!r} is not a process id")

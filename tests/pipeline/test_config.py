@@ -104,8 +104,8 @@ file/traces: {}
      "receivers::goroutines::ring_bytes must be an integer, not 'lots'"),
     ("receivers", "goroutines: {pids: [1], existing: 'yes'}",
      "receivers::goroutines::existing must be true or false, not 'yes'"),
-    ("receivers", "goroutines: {pids: [1], poll_interval_s: 50}",
-     "receivers::goroutines::poll_interval_s must be a duration like 200ms or 5s, not 50"),
+    ("receivers", "goroutines: {pids: [1], poll_interval: 50}",
+     "receivers::goroutines::poll_interval must be a duration like 200ms or 5s, not 50"),
     ("receivers", "goroutines: {pids: [1], resource: [a]}",
      "receivers::goroutines::resource must be a mapping, not ['a']"),
     ("receivers", "goroutines: {pids: [1], color: blue}",
@@ -126,8 +126,8 @@ file/traces: {}
     ("processors", "batch: 3", "processors::batch must be a mapping, not 3"),
     ("processors", "batch: {}\nsampler: {target_spans_per_second: -1}",
      "processors::sampler::target_spans_per_second"),
-    ("processors", "batch: {}\nfilter: {min_park_ns: 1x}",
-     "processors::filter::min_park_ns must be a duration like 200ms or 5s, not '1x'"),
+    ("processors", "batch: {}\nfilter: {min_park: 1x}",
+     "processors::filter::min_park must be a duration like 200ms or 5s, not '1x'"),
     ("exporters", "otlp: {endpoint: 'localhost:4317/v1/traces'}\nfile/traces: {path: /tmp/x}",
      "exporters::otlp::endpoint must not have a path for gRPC"),
     ("exporters", "otlp: {sending_queue: {queue_size: 0}}\nfile/traces: {path: /tmp/x}",
@@ -309,3 +309,22 @@ def test_any_value_anywhere_in_a_good_file_gives_a_config_or_a_config_error(chan
         config.loads(yaml.safe_dump(tree), env={})
     except ConfigError as e:
         assert e.problems and all(isinstance(p, str) and p for p in e.problems)
+
+
+def test_duration_keys_are_written_without_their_unit_and_renamed_in_every_message(tmp_path):
+    """YAML durations carry their unit, so keys do not: `min_park: 100us`, not `min_park_ns`;
+    the old spelling is an unknown key, and a component's own check speaks the YAML name."""
+    ok = config.loads("processors:\n  filter: {min_park: 250us}\n  batch: {}\n"
+                      "receivers:\n  goroutines: {pids: [1], poll_interval: 20ms}\n"
+                      "exporters:\n  debug: {}\n"
+                      "service:\n  pipelines:\n    traces:\n      receivers: [goroutines]\n"
+                      "      processors: [filter, batch]\n      exporters: [debug]\n")
+    assert ok.processors["filter"].config.min_park_ns == 250_000
+    with pytest.raises(ConfigError) as e:
+        config.loads("processors:\n  filter: {min_park_ns: 1}\n  sampler: {window: 0s}\n"
+                     "receivers:\n  goroutines: {pids: [1]}\nexporters:\n  debug: {}\n"
+                     "service:\n  pipelines:\n    traces:\n      receivers: [goroutines]\n"
+                     "      processors: [filter, sampler]\n      exporters: [debug]\n")
+    text = str(e.value)
+    assert "processors::filter::min_park_ns: unknown key" in text and "min_park)" in text
+    assert "processors::sampler::window must be > 0" in text, text

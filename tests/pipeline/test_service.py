@@ -17,7 +17,7 @@ receivers:
   goroutines: {{pids: [1]}}
 processors:
   batch: {{timeout: 10ms}}
-  filter: {{min_park_ns: 0}}
+  filter: {{min_park: 0}}
 exporters:
   file/traces: {{path: {tmp_path}/traces.jsonl}}
   file/metrics: {{path: {tmp_path}/metrics.jsonl}}
