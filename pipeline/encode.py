@@ -153,7 +153,10 @@ def is_wrapper(function):
 
 
 def span_name(start_function, creator_function):
-    """The goroutine span's name: its start function, unless that is a wrapper of user code."""
+    """The goroutine span's name: its start function, unless that is a wrapper of user code.
+    The main goroutine starts in runtime.main, which runs the program's main.main."""
+    if start_function == "runtime.main":
+        return "main.main"
     if start_function and is_wrapper(start_function) and creator_function and not is_stdlib(
             creator_function):
         return creator_function

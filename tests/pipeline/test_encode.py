@@ -77,6 +77,7 @@ def test_stdlib_and_wrapper_rules():
     assert encode.span_name("net/http.(*conn).serve", "net/http.(*Server).Serve") == \
         "net/http.(*conn).serve"
     assert encode.span_name("time.goFunc", "github.com/x/y.Start") == "github.com/x/y.Start"
+    assert encode.span_name("runtime.main", "runtime.rt0_go") == "main.main"
     assert encode.span_name("", "") == "goroutine"
 
 
