@@ -34,6 +34,8 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from pipeline import batcher as batcher_mod
+from pipeline import decoder as decoder_mod
+from pipeline import metrics as metrics_mod
 from pipeline import encode
 from pipeline.exporters.base import Payload, RateLimitedLog
 from pipeline.stage import Stage
@@ -65,10 +67,7 @@ def receiver_config_class():
              ("collection_interval", float, dataclasses.field(default=10.0,
                                                               metadata={"duration": "s"}))]
     for key, module in (("spans", "pipeline.decoder"), ("metrics", "pipeline.metrics")):
-        try:
-            cls = importlib.import_module(module).Config
-        except (ImportError, AttributeError):
-            continue
+        cls = importlib.import_module(module).Config
         extra.append((key, cls, dataclasses.field(default_factory=cls)))
     return dataclasses.make_dataclass("ReceiverConfig", extra, bases=(receiver_mod.Config,),
                                       frozen=True)
@@ -283,7 +282,7 @@ class Service:
         (self.receiver_id,) = {r for p in self.config.pipelines.values() for r in p.receivers}
         rc = self.config.receivers[self.receiver_id].config
         self.receiver_config = rc
-        self.resources = encode.Resources(self.process_info, getattr(rc, "resource", {}),
+        self.resources = encode.Resources(self.process_info, rc.resource,
                                           self.host_name)
         self.symbols = encode.Symbols(self.symbolize)
         self.encoder = encode.TraceEncoder(self.resources, self.symbols, self.wait_reasons)
@@ -327,22 +326,12 @@ class Service:
         return stage
 
     def _make_metrics(self, rc):
-        """The Go runtime metrics aggregator (None when this build has none)."""
-        try:
-            metrics_mod = importlib.import_module("pipeline.metrics")
-        except ImportError:
-            return None
-        self.collection_interval = float(getattr(rc, "collection_interval", 10.0))
-        return metrics_mod.create(getattr(rc, "metrics", None) or metrics_mod.Config())
+        """The Go runtime metrics aggregator, fed by the decoder from every event."""
+        self.collection_interval = float(rc.collection_interval)
+        return metrics_mod.create(rc.metrics)
 
     def _make_decoder(self, rc, next_stage, metrics):
-        try:
-            decoder_mod = importlib.import_module("pipeline.decoder")
-        except ImportError:
-            log.warning("no span decoder in this build: events are counted, no spans are made")
-            return Discard()
-        cfg = getattr(rc, "spans", None) or decoder_mod.Config()
-        return decoder_mod.create(cfg, next_stage, metrics=metrics)
+        return decoder_mod.create(rc.spans, next_stage, metrics=metrics)
 
     # adapters over the receiver's ProcessRegistry
     def process_info(self, pid):
@@ -350,18 +339,15 @@ class Service:
         if proc is None:
             return None
         b = proc.binary
-        info = getattr(b, "info", None)
         args = ()
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             args = tuple(cmdline.decode(errors="replace").split("\0")[:-1])
         except OSError:
-            target = getattr(proc, "target", None)
-            if target is not None and target.kind == "command":
-                args = tuple(target.value)
-        return encode.ProcessInfo(pid, proc.exe, b.go_version, b.module,
-                                  getattr(info, "module_version", ""), b.build_settings,
-                                  proc.start_time_ns, args)
+            if proc.target.kind == "command":
+                args = tuple(proc.target.value)
+        return encode.ProcessInfo(pid, proc.exe, b.go_version, b.module, b.info.module_version,
+                                  b.build_settings, proc.start_time_ns, args)
 
     def symbolize(self, pid, pcs):
         proc = self.registry.get(int(pid))
