@@ -27,7 +27,16 @@ class Collect:
 
     @property
     def events(self):
-        return np.concatenate(self.batches) if self.batches else np.zeros(0, EVENT_DTYPE)
+        """Every event so far. Merges only the batches that came since the last call: tests poll
+        this in loops, and re-joining millions of events each time would starve the poller."""
+        merged = getattr(self, "_merged", None)
+        if merged is None:
+            merged = self._merged = [np.zeros(0, EVENT_DTYPE), 0]
+        if merged[1] < len(self.batches):
+            new = self.batches[merged[1]:]
+            merged[0] = np.concatenate([merged[0], *new])
+            merged[1] += len(new)
+        return merged[0]
 
 
 def untraced(binary, *args, env=None, timeout=60):

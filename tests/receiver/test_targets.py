@@ -187,7 +187,8 @@ def test_a_failing_next_stage_does_not_stop_the_receiver(require_bpf, go_build):
 
     binary = go_build("oracle", "1.25")
     sink = Flaky()
-    rx, done = run_command([binary, "-repeat", "3", "chan", "timer"], sink, timeout=60)
+    # Long enough (~0.3 s) for several polls: the refused first batch must not be all there is.
+    rx, done = run_command([binary, "-repeat", "30", "chan", "timer"], sink, timeout=60)
     assert done.returncode == 0 and rx.failed_batches == 1
     assert len(sink.events) > 0 and rx.lost == 0
 
