@@ -101,6 +101,8 @@ class GoroutineReceiver(Stage):
         self._lazy = {}
         self._mem = {}                      # pid -> existing.ProcessMemory
         self._pending = []                  # EXISTING batches to emit before the first poll
+        self._retiring = set()              # pids whose probes are being detached
+        self._retirements = []              # the threads that detach them
         self._shut = False
 
     # -- control path -----------------------------------------------------------------------------
@@ -201,6 +203,8 @@ class GoroutineReceiver(Stage):
         super().shutdown(max(0.0, deadline - time.monotonic()))
 
     def _teardown(self):
+        for retire in self._retirements:
+            retire.join()
         if self.reader is not None:
             self.reader.close()
             self.reader = None
@@ -347,23 +351,23 @@ class GoroutineReceiver(Stage):
         if self.probes is None:
             return
         for proc in self.registry.alive():
+            if proc.pid in self._retiring:
+                continue
             status = proc.popen.poll() if proc.popen is not None else None
             if status is None and targets.is_running(proc.pid):
                 continue
             # Its last events were committed before it died: drain them before detaching.
             self._deliver(self.reader.read())
-            if proc.attachment is not None:
-                self.probes.detach(proc.attachment)
-            self.probes.forget(proc.pid)
-            self.registry.mark_exited(proc.pid, status)
             mem = self._mem.pop(proc.pid, None)
             if mem is not None:
                 mem.close()
-            # Killed or failed is worth a warning; an ordinary end (or one gotel cannot know the
-            # status of, not being the parent) is news.
-            level = logging.INFO if status in (None, 0) else logging.WARNING
-            log.log(level, "process %d (%s) %s; still tracing %d other process(es)", proc.pid,
-                    proc.exe, targets.describe_exit(status), len(self.registry.alive()))
+            # Unregistering a uprobe waits on the kernel (0.1-0.15 s measured here): that happens
+            # on a thread of its own, while this one keeps draining the ring for other targets.
+            self._retiring.add(proc.pid)
+            retire = threading.Thread(target=self._retire, args=(proc, status), daemon=True,
+                                      name=f"gotel-retire-{proc.pid}")
+            self._retirements = [t for t in self._retirements if t.is_alive()] + [retire]
+            retire.start()
         lost = self.probes.counters()["lost"]
         if lost > self.lost:
             log.warning("%d events lost: the ring buffer (%d bytes) was full; raise ring_bytes",
@@ -371,6 +375,21 @@ class GoroutineReceiver(Stage):
             self.lost = lost
         if not self._path_targets and not self.registry.alive():
             self.finished.set()
+
+    def _retire(self, proc, status):
+        """Detach an exited process's probe and mark it exited (on a thread of its own)."""
+        try:
+            if proc.attachment is not None:
+                self.probes.detach(proc.attachment)
+            self.probes.forget(proc.pid)
+        finally:
+            self.registry.mark_exited(proc.pid, status)
+            self._retiring.discard(proc.pid)
+        # Killed or failed is worth a warning; an ordinary end (or one gotel cannot know the
+        # status of, not being the parent) is news.
+        level = logging.INFO if status in (None, 0) else logging.WARNING
+        log.log(level, "process %d (%s) %s; still tracing %d other process(es)", proc.pid,
+                proc.exe, targets.describe_exit(status), len(self.registry.alive()))
 
 
 def create(config, next_stage=None, registry=None, launch_options=None):
