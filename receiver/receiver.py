@@ -102,6 +102,7 @@ class GoroutineReceiver(Stage):
         self._mem = {}                      # pid -> existing.ProcessMemory
         self._pending = []                  # EXISTING batches to emit before the first poll
         self._retiring = set()              # pids whose probes are being detached
+        self._unbiased = set()              # pids of PIE load bias to learn from their events
         self._retirements = []              # the threads that detach them
         self._shut = False
 
@@ -135,7 +136,9 @@ class GoroutineReceiver(Stage):
             proc.exe = self.command.program   # the shell is about to become it
         proc.attachment = self.probes.attach(binary, pid)
         if popen is None:
-            proc.pc_bias()      # a launched command's is read at its first event, after its exec
+            proc.pc_bias()
+        else:
+            self._unbiased.add(pid)   # not exec'd yet: learnt from its first events
         self.registry.add(proc)
         if self.config.existing and popen is None:
             self._read_existing(proc)
@@ -238,11 +241,11 @@ class GoroutineReceiver(Stage):
     def _deliver(self, batch):
         if not len(batch):
             return
-        if self.command is not None and self.command.proc_bias_unread:
-            self._read_command_bias(batch)
         pids = batch["pid"]
         if pids[0] not in self._seen_pids or not (pids == pids[0]).all():
             self._note_pids(pids)
+        if self._unbiased:
+            self._learn_biases(batch)
         if self._lazy:
             batch = self._with_unknown(batch)
         self.clock.to_unix(batch["ts_ns"])
@@ -259,24 +262,20 @@ class GoroutineReceiver(Stage):
                 log.exception("next stage failed on a batch of %d events (%d batches dropped so "
                               "far)", len(batch), self.failed_batches)
 
-    def _read_command_bias(self, batch):
-        """A launched command's PIE load bias. Traced from its first instruction, its first events
-        include goroutine 1's creation, whose start PC is runtime.main: that gives the bias
-        exactly, even when the process is gone before its memory map could be read."""
-        pid = self.command.pid
-        mine = batch[batch["pid"] == pid]
-        if not len(mine):
-            return
-        self.command.proc_bias_unread = False
-        proc = self.registry.get(pid)
-        if proc is None or not proc.binary.pie:
-            return
-        main = mine[(mine["kind"] == Kind.CREATE) & (mine["goid"] == 1)]
-        entry = proc.binary.pclntab.lookup(["runtime.main"]).get("runtime.main")
-        if len(main) and entry is not None:
-            proc.load_bias = int(main["pc_start"][0]) - entry[0]
-        else:
-            proc.pc_bias()
+    def _learn_biases(self, batch):
+        """PIE load biases of processes traced from their first instruction (launched by gotel,
+        or started after gotel attached to their binary). Their first events include goroutine
+        1's creation, whose start PC is runtime.main: that gives the bias exactly, even when the
+        process is gone before its memory map could be read."""
+        main = batch[(batch["kind"] == Kind.CREATE) & (batch["goid"] == 1)]
+        for pid in [p for p in main["pid"].tolist() if p in self._unbiased]:
+            self._unbiased.discard(pid)
+            proc = self.registry.get(pid)
+            if proc is None or not proc.binary.pie:
+                continue
+            entry = proc.binary.pclntab.lookup(["runtime.main"]).get("runtime.main")
+            if entry is not None:
+                proc.load_bias = int(main["pc_start"][main["pid"] == pid][0]) - entry[0]
 
     def _note_pids(self, pids):
         """Register processes first seen in events: new processes running a traced binary."""
@@ -340,8 +339,7 @@ class GoroutineReceiver(Stage):
             if ident is None or ident == path_ident:
                 proc = targets.new_process(pid, binary, target)
                 proc.alive = ident is not None
-                if proc.alive:
-                    proc.pc_bias()
+                self._unbiased.add(pid)    # started after the attach: traced from its start
                 self.registry.add(proc)
                 log.info("tracing new %s", proc)
                 return

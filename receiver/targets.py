@@ -208,7 +208,6 @@ class LaunchedCommand:
         finally:
             os.close(self._read)
         self.pid = self.popen.pid
-        self.proc_bias_unread = True   # its PIE load bias can only be read after its exec
 
     def release(self):
         """Let the shell exec the command (idempotent)."""

@@ -39,3 +39,30 @@ def test_trace_names_goroutines_by_their_start_function(require_bpf, go_build, t
     assert len(workers) == SPAWNED
     sites = {a["key"]: a["value"] for a in workers[0]["attributes"]}
     assert sites["code.file.path"]["stringValue"].endswith("spawner/main.go")
+
+
+@pytest.mark.bpf
+def test_binary_target_names_processes_started_later(require_bpf, go_build, tmp_path):
+    """`--binary` traces processes that start after gotel attached; these short-lived PIEs are gone
+    before gotel could read their memory maps, and their goroutines are still named."""
+    binary = go_build("spawner", "1.25", flags=("-buildmode=pie",))
+    out = tmp_path / "out"
+    gotel = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "-v", "trace", "--binary", str(binary), "--duration", "6",
+         "--out", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for line in gotel.stderr:                       # attached: start the processes now
+            if "tracing every process running" in line:
+                break
+        runs = [subprocess.run([str(binary), str(n)], capture_output=True, text=True, timeout=60)
+                for n in (SPAWNED, 100)]
+        assert [r.stdout.split()[1] for r in runs] == [str(SPAWNED), "100"]
+        summary, _ = gotel.communicate(timeout=60)
+    finally:
+        gotel.kill()
+    assert gotel.returncode == 0
+    assert f"{SPAWNED + 100}  main.worker" in summary, summary
+    workers = [s for s in spans(out / "traces.jsonl") if s["name"] == "main.worker"]
+    assert len(workers) == SPAWNED + 100
