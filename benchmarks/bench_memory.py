@@ -13,7 +13,9 @@ three figures are taken:
   its goroutines to that moment, per live goroutine: everything, including numpy's temporaries of
   the last batches and memory the allocator has not returned.
 
-Then the goroutines exit and gotel's spans for them flow out as usual.
+Also: the RSS that starting gotel adds before it tracks anything (bcc compiling the BPF program in
+process with its LLVM, the ring buffer mapping, threads), which sets the floor of gotel's RSS. Then
+the goroutines exit and gotel's spans for them flow out as usual.
 
 Trust ``decoder state`` for the goal: it is the memory that grows with live goroutines and stays as
 long as they live. RSS growth is an upper bound that also counts transient batch buffers, which do
@@ -37,6 +39,7 @@ def measure(n):
     with tempfile.TemporaryDirectory(prefix="gotel-bench-") as out_dir:
         cfg = config.load(overrides={"GOTEL_OUT": out_dir}, receiver_settings={"pids": [proc.pid]})
         service = Service(cfg)
+        rss_idle = harness.status_bytes("self", "VmRSS")
         service.start()
         try:
             rss0 = harness.status_bytes("self", "VmRSS")
@@ -53,6 +56,7 @@ def measure(n):
             result = {"live": decoder.live_goroutines, "decoder_bytes": decoder.nbytes,
                       "table_bytes": decoder.goroutines.nbytes,
                       "rss_growth": harness.status_bytes("self", "VmRSS") - rss0,
+                      "start_rss": rss0 - rss_idle,
                       "seconds_to_track": time.monotonic() - started,
                       "lost": service.receiver.probes.counters()["lost"]}
             proc.stdin.write("\n")
@@ -80,6 +84,9 @@ def run(quick=False):
             "live-goroutine table per live goroutine", "B", [r["table_bytes"] / r["live"] for r in runs], 1),
         "rss_growth_per_goroutine": harness.figure(
             "process RSS growth per live goroutine", "B", [r["rss_growth"] / r["live"] for r in runs], 1),
+        "start_mb": harness.figure(
+            "RSS added by starting gotel (bcc compiling the BPF program, ring buffer, threads)", "MB",
+            [r["start_rss"] / 1e6 for r in runs], 1),
         "decoder_mb": harness.figure("decoder state", "MB", [r["decoder_bytes"] / 1e6 for r in runs], 1),
         "seconds_to_track": harness.figure(f"time until all {n:,} were tracked", "s",
                                            [r["seconds_to_track"] for r in runs], 1),

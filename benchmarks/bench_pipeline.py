@@ -19,8 +19,9 @@ saturated gotel are at least this large), on one thread pinned to one CPU:
 Both rates are events (and spans) per second of the replaying thread's CPU time.
 
 (a) ``bcc callback``: the consumer a bcc tool would write, ``open_ring_buffer(cb)`` +
-``ring_buffer_poll``, where ``cb`` only casts each record with ``table.event(data)`` and counts it,
-against gotel's ``RingBufferReader`` draining the same probe's ring buffer, each on a live
+``ring_buffer_poll``, where ``cb`` only casts each record to a ctypes struct, reads its kind and
+counts it (bcc's own ``table.event()`` cannot parse the ``__u64`` fields of struct gotel_event; bcc
+tools define such structs with ctypes by hand, as here), against gotel's ``RingBufferReader`` draining the same probe's ring buffer, each on a live
 ``pingpong`` traced by gotel's own probe, in events per second of the consumer thread's CPU time.
 (b) ``SDK``: the OpenTelemetry Python SDK creating the spans that gotel's decoder produced from the
 stream (same names, parents, times and attributes, links left out; all of it precomputed outside the

@@ -48,14 +48,13 @@ def go_env(gomaxprocs=1):
 
 
 def on_cpu(cpu):
-    """preexec_fn pinning a child process to one CPU."""
-    return lambda: os.sched_setaffinity(0, {cpu})
+    """preexec_fn pinning a child process to one CPU (on a one-CPU machine, that one)."""
+    return lambda: os.sched_setaffinity(0, {cpu % os.cpu_count()})
 
 
 def pin_self(cpu=GOTEL_CPU):
     """Pin this process (and threads it starts from now on) to one CPU."""
-    if cpu < os.cpu_count():
-        os.sched_setaffinity(0, {cpu})
+    os.sched_setaffinity(0, {cpu % os.cpu_count()})
 
 
 def start_waiting(binary, args, cpu=TARGET_CPU, gomaxprocs=1):
@@ -167,10 +166,35 @@ def machine():
     go_version = subprocess.run([str(go), "version"], capture_output=True, text=True,
                                 env=gotool.go_env(go)).stdout.strip()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    container = subprocess.run(["systemd-detect-virt", "--container"], capture_output=True,
+                               text=True).stdout.strip() \
+        if os.path.exists("/usr/bin/systemd-detect-virt") else ""
     return {"cpu": cpu, "cpus": os.cpu_count(), "memory_bytes": mem, "kernel": platform.release(),
             "os": _os_release(), "python": platform.python_version(), "go": go_version,
+            "vm": _hypervisor(), "container": "" if container == "none" else container,
+            "syscall_ns": round(syscall_ns()),
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "load_average_at_start": os.getloadavg()}
+
+
+def _hypervisor():
+    try:
+        return " hypervisor" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def syscall_ns(n=200_000):
+    """Round trip of a trivial system call (getppid), less the Python loop around it: a yardstick
+    for what entering the kernel costs on this machine, which every uprobe hit does."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        os.getppid()
+    t1 = time.perf_counter()
+    for _ in range(n):
+        os.getppid   # noqa: B018  (the same loop without the call)
+    t2 = time.perf_counter()
+    return max(0.0, ((t1 - t0) - (t2 - t1)) / n * 1e9)
 
 
 def _os_release():

@@ -35,6 +35,7 @@ ROWS = (
     (4, "benchmarks.bench_loss", 240),
     (5, "benchmarks.bench_memory", 240),
     (6, "benchmarks.bench_uprobe_floor", 120),
+    (7, "benchmarks.bench_inspect", 300),
 )
 QUICK_BUDGET_S = 120
 LOG_DIR = REPO / "benchmarks" / ".work" / "logs"   # git-ignored
@@ -95,6 +96,7 @@ HEADLINES = (
     (4, "max_lossless_rate", "highest offered rate with 0 events lost (8 MiB ring)"),
     (5, "decoder_bytes_per_goroutine", "bytes per live goroutine tracked"),
     (6, "push.ns_per_hit", "the kernel's floor: one uprobe hit on `push %rbp`, in C"),
+    (7, "symbolizer.pcs_per_s", "symbolizer: PCs named per second"),
 )
 
 
