@@ -318,8 +318,8 @@ class GoroutineReceiver(Stage):
                 if len(found) and found["goid"][0] == event["goid"][0]:
                     found["ts_ns"] = event["ts_ns"]   # known to exist by then
                     return found
-            except GotelError:
-                pass
+            except (GotelError, OSError):
+                pass   # the process is gone (or going): introduce the goroutine without its g
         out = event.copy()
         out["kind"] = Kind.EXISTING
         out["aux_goid"] = out["pc_start"] = out["pc_create"] = out["wait_reason"] = 0
@@ -346,7 +346,7 @@ class GoroutineReceiver(Stage):
 
     def _check(self):
         """Retire exited processes and report lost events."""
-        if self.probes is None:
+        if self.probes is None or self.reader is None:
             return
         for proc in self.registry.alive():
             if proc.pid in self._retiring:

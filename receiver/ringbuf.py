@@ -16,6 +16,7 @@ here, far above what the probes can produce. Not thread-safe: one thread
 
 import mmap
 import select
+import time
 
 import numpy as np
 
@@ -102,6 +103,7 @@ class RingBufferReader:
         self.records_read = 0
         self.bytes_read = 0
         self.polls = 0
+        self._last_read = 0.0
         self._closed = False
 
     def fileno(self):
@@ -112,8 +114,19 @@ class RingBufferReader:
         """Bytes reserved by producers and not yet consumed."""
         return int(self._producer[0] - self._consumer[0])
 
+    # A ring buffer's epoll readiness is level-triggered: any pending record makes it ready, so a
+    # reader that read as soon as it could would take a steady stream a few records at a time
+    # (measured: a median of 19 events per read, ~3 us of gotel CPU per event). Reads are kept
+    # this far apart instead; an 8 MiB ring holds ~116 ms of events at 1 M events/s.
+    MIN_READ_INTERVAL_S = 0.01
+
     def poll(self, timeout=0.1):
-        """Wait up to timeout seconds for a wakeup, then return every committed record."""
+        """Wait up to timeout seconds for records (and at least MIN_READ_INTERVAL_S since the last
+        read), then return every committed record."""
+        pause = self._last_read + self.MIN_READ_INTERVAL_S - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        self._last_read = time.monotonic()
         if self.pending_bytes == 0 and timeout and self._epoll is not None:
             try:
                 self._epoll.poll(timeout)
