@@ -137,7 +137,7 @@ class GoroutineReceiver(Stage):
         proc.attachment = self.probes.attach(binary, pid)
         if popen is None:
             proc.pc_bias()
-        else:
+        elif binary.pie:
             self._unbiased.add(pid)   # not exec'd yet: learnt from its first events
         self.registry.add(proc)
         if self.config.existing and popen is None:
@@ -339,7 +339,8 @@ class GoroutineReceiver(Stage):
             if ident is None or ident == path_ident:
                 proc = targets.new_process(pid, binary, target)
                 proc.alive = ident is not None
-                self._unbiased.add(pid)    # started after the attach: traced from its start
+                if binary.pie:
+                    self._unbiased.add(pid)    # started after the attach: traced from its start
                 self.registry.add(proc)
                 log.info("tracing new %s", proc)
                 return
