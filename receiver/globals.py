@@ -14,7 +14,9 @@ Never guessed:
   every release it writes into ``receiver/layouts.json``.
 - Patterns are used only for a release in that table (the runtime code they were verified on); any
   other release without ``.symtab`` is refused with ``UnsupportedGoVersion``.
-- When a global has several patterns (in different functions), all must name the same address, and
+- When a global has several patterns (in different functions), at least two of them must be linked
+  in (the linker drops unused functions, e.g. runtime.GOMAXPROCS), all of those must name the same
+  address, and
   the address must lie in a writable segment of the file; anything else is ``CorruptBinary``.
 
 Cost: disassembling the few functions involved takes ~1 ms per global; results are cached per binary.
@@ -47,6 +49,9 @@ PATTERNS = {
                            ("runtime.sysmon", 7, 0)),
     "runtime.firstmoduledata": (("runtime.findfunc", 0, 0), ("runtime.(*Func).Entry", 0, 0),
                                 ("runtime.resolveNameOff", 0, 0)),
+    # preemptall / gcMarkTinyAllocs: for _, pp := range allp (the slice's pointer first).
+    "runtime.allp": (("runtime.preemptall", 0, 0), ("runtime.gcMarkTinyAllocs", 0, 0),
+                     ("runtime.timeSleepUntil", 1, 0)),
     "runtime.work": (("runtime.putfull", 0, 0), ("runtime.trygetfull", 0, 0)),
 }
 
@@ -75,16 +80,17 @@ def symtab_address(binary, name):
     return None if hit is None else hit[0]
 
 
-def pattern_address(binary, name):
+def pattern_address(binary, name, verified=None):
     """Address of ``name`` from the instruction patterns (ignores .symtab). Raises
-    UnsupportedGoVersion for a release the patterns were not verified on, CorruptBinary when the
-    patterns disagree or point outside the writable data."""
+    UnsupportedGoVersion for a release the patterns were not verified on (``verified=True``: the
+    caller is verifying them, as scripts/gen_layouts.py does), CorruptBinary when the patterns
+    disagree or point outside the writable data."""
     patterns = PATTERNS.get(name)
     if patterns is None:
         raise UnsupportedGoVersion(
             f"{binary.path}: gotel has no way to locate {name} in a binary without .symtab "
             f"(known: {', '.join(sorted(PATTERNS))})")
-    if not verified_release(binary.go_version):
+    if not (verified or verified_release(binary.go_version)):
         raise UnsupportedGoVersion(
             f"{binary.path}: stripped {binary.go_version} binary; gotel locates runtime globals without "
             f".symtab only for releases it verified ({_known()}); rebuild without -ldflags=-s")
@@ -92,10 +98,13 @@ def pattern_address(binary, name):
     missing = [p[0] for p in patterns if p[0] not in funcs]
     if missing:
         funcs.update(binary.pclntab.lookup(missing))
+    present = [p for p in patterns if p[0] in funcs]
+    if len(present) < min(2, len(patterns)):
+        raise CorruptBinary(
+            f"{binary.path}: too few of {', '.join(p[0] for p in patterns)} (needed to locate {name}) "
+            f"are in its function table")
     found = {}
-    for func, ordinal, delta in patterns:
-        if func not in funcs:
-            raise CorruptBinary(f"{binary.path}: {func} (needed to locate {name}) is not in its function table")
+    for func, ordinal, delta in present:
         start, size = funcs[func]
         targets = rip_targets(binary.image.read(start, size), start)
         if ordinal >= len(targets):
