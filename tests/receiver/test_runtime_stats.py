@@ -1,0 +1,141 @@
+"""Runtime globals in stripped binaries, and Go runtime metrics read from memory, against the
+program's own ``runtime/metrics`` read at the same moment (tests/go/rtmetrics)."""
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from pipeline.app import gotool
+from receiver import globals as globals_mod
+from receiver.binary import GoBinary
+from receiver.errors import UnsupportedGoVersion
+from receiver.runtime_stats import RuntimeStatsReader
+
+ALL_VERSIONS = list(gotool.toolchains())
+METRIC_VERSIONS = ["1.19", "1.21", "1.23", "1.25", "1.27"]
+
+
+def _strip(path, tmp_path):
+    out = tmp_path / (path.name + ".strip")
+    subprocess.run(["strip", "-o", str(out), str(path)], check=True)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["default", "pie"])
+@pytest.mark.parametrize("version", ALL_VERSIONS)
+def test_stripped_globals_equal_symtab(inspectme, tmp_path, version, variant):
+    path = inspectme(version, variant)
+    twin = GoBinary.open(path)
+    stripped = GoBinary.open(_strip(path, tmp_path))   # same link, same addresses, no .symtab
+    assert stripped.stripped and not twin.stripped
+    for name in globals_mod.PATTERNS:
+        want = globals_mod.symtab_address(twin, name)
+        assert want is not None, name
+        assert globals_mod.global_address(stripped, name) == want, (version, variant, name)
+        assert globals_mod.pattern_address(twin, name) == want, (version, variant, name)
+
+
+@pytest.mark.parametrize("version", ["1.19", "1.27"])
+@pytest.mark.parametrize("variant", ["external", "race"])
+def test_stripped_globals_equal_symtab_cgo_race(inspectme, tmp_path, version, variant):
+    test_stripped_globals_equal_symtab(inspectme, tmp_path, version, variant)
+
+
+def test_unverified_release_is_refused(inspectme, tmp_path, monkeypatch):
+    stripped = GoBinary.open(_strip(inspectme("1.25"), tmp_path))
+    from receiver import layout
+    table = dict(layout.table())
+    table.pop(stripped.go_version)
+    monkeypatch.setattr(layout, "_TABLE", table)
+    with pytest.raises(UnsupportedGoVersion, match="verified"):
+        globals_mod.pattern_address(stripped, "runtime.allgs")
+
+
+class Program:
+    """tests/go/rtmetrics running, with gotel's reader on it."""
+
+    def __init__(self, path, env):
+        self.proc = subprocess.Popen([str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, **env})
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.binary = GoBinary.open(self.proc.pid)
+        self.reader = RuntimeStatsReader(self.binary, self.proc.pid)
+
+    def ask(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline()
+
+    def close(self):
+        self.reader.close()
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _compare(path, env):
+    prog = Program(path, env)
+    try:
+        prog.ask("quiesce")
+        before = prog.reader.read()
+        theirs = json.loads(prog.ask("metrics"))
+        after = prog.reader.read()
+    finally:
+        prog.close()
+    assert before.rejected == [] and after.rejected == []
+
+    def between(name, ours_before, ours_after, value):
+        lo, hi = min(ours_before, ours_after), max(ours_before, ours_after)
+        assert lo <= value <= hi, f"{name}: runtime/metrics {value}, gotel {ours_before}..{ours_after}"
+
+    # Settings: exact.
+    assert before.gomaxprocs == theirs["/sched/gomaxprocs:threads"] == int(env["GOMAXPROCS"])
+    assert before.gogc == theirs.get("/gc/gogc:percent", int(env["GOGC"])) == int(env["GOGC"])
+    limit = int(env.get("GOMEMLIMIT", (1 << 63) - 1))
+    assert before.memory_limit == theirs.get("/gc/gomemlimit:bytes", limit) == limit
+    # Moving values: the program allocates nothing between the reads but its own metrics.Read and
+    # JSON encoding, so theirs lies between gotel's read before and after.
+    between("allocations", before.allocations, after.allocations, theirs["/gc/heap/allocs:objects"])
+    between("allocated", before.allocated_bytes, after.allocated_bytes, theirs["/gc/heap/allocs:bytes"])
+    used = theirs["/memory/classes/total:bytes"] - theirs["/memory/classes/heap/released:bytes"]
+    between("memory used", before.memory_stack + before.memory_other, after.memory_stack + after.memory_other, used)
+    stack = theirs["/memory/classes/heap/stacks:bytes"] + theirs["/memory/classes/os-stacks:bytes"]
+    between("memory stack", before.memory_stack, after.memory_stack, stack)
+    between("gc cycles", before.gc_cycles, after.gc_cycles, theirs["/gc/cycles/total:gc-cycles"])
+    between("goroutines", before.goroutines, after.goroutines, theirs["/sched/goroutines:goroutines"])
+    if "GOMEMLIMIT" in env:
+        assert before.heap_goal is None      # not computed under a memory limit
+    else:
+        between("heap goal", before.heap_goal, after.heap_goal, theirs["/gc/heap/goal:bytes"])
+    for ours_b, ours_a, name in (
+            (before.sched_latency, after.sched_latency, "/sched/latencies:seconds"),
+            (before.gc_pauses, after.gc_pauses, "/sched/pauses/total/gc:seconds"
+             if "/sched/pauses/total/gc:seconds" in theirs else "/gc/pauses:seconds")):
+        hist = theirs[name]
+        assert np.allclose(np.clip(ours_b.bounds, -1e300, 1e300), hist["buckets"]), name
+        counts = np.array(hist["counts"], dtype=np.uint64)
+        assert np.all(ours_b.counts <= counts) and np.all(counts <= ours_a.counts), name
+    return before
+
+
+@pytest.mark.parametrize("version", METRIC_VERSIONS)
+def test_runtime_metrics_match_runtime(go_build, version):
+    stats = _compare(go_build("rtmetrics", version), {"GOGC": "150", "GOMAXPROCS": "3"})
+    assert stats.gc_cycles >= 1 and stats.goroutines >= 26
+
+
+@pytest.mark.parametrize("version,flags", [("1.21", ("-ldflags=-s -w",)), ("1.27", ("-ldflags=-s -w",)),
+                                           ("1.23", ("-buildmode=pie",)),
+                                           ("1.25", ("-buildmode=pie", "-ldflags=-s -w"))])
+def test_runtime_metrics_stripped_and_pie(go_build, version, flags):
+    path = go_build("rtmetrics", version, flags)
+    binary = GoBinary.open(path)
+    if "-ldflags=-s -w" in flags:
+        assert binary.stripped and binary.layout.source == "table"
+    _compare(path, {"GOGC": "80", "GOMAXPROCS": "2"})
+
+
+def test_memory_limit_exact(go_build):
+    _compare(go_build("rtmetrics", "1.25"), {"GOGC": "100", "GOMAXPROCS": "2", "GOMEMLIMIT": str(3 << 30)})
