@@ -265,12 +265,14 @@ class GoRuntimeMetrics:
         return groups
 
     # -------------------------------------------------------------- OTLP
-    def to_request(self, resource_for, names=None, now_ns=None):
+    def to_request(self, resource_for, names=None, now_ns=None, extra=None):
         """The current state as one ``ExportMetricsServiceRequest``, a ResourceMetrics per process.
 
         ``resource_for(pid)`` returns that process's ``Resource`` proto; ``names`` resolves
         (pid, pc) and (pid, reason) (see the module docstring). Series whose start PCs resolve to
-        the same function name are merged."""
+        the same function name are merged. ``extra``: {pid: [Metric]} from another producer (the
+        runtime's own metrics read from memory); each replaces this aggregator's metric of the same
+        name for that process (one owner per name)."""
         names = names or _PlainNames()
         now = self.clock() if now_ns is None else now_ns
         start = self.start_ns
@@ -325,6 +327,9 @@ class GoRuntimeMetrics:
                     "Goroutine lifetimes, creation to exit, by start function.",
                     "function", "code.function.name")
 
+        for pid, produced in (extra or {}).items():
+            for m in produced:
+                per_pid.setdefault(pid, {})[m.name] = m
         request = ExportMetricsServiceRequest()
         for pid in sorted(per_pid):
             rm = request.resource_metrics.add()

@@ -35,7 +35,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from pipeline.processors import batch as batcher_mod
 from pipeline import decoder as decoder_mod
-from pipeline import metrics as metrics_mod
+from pipeline import metrics as metrics_mod, runtime_metrics
 from pipeline.exporters import encode
 from pipeline.exporters.base import Payload, RateLimitedLog
 from pipeline.stage import Stage
@@ -298,6 +298,7 @@ class Service:
         spans_head = chains[0] if len(chains) == 1 else Fork(chains) if chains else Discard()
         self.tap.next = spans_head
         self.metrics = self._make_metrics(rc)
+        self.runtime_stats = runtime_metrics.create()
         self.decoder = self._make_decoder(rc, self.tap, self.metrics)
         self.head = Locked(self.decoder, self.lock, rest=self.tap)
 
@@ -450,7 +451,15 @@ class Service:
                 self.exporters[eid].export(payload)
 
     def _runtime_metrics_request(self):
-        return self.metrics.to_request(self.resources.resource_for, names=self)
+        # The runtime's own metrics, read from each live target's memory, own their names
+        # (pipeline/runtime_metrics.py); the event-derived ones remain for targets it cannot read.
+        extra = {}
+        for proc in self.registry:
+            if proc.alive:
+                extra[proc.pid] = self.runtime_stats.collect(proc.pid, proc.binary, proc.start_time_ns)
+            else:
+                self.runtime_stats.forget(proc.pid)
+        return self.metrics.to_request(self.resources.resource_for, names=self, extra=extra)
 
     # the names resolver GoRuntimeMetrics asks at export
     def function(self, pid, pc):
