@@ -139,3 +139,53 @@ def test_runtime_metrics_stripped_and_pie(go_build, version, flags):
 
 def test_memory_limit_exact(go_build):
     _compare(go_build("rtmetrics", "1.25"), {"GOGC": "100", "GOMAXPROCS": "2", "GOMEMLIMIT": str(3 << 30)})
+
+
+def _readelf_structs(path, names):
+    """{struct: {member: offset, "$size": n}} of top-level DWARF structure types, parsed from binutils'
+    `readelf --debug-dump=info` (an oracle independent of pyelftools)."""
+    import re
+    text = subprocess.run(["readelf", "--debug-dump=info", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    die_re = re.compile(r"^\s*<(\d+)><[0-9a-f]+>: Abbrev Number: \d+ \((DW_TAG_\w+)\)")
+    attr_re = re.compile(r"^\s*<[0-9a-f]+>\s+(DW_AT_\w+)\s*: (.*)$")
+    structs, owner, current = {}, None, None
+    for line in text.splitlines():
+        m = die_re.match(line)
+        if m:
+            current = [int(m.group(1)), m.group(2), {}]
+            if current[0] <= 1:
+                owner = None
+            continue
+        m = attr_re.match(line)
+        if not m or current is None:
+            continue
+        level, tag, attrs = current
+        attrs[m.group(1)] = m.group(2).strip()
+        name = attrs.get("DW_AT_name", "")
+        if level == 1 and tag == "DW_TAG_structure_type" and m.group(1) == "DW_AT_byte_size" \
+                and name in names and name not in structs:
+            owner = structs.setdefault(name, {"$size": int(attrs["DW_AT_byte_size"].split()[0])})
+        elif level == 2 and owner is not None and tag == "DW_TAG_member" \
+                and m.group(1) == "DW_AT_data_member_location":
+            owner[name] = int(m.group(2).split()[0])
+    return structs
+
+
+@pytest.mark.parametrize("version", ALL_VERSIONS)
+def test_runtime_structs_match_readelf_and_the_table(inspectme, version):
+    from receiver.runtime_structs import STRUCT_FIELDS
+
+    path = inspectme(version)
+    lay = GoBinary.open(path).layout
+    oracle = _readelf_structs(path, set(STRUCT_FIELDS))
+    assert set(lay.structs) == set(STRUCT_FIELDS)
+    for struct, fields in lay.structs.items():
+        for field_path, value in fields.items():
+            if "." not in field_path:
+                assert oracle[struct][field_path] == value, (struct, field_path)
+    # The table (what a binary without DWARF gets) holds exactly what DWARF says.
+    stripped = GoBinary.open(inspectme(version, "stripped")).layout
+    assert stripped.source == "table"
+    assert stripped.structs == lay.structs and stripped.class_to_size == lay.class_to_size
+    assert len(lay.class_to_size) == lay.structs["runtime.heapStatsDelta"]["smallAllocCount.$len"]
