@@ -15,6 +15,7 @@
 | ``go.schedule.duration`` | Histogram (the runtime's buckets) | s | sched.timeToRun |
 | opt-in ``go.memory.gc.cycles`` | Counter | {gc_cycle} | memstats.numgc |
 | opt-in ``go.memory.gc.pause.duration`` | Histogram | s | sched.stwTotalTimeGC / memstats.gcPauseDist |
+| opt-in ``go.cpu.time`` (``go.cpu.state`` = gc, scavenge, idle, user; Go 1.20+) | Counter | s | work.cpuStats |
 
 One owner per name: for a process this producer reads, its ``go.goroutine.count`` and
 ``go.schedule.duration`` replace the ones ``pipeline.metrics`` derives from events (``OWNED``); for a
@@ -35,7 +36,7 @@ from receiver.runtime_stats import MAX_INT64, RuntimeStatsReader
 
 log = logging.getLogger(__name__)
 _CUMULATIVE = pb.AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
-OPT_IN = ("go.memory.gc.cycles", "go.memory.gc.pause.duration")
+OPT_IN = ("go.memory.gc.cycles", "go.memory.gc.pause.duration", "go.cpu.time")
 # Names this producer owns for the processes it reads (pipeline.metrics drops its own for them).
 OWNED = ("go.goroutine.count", "go.schedule.duration")
 
@@ -135,6 +136,15 @@ def to_metrics(stats, start_ns, now_ns, opt_in=()):
                monotonic=True)
     if "go.memory.gc.pause.duration" in opt_in:
         histogram("go.memory.gc.pause.duration", "Stop-the-world pauses of the GC.", stats.gc_pauses)
+    if "go.cpu.time" in opt_in and stats.cpu_ns:
+        m = pb.Metric(name="go.cpu.time", unit="s", description="Estimated CPU time spent by the Go runtime "
+                      "(as of the last GC: the runtime updates it at each GC).")
+        m.sum.aggregation_temporality = _CUMULATIVE
+        m.sum.is_monotonic = True
+        for state, ns in stats.cpu_ns.items():
+            m.sum.data_points.add(start_time_unix_nano=start_ns, time_unix_nano=now_ns, as_double=ns / 1e9,
+                                  attributes=[KeyValue(key="go.cpu.state", value=AnyValue(string_value=state))])
+        out.append(m)
     return out
 
 

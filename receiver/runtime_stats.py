@@ -16,6 +16,7 @@ computes them (runtime/metrics.go of each release), without stopping or signalli
 | goroutines | /sched/goroutines:goroutines | allglen - free gs (sched, every P) - system gs (up to Go 1.25) |
 | sched_latency | /sched/latencies:seconds | sched.timeToRun (histogram) |
 | gc_pauses | /sched/pauses/total/gc:seconds (1.22+), /gc/pauses:seconds | sched.stwTotalTimeGC, memstats.gcPauseDist |
+| cpu_ns (gc, scavenge, idle, user) | /cpu/classes/*/total:cpu-seconds (Go 1.20+) | work.cpuStats (a snapshot taken at each GC) |
 
 Memory of another process is untrusted: every count and size is checked against plausibility
 bounds; a value that fails is left out (None) and named in ``RuntimeStats.rejected``, never passed
@@ -64,6 +65,7 @@ class RuntimeStats:
     goroutines: int = None
     sched_latency: Histogram = None
     gc_pauses: Histogram = None
+    cpu_ns: dict = None          # {"gc": ns, "scavenge": ns, "idle": ns, "user": ns}; None before Go 1.20
     rejected: list = field(default_factory=list)
 
 
@@ -131,11 +133,16 @@ class RuntimeStatsReader:
         self.sched = lay.struct("runtime.schedt")
         self.p = lay.struct("runtime.p")
         self.hist = lay.struct("runtime.timeHistogram")
+        self.cpu = lay.structs.get("runtime.cpuStats") or None
+        work = lay.structs.get("runtime.workType", {})
         self.class_to_size = np.array(lay.class_to_size, dtype=np.uint64)
         bias = binary.load_bias(pid)
         self.addr = {name: globals_mod.global_address(binary, name) + bias for name in (
             "runtime.memstats", "runtime.gcController", "runtime.sched", "runtime.gomaxprocs",
             "runtime.allglen", "runtime.allgs", "runtime.allp")}
+        self.cpu_addr = None
+        if self.cpu and "cpuStats" in work:
+            self.cpu_addr = globals_mod.global_address(binary, "runtime.work") + bias + work["cpuStats"]
         self.bounds = time_histogram_bounds(self.hist["counts.$len"])
         self.mem = ProcessMemory(pid)
 
@@ -175,6 +182,22 @@ class RuntimeStatsReader:
             out.gc_pauses = self._histogram(sc, self.sched["stwTotalTimeGC"])
         elif "gcPauseDist" in self.mstats:
             out.gc_pauses = self._histogram(ms, self.mstats["gcPauseDist"])
+        if self.cpu_addr is not None:
+            out.cpu_ns = self._cpu(check)
+        return out
+
+    def _cpu(self, check):
+        raw = self.mem.read(self.cpu_addr, max(self.cpu.values()) + 8)
+        out = {}
+        for state, names in (("gc", ("GCTotalTime", "gcTotalTime")), ("scavenge", ("ScavengeTotalTime", "scavengeTotalTime")),
+                             ("idle", ("IdleTime", "idleTime")), ("user", ("UserTime", "userTime"))):
+            off = next((self.cpu[n] for n in names if n in self.cpu), None)
+            if off is None:
+                return None
+            value = check(f"cpu_{state}", _i64(raw, off), 0, MAX_COUNT)
+            if value is None:
+                return None
+            out[state] = value
         return out
 
     def _pause_size(self):

@@ -6,6 +6,7 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
@@ -37,7 +38,10 @@ def test_producer_emits_semconv_metrics_with_the_runtimes_values(go_build):
         proc.wait()
     assert set(got) == {"go.memory.used", "go.memory.limit", "go.memory.allocated", "go.memory.allocations",
                         "go.goroutine.count", "go.processor.limit", "go.config.gogc", "go.schedule.duration",
-                        "go.memory.gc.cycles", "go.memory.gc.pause.duration"}   # no goal under a limit
+                        "go.memory.gc.cycles", "go.memory.gc.pause.duration", "go.cpu.time"}   # no goal under a limit
+    cpu = {dp.attributes[0].value.string_value: dp.as_double for dp in got["go.cpu.time"].sum.data_points}
+    assert cpu["user"] == pytest.approx(theirs["/cpu/classes/user:cpu-seconds"], abs=1e-9)
+    assert cpu["gc"] == pytest.approx(theirs["/cpu/classes/gc/total:cpu-seconds"], abs=1e-9)
     value = {name: m.sum.data_points[0].as_int for name, m in got.items() if m.WhichOneof("data") == "sum"}
     assert value["go.config.gogc"] == 120 and got["go.config.gogc"].unit == "%"
     assert value["go.processor.limit"] == 2
