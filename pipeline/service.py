@@ -59,14 +59,16 @@ PROCESSOR_MODULES = {
 @functools.cache
 def receiver_config_class():
     """receivers::goroutines: the receiver's own Config, plus the decoder's (``spans``), the Go
-    runtime metrics' (``metrics``) and extra Resource attributes (``resource``), built from those
+    runtime metrics' (``metrics`` from events, ``runtime_metrics`` from memory) and extra Resource
+    attributes (``resource``), built from those
     modules' Config dataclasses so that the schema follows them."""
     from receiver import receiver as receiver_mod
 
     extra = [("resource", dict[str, str], dataclasses.field(default_factory=dict)),
              ("collection_interval", float, dataclasses.field(default=10.0,
                                                               metadata={"duration": "s"}))]
-    for key, module in (("spans", "pipeline.decoder"), ("metrics", "pipeline.metrics")):
+    for key, module in (("spans", "pipeline.decoder"), ("metrics", "pipeline.metrics"),
+                        ("runtime_metrics", "pipeline.runtime_metrics")):
         cls = importlib.import_module(module).Config
         extra.append((key, cls, dataclasses.field(default_factory=cls)))
     return dataclasses.make_dataclass("ReceiverConfig", extra, bases=(receiver_mod.Config,),
@@ -298,7 +300,7 @@ class Service:
         spans_head = chains[0] if len(chains) == 1 else Fork(chains) if chains else Discard()
         self.tap.next = spans_head
         self.metrics = self._make_metrics(rc)
-        self.runtime_stats = runtime_metrics.create()
+        self.runtime_stats = runtime_metrics.create(rc.runtime_metrics)
         self.decoder = self._make_decoder(rc, self.tap, self.metrics)
         self.head = Locked(self.decoder, self.lock, rest=self.tap)
 

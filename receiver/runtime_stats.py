@@ -240,10 +240,13 @@ class RuntimeStatsReader:
         if not 0 < nprocs <= MAX_PROCS:
             return None
         pfree_off = self.p.get("gFree.n", self.p.get("gFree.size"))
-        ps = np.frombuffer(self.mem.read(ptr, 8 * nprocs), "<u8")
-        for p in ps.tolist():
-            if p:
-                free += _i32(self.mem.read(p + pfree_off, 4), 0)
+        try:   # pointers read from the target: a bad one drops this value, not the process
+            ps = np.frombuffer(self.mem.read(ptr, 8 * nprocs), "<u8")
+            for p in ps.tolist():
+                if p:
+                    free += _i32(self.mem.read(p + pfree_off, 4), 0)
+        except TargetError:
+            return None
         n = allglen - free
         if self.version < (1, 26):   # Go 1.26 counts system goroutines in /sched/goroutines
             n -= _i32(sc, self.sched["ngsys"])

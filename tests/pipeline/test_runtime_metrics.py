@@ -74,3 +74,16 @@ def test_memory_metrics_own_their_names_over_event_metrics():
 def _stats(**kv):
     from receiver.runtime_stats import RuntimeStats
     return RuntimeStats(**kv)
+
+
+def test_opt_in_names_are_checked_by_their_yaml_path():
+    from pipeline import config
+    from receiver.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"receivers::goroutines::runtime_metrics::opt_in: unknown metric 'go\.x'"):
+        config.loads("""
+receivers:
+  goroutines: {pids: [1], runtime_metrics: {opt_in: [go.cpu.time, go.x]}}
+exporters: {debug: {}}
+service: {pipelines: {metrics: {receivers: [goroutines], exporters: [debug]}}}
+""")
