@@ -21,11 +21,13 @@ One owner per name: for a process this producer reads, its ``go.goroutine.count`
 ``go.schedule.duration`` replace the ones ``pipeline.metrics`` derives from events (``OWNED``); for a
 process it cannot read (unknown layout, no permission) the event-derived ones stay.
 
-Not thread-safe: call from the one thread that collects metrics. Cost: ~0.2 ms per process and
+Thread-safety: ``collect`` (the metrics thread) and ``forget`` (the poller thread, when a PID is
+reused) take one lock. Cost: ~0.2 ms per process and
 collection (a few preads of /proc/PID/mem), nothing in the traced process.
 """
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -58,11 +60,16 @@ class RuntimeMetricsProducer:
         self.config = config
         self.clock = clock or time.time_ns
         self.readers = {}        # pid -> RuntimeStatsReader, or None when the process cannot be read
+        self.lock = threading.Lock()   # guards readers
 
     def collect(self, pid, binary, start_ns=0):
         """OTLP Metrics of one process now; [] when it cannot be read (said once in the log)."""
         if not self.config.enabled:
             return []
+        with self.lock:
+            return self._collect(pid, binary, start_ns)
+
+    def _collect(self, pid, binary, start_ns):
         if pid not in self.readers:
             try:
                 self.readers[pid] = RuntimeStatsReader(binary, pid)
@@ -75,14 +82,16 @@ class RuntimeMetricsProducer:
         try:
             stats = reader.read()
         except TargetError:
-            self.forget(pid)
+            self.readers.pop(pid, None)
+            reader.close()
             return []
         if stats.rejected:
             log.debug("process %d: implausible runtime values left out: %s", pid, stats.rejected)
         return to_metrics(stats, start_ns, self.clock(), self.config.opt_in)
 
     def forget(self, pid):
-        reader = self.readers.pop(pid, None)
+        with self.lock:
+            reader = self.readers.pop(pid, None)
         if reader is not None:
             reader.close()
 
