@@ -73,8 +73,9 @@ class RuntimeMetricsProducer:
         if pid not in self.readers:
             try:
                 self.readers[pid] = RuntimeStatsReader(binary, pid)
-            except GotelError as e:
-                log.warning("process %d: no runtime metrics from memory: %s", pid, e)
+            except Exception as e:  # noqa: BLE001  (GotelError says why; anything else is a damaged binary)
+                detail = str(e) if isinstance(e, GotelError) else f"{type(e).__name__}: {e}"
+                log.warning("process %d: no runtime metrics from memory: %s", pid, detail)
                 self.readers[pid] = None
         reader = self.readers[pid]
         if reader is None:
@@ -83,6 +84,11 @@ class RuntimeMetricsProducer:
             stats = reader.read()
         except TargetError:
             self.readers.pop(pid, None)
+            reader.close()
+            return []
+        except Exception as e:  # noqa: BLE001  (nothing read from another process may stop collection)
+            log.warning("process %d: runtime metrics dropped: %s: %s", pid, type(e).__name__, e)
+            self.readers[pid] = None      # not retried for this process: said once
             reader.close()
             return []
         if stats.rejected:

@@ -40,6 +40,18 @@ MAX_GOROUTINES = 1 << 27      # more goroutines than this in allglen is a torn o
 MAX_PROCS = 1 << 16
 MAX_BYTES = 1 << 52           # 4 PiB
 MAX_COUNT = 1 << 62
+# Fields every supported release has (Go 1.19 to 1.27); a layout without one is refused.
+REQUIRED = {
+    "runtime.mstats": ("heapStats", "stacks_sys", "mspan_sys", "mcache_sys", "buckhash_sys", "gcMiscSys",
+                       "other_sys", "numgc"),
+    "runtime.consistentHeapStats": ("stats", "stats.$len"),
+    "runtime.heapStatsDelta": ("committed", "released", "inStacks", "largeAlloc", "largeAllocCount",
+                               "smallAllocCount", "smallAllocCount.$len", "$size"),
+    "runtime.gcControllerState": ("gcPercent", "memoryLimit", "gcPercentHeapGoal", "sweepDistMinTrigger",
+                                  "triggered"),
+    "runtime.schedt": ("timeToRun", "ngsys"),
+    "runtime.timeHistogram": ("counts", "counts.$len", "underflow", "$size"),
+}
 
 
 @dataclass
@@ -136,6 +148,14 @@ class RuntimeStatsReader:
         self.cpu = lay.structs.get("runtime.cpuStats") or None
         work = lay.structs.get("runtime.workType", {})
         self.class_to_size = np.array(lay.class_to_size, dtype=np.uint64)
+        missing = [f"{s}.{f}" for s, fields in REQUIRED.items() for f in fields if f not in lay.struct(s)]
+        if not any(k in self.sched for k in ("gFree.n", "gFree.stack.size")) \
+                or not any(k in self.p for k in ("gFree.n", "gFree.size")):
+            missing.append("runtime.schedt/p gFree counts")
+        if missing:
+            raise UnsupportedGoVersion(
+                f"{binary.go_version}: the runtime lacks {', '.join(missing)}; gotel reads runtime metrics "
+                f"from memory for Go 1.19 and later")
         bias = binary.load_bias(pid)
         self.addr = {name: globals_mod.global_address(binary, name) + bias for name in (
             "runtime.memstats", "runtime.gcController", "runtime.sched", "runtime.gomaxprocs",

@@ -54,7 +54,9 @@ def test_producer_emits_semconv_metrics_with_the_runtimes_values(go_build):
     hist = got["go.schedule.duration"].histogram.data_points[0]
     assert hist.start_time_unix_nano == 123
     assert len(hist.bucket_counts) == len(hist.explicit_bounds) + 1
-    assert hist.count == sum(hist.bucket_counts) == sum(theirs["/sched/latencies:seconds"]["counts"])
+    assert hist.count == sum(hist.bucket_counts)
+    # Waking the program to answer "metrics" is itself a scheduling (sampled 1 in 8): a few more.
+    assert hist.count <= sum(theirs["/sched/latencies:seconds"]["counts"]) <= hist.count + 10
 
 
 def test_memory_metrics_own_their_names_over_event_metrics():
@@ -87,3 +89,20 @@ receivers:
 exporters: {debug: {}}
 service: {pipelines: {metrics: {receivers: [goroutines], exporters: [debug]}}}
 """)
+
+
+def test_a_layout_without_the_runtime_structures_is_refused_and_events_keep_their_names(go_build, caplog):
+    import dataclasses
+
+    proc = _run(go_build)
+    try:
+        binary = GoBinary.open(proc.pid)
+        binary.__dict__["layout"] = dataclasses.replace(binary.layout, structs={})
+        producer = runtime_metrics.create()
+        assert producer.collect(proc.pid, binary) == []
+        assert producer.collect(proc.pid, binary) == []          # refused once, not retried
+        assert sum("no runtime metrics from memory" in r.message for r in caplog.records) == 1
+        assert "runtime.mstats" in caplog.text
+    finally:
+        proc.kill()
+        proc.wait()
