@@ -106,3 +106,53 @@ def test_a_layout_without_the_runtime_structures_is_refused_and_events_keep_thei
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.bpf
+def test_the_service_exports_them_for_a_traced_process(require_bpf, go_build, tmp_path):
+    """gotel trace --pid on a quiet program: every collection carries the runtime's own values, and
+    go.goroutine.count once per process (from memory, not from events)."""
+    from pipeline import config
+    from pipeline.app.runner import run_service
+
+    proc = _run(go_build)
+    try:
+        proc.stdin.write("quiesce\n")
+        proc.stdin.flush()
+        proc.stdout.readline()
+        out = tmp_path / "metrics.jsonl"
+        cfg = config.loads(f"""
+receivers:
+  goroutines:
+    pids: [{proc.pid}]
+    collection_interval: 500ms
+exporters:
+  file: {{path: "{out}"}}
+service:
+  pipelines:
+    metrics: {{receivers: [goroutines], exporters: [file]}}
+""")
+        run_service(cfg, duration=2.5, summary=False)
+        proc.stdin.write("metrics\n")
+        proc.stdin.flush()
+        theirs = json.loads(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+    last = None
+    for line in out.read_text().splitlines():
+        for rm in json.loads(line).get("resourceMetrics", ()):
+            names = [m["name"] for sm in rm["scopeMetrics"] for m in sm["metrics"]]
+            if "go.config.gogc" in names:
+                assert names.count("go.goroutine.count") == 1
+                last = {m["name"]: m for sm in rm["scopeMetrics"] for m in sm["metrics"]}
+    assert last is not None, out.read_text()[:2000]
+
+    def value(name):
+        return int(last[name]["sum"]["dataPoints"][0]["asInt"])
+
+    assert value("go.config.gogc") == 120 and value("go.processor.limit") == 2
+    assert value("go.memory.limit") == 1 << 30
+    assert value("go.goroutine.count") == theirs["/sched/goroutines:goroutines"]
+    assert "go.memory.used" in last and "go.schedule.duration" in last
+    assert "histogram" in last["go.schedule.duration"]     # the runtime's buckets, not the events'
