@@ -146,6 +146,12 @@ def test_runtime_metrics_stripped_and_pie(go_build, version, flags):
     _compare(path, {"GOGC": "80", "GOMAXPROCS": "2"})
 
 
+@pytest.mark.parametrize("version,flags", [("1.27", ("-ldflags=-linkmode=external",)), ("1.25", ("-race",))],
+                         ids=["cgo-external", "race"])
+def test_runtime_metrics_cgo_and_race(go_build, version, flags):
+    _compare(go_build("rtmetrics", version, flags, cgo=True), {"GOGC": "100", "GOMAXPROCS": "2"})
+
+
 def test_memory_limit_exact(go_build):
     _compare(go_build("rtmetrics", "1.25"), {"GOGC": "100", "GOMAXPROCS": "2", "GOMEMLIMIT": str(3 << 30)})
 
