@@ -8,7 +8,7 @@
 | ``go.memory.limit`` (only when a limit is set) | UpDownCounter | By | gcController.memoryLimit |
 | ``go.memory.allocated`` | Counter | By | heapStats x size classes |
 | ``go.memory.allocations`` | Counter | {allocation} | heapStats |
-| ``go.memory.gc.goal`` (only without a memory limit) | UpDownCounter | By | gcController |
+| ``go.memory.gc.goal`` | UpDownCounter | By | gcController (GOGC and memory-limit goals) |
 | ``go.goroutine.count`` | UpDownCounter | {goroutine} | allglen - free - system (as runtime/metrics) |
 | ``go.processor.limit`` | UpDownCounter | {thread} | runtime.gomaxprocs |
 | ``go.config.gogc`` (absent with GOGC=off) | UpDownCounter | % | gcController.gcPercent |

@@ -11,7 +11,7 @@ computes them (runtime/metrics.go of each release), without stopping or signalli
 | gomaxprocs | /sched/gomaxprocs:threads | runtime.gomaxprocs |
 | allocated_bytes, allocations | /gc/heap/allocs:bytes, :objects | memstats.heapStats (sum of the 3 generations) x class_to_size |
 | memory_stack, memory_other | /memory/classes/... | heapStats committed/released/inStacks + memstats *_sys |
-| heap_goal | /gc/heap/goal:bytes | gcController (gcPercentHeapGoal, sweepDistMinTrigger, triggered); only without a memory limit |
+| heap_goal | /gc/heap/goal:bytes | gcController: heapGoalInternal (GOGC goal, memory-limit goal, sweep distance, trigger) |
 | gc_cycles | /gc/cycles/total:gc-cycles | memstats.numgc |
 | goroutines | /sched/goroutines:goroutines | allglen - free gs (sched, every P) - system gs (up to Go 1.25) |
 | sched_latency | /sched/latencies:seconds | sched.timeToRun (histogram) |
@@ -189,13 +189,8 @@ class RuntimeStatsReader:
                                1, MAX_PROCS)
         self._heap(ms, out, check)
         out.gc_cycles = check("gc_cycles", _u32(ms, self.mstats["numgc"]), 0, 1 << 32)
-        if out.memory_limit == MAX_INT64:
-            goal = _u64(gc, self.gcc["gcPercentHeapGoal"])
-            goal = max(goal, _u64(gc, self.gcc["sweepDistMinTrigger"]))
-            triggered = _u64(gc, self.gcc["triggered"])
-            if triggered != (1 << 64) - 1 and goal < triggered + (64 << 10):
-                goal = triggered + (64 << 10)
-            out.heap_goal = check("heap_goal", goal, 1, MAX_BYTES)
+        if out.memory_limit is not None:
+            out.heap_goal = check("heap_goal", self._heap_goal(gc, out.memory_limit), 1, MAX_BYTES)
         out.goroutines = check("goroutines", self._goroutines(sc), 1, MAX_GOROUTINES)
         out.sched_latency = self._histogram(sc, self.sched["timeToRun"])
         if "stwTotalTimeGC" in self.sched:
@@ -219,6 +214,46 @@ class RuntimeStatsReader:
                 return None
             out[state] = value
         return out
+
+    def _heap_goal(self, gc, memory_limit):
+        """gcControllerState.heapGoal() (runtime/mgcpacer.go, the same in Go 1.19-1.27 but for the
+        memory-limit headroom); None when the memory-limit goal cannot be computed."""
+        goal = _u64(gc, self.gcc["gcPercentHeapGoal"])
+        limit_goal = self._memory_limit_goal(gc, memory_limit)
+        if limit_goal is None:
+            return None
+        if limit_goal < goal:
+            return limit_goal
+        goal = max(goal, _u64(gc, self.gcc["sweepDistMinTrigger"]))
+        triggered = _u64(gc, self.gcc["triggered"])
+        if triggered != (1 << 64) - 1 and goal < triggered + (64 << 10):
+            goal = triggered + (64 << 10)
+        return goal
+
+    def _memory_limit_goal(self, gc, memory_limit):
+        """gcControllerState.memoryLimitHeapGoal()."""
+        if memory_limit == MAX_INT64:
+            return MAX_INT64        # no limit: never below the GOGC goal
+        fields = ("heapFree", "totalAlloc", "totalFree", "mappedReady", "heapMarked")
+        if not all(f in self.gcc for f in fields) or self.version[:2] == (1, 20):
+            return None             # Go 1.20's headroom rule was not checked (no toolchain here)
+        heap_free = _u64(gc, self.gcc["heapFree"])
+        heap_alloc = _u64(gc, self.gcc["totalAlloc"]) - _u64(gc, self.gcc["totalFree"])
+        mapped = _u64(gc, self.gcc["mappedReady"])
+        marked = _u64(gc, self.gcc["heapMarked"])
+        if heap_free + heap_alloc > mapped:
+            return None             # a torn read (the runtime retries here; one read cannot)
+        non_heap = mapped - heap_free - heap_alloc
+        overage = max(mapped - memory_limit, 0)
+        if non_heap + overage >= memory_limit:
+            return marked
+        goal = memory_limit - (non_heap + overage)
+        if self.version < (1, 21):
+            headroom = 1 << 20      # Go 1.19: memoryLimitHeapGoalHeadroom
+        else:
+            headroom = max(goal // 100 * 3, 1 << 20)   # memoryLimitHeapGoalHeadroomPercent, min 1 MiB
+        goal = headroom if goal < headroom or goal - headroom < headroom else goal - headroom
+        return max(goal, marked)
 
     def _pause_size(self):
         return self.hist["$size"] if "gcPauseDist" in self.mstats else 0

@@ -30,7 +30,7 @@ STRUCT_FIELDS = {
     ),
     "runtime.gcControllerState": (
         "gcPercent", "memoryLimit", "gcPercentHeapGoal", "sweepDistMinTrigger", "triggered",
-        "heapMarked", "heapGoal",
+        "heapMarked", "heapGoal", "heapFree", "totalAlloc", "totalFree", "mappedReady",
     ),
     "runtime.schedt": (
         "timeToRun", "stwTotalTimeGC", "ngsys", "gFree.n", "gFree.stack.size", "gFree.noStack.size",

@@ -38,7 +38,7 @@ def test_producer_emits_semconv_metrics_with_the_runtimes_values(go_build):
         proc.wait()
     assert set(got) == {"go.memory.used", "go.memory.limit", "go.memory.allocated", "go.memory.allocations",
                         "go.goroutine.count", "go.processor.limit", "go.config.gogc", "go.schedule.duration",
-                        "go.memory.gc.cycles", "go.memory.gc.pause.duration", "go.cpu.time"}   # no goal under a limit
+                        "go.memory.gc.cycles", "go.memory.gc.pause.duration", "go.cpu.time", "go.memory.gc.goal"}
     cpu = {dp.attributes[0].value.string_value: dp.as_double for dp in got["go.cpu.time"].sum.data_points}
     assert cpu["user"] == pytest.approx(theirs["/cpu/classes/user:cpu-seconds"], abs=1e-9)
     assert cpu["gc"] == pytest.approx(theirs["/cpu/classes/gc/total:cpu-seconds"], abs=1e-9)
