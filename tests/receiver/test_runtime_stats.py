@@ -211,3 +211,15 @@ def test_runtime_structs_match_readelf_and_the_table(inspectme, version):
     assert stripped.source == "table"
     assert stripped.structs == lay.structs and stripped.class_to_size == lay.class_to_size
     assert len(lay.class_to_size) == lay.structs["runtime.heapStatsDelta"]["smallAllocCount.$len"]
+
+
+def test_inspect_shows_where_each_global_was_found(inspectme, tmp_path):
+    from receiver import inspect
+
+    path = inspectme("1.27")
+    plain = inspect.report(str(path))["globals"]
+    stripped = inspect.report(str(_strip(path, tmp_path)))
+    assert {g["source"] for g in plain.values()} == {"symtab"}
+    assert {g["source"] for g in stripped["globals"].values()} == {"instructions"}
+    assert {k: g["address"] for k, g in stripped["globals"].items()} == {k: g["address"] for k, g in plain.items()}
+    assert "runtime.allgs" in inspect.render(stripped)
