@@ -15,7 +15,9 @@ Cumulative temporality, one series per process (pid) and attribute value:
 
 ``go.goroutine.count`` counts the goroutines gotel knows to be alive: created, found at attach
 (EXISTING) or first seen through another event, minus exits. Lifetimes are recorded only for
-goroutines whose creation was seen.
+goroutines whose creation was seen. For a process whose memory gotel reads, ``go.goroutine.count``
+and ``go.schedule.duration`` are exported from the runtime's own values instead
+(``pipeline/runtime_metrics.py``, passed to ``to_request`` as ``extra``): one owner per name.
 
 Histograms are kept at a fixed fine scale (``base_scale``, 16 buckets per power of two, 1 ns to
 ~12 days) in one numpy row per series, bucketed vectorized (``log2`` then ``ceil``); at export each
