@@ -35,6 +35,18 @@ def build_parser():
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser(
+        "dump", help="print every goroutine of a running Go process, as Go's traceback does",
+        description="Read every goroutine's state, wait and stack from the process's memory, "
+                    "without stopping it, and print them as /debug/pprof/goroutine?debug=2 does.")
+    p.add_argument("pid", type=int, help="a running Go process")
+    p.add_argument("--group", action="store_true", help="fold identical stacks, with counts")
+    p.add_argument("--pprof", metavar="FILE", help="write a goroutine profile (go tool pprof FILE)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--all", action="store_true", help="include the runtime's own goroutines")
+    p.add_argument("--depth", type=int, default=64, metavar="N", help="frames per stack (default 64)")
+    p.set_defaults(func=_dump)
+
+    p = sub.add_parser(
         "validate", help="check a configuration file and report every problem",
         description="Check FILE as `gotel run -c FILE` would use it; with targets, as `gotel trace "
                     "-c FILE TARGETS` would (then the file need not name any).")
@@ -79,6 +91,15 @@ def _inspect(args):
     from receiver import inspect
 
     return inspect.command(args.target, as_json=args.json)
+
+
+def _dump(args):
+    from receiver import dump
+
+    if not 1 <= args.depth <= 1024:
+        raise UsageError(f"--depth {args.depth}: give 1 to 1024 frames")
+    return dump.command(args.pid, group=args.group, pprof=args.pprof, as_json_out=args.json,
+                        all_goroutines=args.all, depth=args.depth)
 
 
 def _validate(args):

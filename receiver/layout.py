@@ -27,9 +27,13 @@ from receiver.errors import CorruptBinary, UnsupportedGoVersion
 
 TABLE_PATH = Path(__file__).resolve().parent / "layouts.json"
 
-# runtime.g fields gotel reads. parentGoid exists since Go 1.21; sched is informational.
+# runtime.g fields gotel reads. parentGoid exists since Go 1.21. The rest of G_OPTIONAL is what the
+# census (receiver/census.py) reads: the saved context and stack bounds of a goroutine that is not
+# running, and the wait start; a layout without them gets no census stacks.
 G_FIELDS = ("goid", "parentGoid", "gopc", "startpc", "waitreason", "atomicstatus", "m")
-G_OPTIONAL = ("parentGoid", "sched", "sched.sp", "sched.pc", "sched.bp")
+G_OPTIONAL = ("parentGoid", "sched", "sched.sp", "sched.pc", "sched.bp", "stack.lo", "stack.hi",
+              "waitsince", "syscallsp", "syscallpc")
+G_EXTRA = ("waitsince", "syscallsp", "syscallpc")
 M_FIELDS = ("curg", "procid", "id")
 M_OPTIONAL = ("id",)
 # A wait reason name table longer than this is corrupt (Go 1.27 has ~50).
@@ -68,7 +72,7 @@ class DwarfRuntime:
     wait_reasons_count: int = None
 
 
-WANTED_STRUCTS = ("runtime.g", "runtime.m", "runtime.gobuf")
+WANTED_STRUCTS = ("runtime.g", "runtime.m", "runtime.gobuf", "runtime.stack")
 
 
 # Names of the DIEs gotel reads. The Go linker writes DIE names inline (DW_FORM_string), so each
@@ -76,7 +80,7 @@ WANTED_STRUCTS = ("runtime.g", "runtime.m", "runtime.gobuf")
 # _G + lower case are goroutine statuses; _GCoff, _GoidCacheBatch... are other constants.
 _STATUS_NAME = re.compile(r"runtime\._G(?!oid)(?:scan)?[a-z]")
 _WANTED_NAMES = re.compile(
-    rb"(?:runtime\.(?:g|m|gobuf|waitReasonStrings)|runtime\._G(?!oid)(?:scan)?[a-z]\w*)\0")
+    rb"(?:runtime\.(?:g|m|gobuf|stack|waitReasonStrings)|runtime\._G(?!oid)(?:scan)?[a-z]\w*)\0")
 
 
 def read_dwarf(elf):
@@ -181,6 +185,12 @@ def from_dwarf(runtime, go_version):
         for sub in ("sp", "pc", "bp"):
             if sub in gobuf:
                 g[f"sched.{sub}"] = g_struct["sched"] + gobuf[sub]
+    if "stack" in g_struct:
+        bounds = runtime.structs.get(runtime.member_types.get(("runtime.g", "stack"), "runtime.stack"), {})
+        for sub in ("lo", "hi"):
+            if sub in bounds:
+                g[f"stack.{sub}"] = g_struct["stack"] + bounds[sub]
+    g.update({f: g_struct[f] for f in G_EXTRA if f in g_struct})
     m = {f: m_struct[f] for f in M_FIELDS if f in m_struct}
     statuses = {k[len("runtime."):]: v for k, v in runtime.constants.items()}
     return finish(g, m, statuses, [], "dwarf", go_version)
