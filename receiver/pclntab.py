@@ -161,6 +161,10 @@ class PcLnTab:
             raise CorruptBinary(f"pclntab function {func_index}: pcdata/funcdata past its end")
         return int.from_bytes(self.raw[p:p + 4], "little")
 
+    def func_ids(self):
+        """The funcID byte of every function (runtime special functions, wrappers), as uint8."""
+        return (self.field(self.func_fields - 1) & 0xFF).astype(np.uint8)
+
     def pcdata_offset(self, func_index, table):
         """Offset in pctab of a function's pcdata table ``table`` (e.g. PCDATA_INLTREE), 0 if none."""
         if table >= int(self.field(7)[func_index]):
