@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import gotool
+from pipeline.app import gotool
 from receiver.binary import GoBinary
 from receiver.census import CensusReader
 

@@ -14,6 +14,7 @@ without DWARF takes a few tens of milliseconds (the file is mmapped, tables are 
 with DWARF add ~0.3 s for the runtime's compilation units.
 """
 
+import dataclasses
 import mmap
 import os
 import re
@@ -25,7 +26,7 @@ from typing import NamedTuple
 import capstone
 import numpy as np
 
-from receiver import buildinfo, layout as layout_mod, placement
+from receiver import buildinfo, layout as layout_mod, placement, runtime_structs
 from receiver.pclntab import string_offsets
 from receiver.errors import (
     CorruptBinary, GotelError, NotAGoBinary, TargetError, UnsupportedBinary, UnsupportedGoVersion,
@@ -493,6 +494,7 @@ class GoBinary:
             try:
                 runtime = layout_mod.read_dwarf(self.image.elffile())
                 lay = layout_mod.from_dwarf(runtime, self.go_version)
+                lay = runtime_structs.with_structs(lay, self.image)
                 addr, count = runtime.wait_reasons_addr, runtime.wait_reasons_count
             except CorruptBinary:
                 # Damaged DWARF: the table still knows this exact release, if it is there at all.
@@ -507,7 +509,7 @@ class GoBinary:
                 addr, count = sym["runtime.waitReasonStrings"][0], sym["runtime.waitReasonStrings"][1] // 16
         if addr is not None:
             names = layout_mod.decode_wait_reasons(self.image, addr, count)
-            lay = layout_mod.Layout(lay.g, lay.m, lay.statuses, names, lay.source, lay.notes)
+            lay = dataclasses.replace(lay, wait_reasons=names)
         elif not lay.wait_reasons:
             raise CorruptBinary(f"{self.path}: runtime.waitReasonStrings not found")
         return lay

@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from receiver import globals as runtime_globals
-from receiver.errors import TargetError
+from receiver.errors import GotelError, TargetError
 from receiver.procmem import ProcessMemory
 
 MAX_GOROUTINES = 1 << 24       # more allgs entries than this is a damaged slice header
@@ -105,12 +105,15 @@ class CensusReader:
         self.pid = int(pid)
         self.layout = binary.layout
         self.mem = mem or ProcessMemory(pid)
-        self.allgs = runtime_globals.address(binary, "runtime.allgs")
-        self.allglen = runtime_globals.address(binary, "runtime.allglen")
-        if self.allgs is None:
-            raise TargetError(
-                f"{binary.path}: runtime.allgs not found (stripped binary); gotel cannot list this "
-                f"process's goroutines; rebuild without -ldflags=-s")
+        try:
+            self.allgs = runtime_globals.global_address(binary, "runtime.allgs")
+        except GotelError as e:
+            raise TargetError(f"{binary.path}: runtime.allgs not found, so gotel cannot list this "
+                              f"process's goroutines: {e}") from e
+        try:
+            self.allglen = runtime_globals.global_address(binary, "runtime.allglen")
+        except GotelError:
+            self.allglen = None     # len(allgs) alone is still a bound
         self.bias = binary.load_bias(pid)
         g = self.layout.g
         self.columns = {name: col for name, col in _G_COLUMNS.items() if name in g}

@@ -19,7 +19,7 @@ Cost: reading the runtime compilation units' DWARF takes ~0.3 s; the table looku
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from receiver.buildinfo import parse_go_version
@@ -47,7 +47,10 @@ class Layout:
     ``g``/``m``: field -> byte offset ("sched.sp" is the offset of sched plus gobuf.sp). ``statuses``:
     "_Grunnable" -> 1 ... including "_Gscan" (0x1000). ``wait_reasons``: index = numeric waitReason.
     ``source`` says where the offsets came from ("dwarf" or "table"); ``notes`` lists what is absent
-    and why (e.g. parentGoid before Go 1.21).
+    and why (e.g. parentGoid before Go 1.21). ``structs``: the runtime structures runtime metrics
+    read, {"runtime.mstats": {"heapStats": 0, ...}, ...} (``receiver.runtime_structs``; same shape
+    from DWARF and from the table). ``class_to_size``: bytes per size class (the runtime's
+    ``class_to_size``), empty when unknown.
     """
 
     g: dict
@@ -56,9 +59,22 @@ class Layout:
     wait_reasons: list
     source: str = "dwarf"
     notes: tuple = ()
+    structs: dict = field(default_factory=dict)
+    class_to_size: tuple = ()
 
     def as_json(self):
         return {"runtime.g": dict(self.g), "runtime.m": dict(self.m)}
+
+    def struct(self, name):
+        """{field path: offset} of the runtime structure type ``name``; UnsupportedGoVersion when
+        this layout does not have it (never guessed)."""
+        fields = self.structs.get(name)
+        if not fields:
+            raise UnsupportedGoVersion(
+                f"the runtime layout ({self.source}) has no {name}; gotel cannot read runtime "
+                f"metrics from this binary (rebuild without -ldflags=-w, or add its release to "
+                f"receiver/layouts.json with scripts/gen_layouts.py)")
+        return fields
 
 
 @dataclass
@@ -237,7 +253,8 @@ def from_table(go_version):
             f"(known: {known}); rebuild without -ldflags=-w, or run scripts/gen_layouts.py with "
             f"that Go toolchain installed"
         )
-    return finish(entry["g"], entry["m"], entry["statuses"], entry["wait_reasons"], "table", go_version)
+    lay = finish(entry["g"], entry["m"], entry["statuses"], entry["wait_reasons"], "table", go_version)
+    return replace(lay, structs=entry.get("structs", {}), class_to_size=tuple(entry.get("class_to_size", ())))
 
 
 def _release_key(version):
