@@ -102,8 +102,11 @@ func healthyHandler() {
 	<-done
 }
 
+var sink []byte
+
 //go:noinline
 func healthyWorker(done chan int) {
+	sink = make([]byte, 64<<10) // garbage, so the GC runs and stamps waits (g.waitsince)
 	time.Sleep(time.Millisecond)
 	done <- 1
 }
