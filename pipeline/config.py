@@ -34,7 +34,8 @@ import yaml
 from receiver.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "default.yaml"
-SIGNALS = ("traces", "metrics")
+SIGNALS = ("traces", "metrics", "logs")
+SPANS_AND_METRICS = ("traces", "metrics")
 KINDS = ("receivers", "processors", "exporters")
 TOP_LEVEL = (*KINDS, "service", "extensions", "connectors")
 
@@ -43,10 +44,11 @@ TOP_LEVEL = (*KINDS, "service", "extensions", "connectors")
 # (kind, type) -> (module, config class attribute, signals it can serve). Modules are imported only
 # when a file names the type, so a component whose module is missing fails that file, not gotel.
 COMPONENTS = {
-    ("receivers", "goroutines"): ("pipeline.service", "ReceiverConfig", SIGNALS),
+    ("receivers", "goroutines"): ("pipeline.service", "ReceiverConfig", SPANS_AND_METRICS),
+    ("receivers", "goruntime"): ("pipeline.receivers.goruntime", "Config", ("metrics", "logs")),
     ("processors", "filter"): ("pipeline.processors.filter", "Config", ("traces",)),
     ("processors", "sampler"): ("pipeline.processors.sampler", "Config", ("traces",)),
-    ("processors", "batch"): ("pipeline.processors.batch", "Config", SIGNALS),
+    ("processors", "batch"): ("pipeline.processors.batch", "Config", SPANS_AND_METRICS),
     ("exporters", "otlp_grpc"): ("pipeline.exporters.otlp_grpc", "Config", SIGNALS),
     ("exporters", "file"): ("pipeline.exporters.file", "Config", SIGNALS),
     ("exporters", "debug"): ("pipeline.exporters.debug", "Config", SIGNALS),
@@ -538,7 +540,8 @@ def build(raw, problems):
             if "filter" in order and "sampler" in order and order.index("filter") > order.index("sampler"):
                 problems.append(f"{_path((*where, 'processors'))}: filter must come before sampler")
         pipelines[str(pid)] = Pipeline(str(pid), signal, lists["receivers"], procs, lists["exporters"])
-    used = sorted({r for p in pipelines.values() for r in p.receivers})
+    used = sorted({r for p in pipelines.values() for r in p.receivers
+                   if (parse_id(r) or ("",))[0] != "goruntime"})
     if len(used) > 1:
         problems.append(f"service::pipelines: gotel runs one receiver, and every pipeline takes its "
                         f"data from it; the pipelines use {len(used)} ({', '.join(used)})")

@@ -223,6 +223,26 @@ class Discard(Stage):
         self.items_in += len(batch)
 
 
+class ReceiverSettings:
+    """What a receiver component is created with: its id and the per-process facts owner."""
+
+    def __init__(self, id, registry=None):
+        self.id = id
+        self.registry = registry
+
+
+class Route:
+    """The ``next`` of a receiver component that emits payloads: hands each to the exporters of
+    the pipelines of its signal."""
+
+    def __init__(self, routes):
+        self.routes = routes
+
+    def consume(self, payload):
+        for exporter in self.routes.get(payload.signal, ()):
+            exporter.export(payload)
+
+
 # --- self-telemetry -----------------------------------------------------------------------------
 def _attrs(**kv):
     return [encode.key_value(k.replace("__", "."), v) for k, v in kv.items()]
@@ -279,8 +299,12 @@ class Service:
 
     # building
     def build(self):
-        (self.receiver_id,) = {r for p in self.config.pipelines.values() for r in p.receivers}
-        rc = self.config.receivers[self.receiver_id].config
+        used = {r for p in self.config.pipelines.values() for r in p.receivers}
+        census_ids = sorted(r for r in used if self.config.receivers[r].type == "goruntime")
+        probed = sorted(used - set(census_ids))
+        # Without a goroutines receiver nothing is probed: the census receivers run alone.
+        self.receiver_id = probed[0] if probed else None
+        rc = self.config.receivers[self.receiver_id].config if probed else receiver_config_class()()
         self.receiver_config = rc
         self.resources = encode.Resources(self.process_info, rc.resource,
                                           self.host_name)
@@ -292,14 +316,28 @@ class Service:
                     comp = self.config.exporters[eid]
                     module = importlib.import_module(EXPORTER_MODULES[comp.type])
                     self.exporters[eid] = module.create(comp.config, eid)
-                (self.traces_exporters if pipeline.signal == "traces"
-                 else self.metrics_exporters).add(eid)
+                if self.receiver_id in pipeline.receivers:
+                    (self.traces_exporters if pipeline.signal == "traces"
+                     else self.metrics_exporters).add(eid)
         chains = [self._trace_chain(p) for p in self.config.pipelines_for("traces")]
         spans_head = chains[0] if len(chains) == 1 else Fork(chains) if chains else Discard()
         self.tap.next = spans_head
         self.metrics = self._make_metrics(rc)
         self.decoder = self._make_decoder(rc, self.tap, self.metrics)
         self.head = Locked(self.decoder, self.lock, rest=self.tap)
+        self.census_receivers = [self._make_census_receiver(cid) for cid in census_ids]
+
+    def _make_census_receiver(self, cid):
+        """A goruntime receiver: its payloads go to the exporters of the pipelines naming it; it
+        also takes a census of every process the goroutines receiver traces (the registry)."""
+        from pipeline.receivers import goruntime
+
+        routes = {}
+        for pipeline in self.config.pipelines.values():
+            if cid in pipeline.receivers:
+                routes.setdefault(pipeline.signal, []).extend(self.exporters[e] for e in pipeline.exporters)
+        settings = ReceiverSettings(cid, self.registry if self.receiver_id else None)
+        return goruntime.create(settings, self.config.receivers[cid].config, Route(routes))
 
     def _trace_chain(self, pipeline):
         """processors of one traces pipeline, in order, ending in a TraceFanout."""
@@ -385,11 +423,16 @@ class Service:
         from receiver.receiver import GoroutineReceiver
 
         self.start_exporters()
-        self.receiver = GoroutineReceiver(receiver_part(self.receiver_config), self.head,
-                                          self.registry)
         try:
-            self.receiver.start()
+            if self.receiver_id is not None:
+                self.receiver = GoroutineReceiver(receiver_part(self.receiver_config), self.head,
+                                                  self.registry)
+                self.receiver.start()
+            for census in self.census_receivers:
+                census.start()
         except BaseException:
+            if self.receiver is not None:
+                self.receiver.shutdown(1.0)
             self._shutdown_exporters(2.0)
             raise
         self._next_collection = time.monotonic() + self.collection_interval
@@ -470,6 +513,8 @@ class Service:
         if self._ticker is not None:
             self._ticker.join(1.0)
         left = lambda share=1.0: max(0.0, (deadline - time.monotonic()) * share)  # noqa: E731
+        for census in self.census_receivers:
+            census.shutdown(left(0.2))
         if self.receiver is not None:
             self.receiver.shutdown(left(0.4))
         else:
@@ -564,8 +609,15 @@ class Service:
                 s = sent.setdefault(f"{signal} ({eid})", [0, 0])
                 s[0] += c.get(f"sent_{item}", signal)
                 s[1] += c.get(f"send_failed_{item}", signal) + c.get(f"enqueue_failed_{item}", signal)
-        return Summary(self.tap, self.encoder, lost_events=getattr(self.receiver, "lost", 0),
+        for signal, item in (("logs", "log_records"),):
+            for eid in {e for p in self.config.pipelines_for(signal) for e in p.exporters}:
+                c = self.exporters[eid].counters
+                sent[f"{signal} ({eid})"] = (c.get(f"sent_{item}", signal), c.get(
+                    f"send_failed_{item}", signal) + c.get(f"enqueue_failed_{item}", signal))
+        summary = Summary(self.tap, self.encoder, lost_events=getattr(self.receiver, "lost", 0),
                        events=getattr(self.receiver, "events", 0), outputs=self.output_paths(),
                        exported={k: tuple(v) for k, v in sent.items()},
                        processes=list(self.registry))
+        summary.census_lines = [line for c in self.census_receivers for line in c.summary_lines()]
+        return summary
 

@@ -50,11 +50,12 @@ class Config:
     """receivers::goruntime in gotel's YAML."""
 
     pids: tuple = ()
-    collection_interval: float = 10.0      # s
+    collection_interval: float = dataclasses.field(default=10.0, metadata={"duration": "s"})
     stacks: bool = True
     max_depth: int = census_mod.DEFAULT_DEPTH
     max_groups: int = 20
-    leak_threshold: float = 60.0           # s a leak suspect's oldest member has been blocked
+    # how long a leak suspect's oldest member has been blocked, at least
+    leak_threshold: float = dataclasses.field(default=60.0, metadata={"duration": "s"})
     leak_censuses: int = 3                 # censuses in a row its count must rise
 
     def validate(self, path="receivers::goruntime"):
@@ -278,9 +279,13 @@ class GoRuntimeReceiver:
         """Leaks and the biggest groups of the last census, for the end-of-run summary."""
         lines = []
         for pid, t in sorted(self.targets.items()):
+            shown = [g for g in t.last_groups if not g.system][:3]
+            for g in shown:
+                age = f", oldest {g.oldest_wait_ns / 1e9:.0f} s" if g.oldest_wait_ns else ""
+                lines.append(f"    pid {pid}: {g.count:>6}  {g.title()}{age}")
             for lk in t.last_leaks:
                 kind = "LEAK" if lk.definite else "leak suspect"
-                lines.append(f"  {kind} pid {pid}: {lk.group.title()} x{lk.group.count} "
+                lines.append(f"    {kind} pid {pid}: {lk.group.title()} x{lk.group.count} "
                              f"(counts {list(lk.history)})")
         return lines
 

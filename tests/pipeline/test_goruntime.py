@@ -132,3 +132,39 @@ def test_logs_go_through_the_file_and_otlp_exporters(program, tmp_path):
 def test_config_problems_are_listed():
     problems = goruntime.Config(pids=(-1,), collection_interval=0, max_depth=0).validate()
     assert len(problems) == 3 and all(p.startswith("receivers::goruntime") for p in problems)
+
+
+def test_a_goruntime_only_configuration_runs_without_probes(program, tmp_path):
+    """`gotel run -c` with only receivers::goruntime: no uprobe, metrics and leak logs in files,
+    leaks in the summary."""
+    from pipeline import config
+    from pipeline.service import Service
+
+    proc = program("-leak")
+    cfg = config.loads(f"""
+receivers:
+  goruntime:
+    pids: [{proc.pid}]
+    collection_interval: 300ms
+    leak_threshold: 200ms
+exporters:
+  file/metrics: {{path: {tmp_path}/metrics.jsonl}}
+  file/logs: {{path: {tmp_path}/logs.jsonl}}
+service:
+  pipelines:
+    metrics: {{receivers: [goruntime], exporters: [file/metrics]}}
+    logs: {{receivers: [goruntime], exporters: [file/logs]}}
+""")
+    service = Service(cfg)
+    service.start()
+    try:
+        assert service.receiver is None
+        time.sleep(3.5)
+    finally:
+        service.shutdown(5)
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    assert "gotel.goroutine.count" in metrics and "gotel.goroutine.group.count" in metrics
+    assert "main.leakyWorker" in (tmp_path / "logs.jsonl").read_text()
+    text = service.summary().render()
+    assert "leak suspect pid" in text and "main.leakyHandler" in text
+    assert "logs (file/logs)" in text
