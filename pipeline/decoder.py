@@ -646,6 +646,12 @@ class EventDecoder(Stage):
         return spans
 
     # ---------------------------------------------------------------- shutdown
+    def observe_time(self, now_ns):
+        """Advance the decoder's clock to ``now_ns`` (Unix ns) without an event: goroutines still
+        parked when tracing stops then end at the stop, not at the last event seen (a program
+        whose goroutines are all blocked sends none)."""
+        self._now = max(self._now, int(now_ns))
+
     def flush(self):
         """End every goroutine still open (ENDED_AT_SHUTDOWN), with its open park; forget all."""
         g = self.goroutines

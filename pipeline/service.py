@@ -515,6 +515,8 @@ class Service:
         left = lambda share=1.0: max(0.0, (deadline - time.monotonic()) * share)  # noqa: E731
         for census in self.census_receivers:
             census.shutdown(left(0.2))
+        with self.lock:
+            self.decoder.observe_time(time.time_ns())
         if self.receiver is not None:
             self.receiver.shutdown(left(0.4))
         else:

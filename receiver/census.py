@@ -19,9 +19,12 @@ from the process's memory without stopping or signalling it.
    context changed in between moved while being read; it is dropped and counted (``moved``).
 
 Precision: the picture is a moment's, not an atomic snapshot (the process keeps running). The wait
-start, ``g.waitsince``, is set lazily by the runtime: the garbage collector stamps it with the start
-of the first GC cycle that finds the goroutine blocked (``markroot``), so a wait age is a lower bound
-accurate to one GC cycle, and 0 (unknown) until a GC has run since the goroutine parked.
+start, ``g.waitsince``, is set lazily by the runtime: when a GC cycle's stack scan finds a goroutine
+blocked and unstamped, it stamps it with ``work.tstart``, the end of the previous cycle's marking
+(runtime/mgcmark.go ``markroot``, mgc.go ``gcMark``). The real wait start lies between the two
+cycles' scans, and so does the stamp: a wait age is right to within one GC cycle, either way, and
+unknown (0) until the second GC after the goroutine parked (during the first cycle ever the stamp
+is 0). Go's own traceback prints its "N minutes" from the same field.
 
 Errors: ``TargetError`` when the process is gone or its goroutine list cannot be located or read.
 Thread-safety: one CensusReader per thread. Cost: see README ("the goroutine census").

@@ -2,7 +2,7 @@
 
 ``groups(census, binary)`` folds a census's goroutines by (start function, creation site, state,
 wait reason, stack): each ``Group`` has a count, the oldest wait (from ``g.waitsince``: a lower
-bound, as fine as GC cycles) and an example goid. Folding is vectorized: one 64-bit hash of each
+stamp the GC sets: right to within one GC cycle) and an example goid. Folding is vectorized: one 64-bit hash of each
 stack's PCs, then one ``np.unique`` over the key columns; only the distinct groups are named.
 
 ``LeakTracker`` follows groups across censuses. A group is a leak *suspect* when its oldest member

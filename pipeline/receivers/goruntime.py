@@ -116,7 +116,7 @@ def goroutine_metrics(target, census, gs, max_groups):
     out.append(_gauge("gotel.goroutine.group.count", "{goroutine}", counts, now,
                       "Goroutines by group (start function, creation site, state, wait reason)"))
     out.append(_gauge("gotel.goroutine.group.oldest_wait", "s", oldest, now,
-                      "Longest wait in the group so far (a lower bound, as fine as GC cycles)"))
+                      "Longest wait in the group (g.waitsince: right to within one GC cycle)"))
     out.append(_gauge("gotel.census.duration", "s", [({}, float(census.duration_s))], now))
     out.append(_counter("gotel.census.dropped", "{goroutine}",
                         [({"reason": k}, v) for k, v in sorted(target.dropped.items())],

@@ -9,6 +9,7 @@ and after gotel reads it (the pprof request's own goroutines move and are left o
 """
 
 import gzip
+from pathlib import Path
 import io
 import os
 import re
@@ -244,3 +245,33 @@ def test_process_memory_checks_every_address(require_bpf):
     assert recs[0].tolist() == list(range(96)) and recs[2][:96].tolist() == buf[4000:4096].tolist()
     with pytest.raises(ValueError):
         mem.read_many(np.array([base], np.uint64), 1 << 21)
+
+
+def test_trace_starts_goroutines_blocked_at_attach_at_their_wait_start(blocked, tmp_path):
+    """Trace mode takes a census at attach: a goroutine parked before gotel came gets a park span
+    from its wait start (stamped by the GCs run here through /debug/pprof/heap?gc=1) to the end of
+    tracing, with its wait reason, not a zero-length one at the attach time."""
+    import json
+    import sys
+    import time
+
+    proc, addr = blocked("1.25")
+    # Two GCs: the second one's stack scan stamps waitsince with the first one's end time.
+    for _ in range(2):
+        urllib.request.urlopen(f"http://{addr}/debug/pprof/heap?gc=1", timeout=30).read()
+    gc_done_ns = time.time_ns()
+    time.sleep(1.0)
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "trace", "--pid", str(proc.pid),
+                        "--duration", "2", "--out", str(out)], cwd=repo, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    spans = [s for line in (out / "traces.jsonl").read_text().splitlines()
+             for rs in json.loads(line)["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
+    attrs = lambda s: {a["key"]: next(iter(a["value"].values())) for a in s["attributes"]}  # noqa: E731
+    parks = [s for s in spans if attrs(s).get("gotel.wait_reason") == "chan send"]
+    assert parks, [s["name"] for s in spans]
+    start = int(parks[0]["startTimeUnixNano"])
+    assert start <= gc_done_ns            # from the stamped wait start, before gotel attached
+    assert int(parks[0]["endTimeUnixNano"]) - start >= 2.5e9
