@@ -45,15 +45,14 @@ Runtime metrics (``metrics.GoRuntimeMetrics``) are fed here, from every event, b
 sampler sees a span.
 
 Cost: about a hundred numpy operations per batch, plus one step per level of goroutines created by
-goroutines created in the same batch; no per-event Python. Measured with metrics on, batches of
-16384 synthetic events (create, run, three park/ready/run cycles, exit, on interleaved CPUs):
-2.7-3.6 M events per CPU second on the project's 2-vCPU machine, half that with batches of 4096,
-where fixed per-batch costs dominate (``pytest -s tests/pipeline/test_decoder.py -k throughput``).
-Memory: ~93 bytes per live goroutine plus 52 per live trace (goroutines.py); a million parked
-goroutines of one creator hold 93.4 MB in all (``-k million``). Not thread-safe: one pipeline thread drives it.
+goroutines created in the same batch; no per-event Python. Throughput is row 3 of
+benchmarks/RESULTS.md (``make bench``). Memory: ~93 bytes per live goroutine plus 52 per live trace
+(goroutines.py; row 5, and ``pytest -s tests/pipeline/test_decoder.py -k million``). Not
+thread-safe: one pipeline thread drives it.
 """
 
 import time
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,11 +88,14 @@ _FUTURE_NS = 60 * _NS
 class Config:
     park_mode: str = "spans"              # "spans": PARK child spans; "events": span events
     max_park_events: int = 64             # park_mode "events": per goroutine part
-    hold_min_park_ns: int = 100_000       # park_mode "events": shorter parks are not held
+    # park_mode "events": shorter parks are not held
+    hold_min_park_ns: int = dataclasses.field(default=100_000, metadata={"duration": "ns"})
     max_held_park_events: int = 262_144   # park_mode "events": held for all open goroutines
     max_spans_per_trace: int = 2000       # a trace holds at most ~2x this; Tempo caps at 5 MB
-    max_trace_duration_s: float = 20.0    # below Tempo's ~30 s live-trace window
-    sweep_interval_s: float = 1.0         # how often (event time) trace ages are checked
+    # below Tempo's ~30 s live-trace window
+    max_trace_duration_s: float = dataclasses.field(default=20.0, metadata={"duration": "s"})
+    # how often (event time) trace ages are checked
+    sweep_interval_s: float = dataclasses.field(default=1.0, metadata={"duration": "s"})
     initial_capacity: int = 4096          # live goroutines before the first growth
 
     def validate(self, path="decoder"):
@@ -169,6 +171,7 @@ class EventDecoder(Stage):
         self._held = []           # _HELD_DTYPE arrays (park_mode "events")
         self._n_held = 0
         self._now = 0
+        self._stop_ns = 0           # when tracing stops (stop_at), for goroutines still open
         self._next_sweep = 0
         self._max_spans = config.max_spans_per_trace
         self._max_age = int(config.max_trace_duration_s * _NS)
@@ -646,16 +649,16 @@ class EventDecoder(Stage):
         return spans
 
     # ---------------------------------------------------------------- shutdown
-    def observe_time(self, now_ns):
-        """Advance the decoder's clock to ``now_ns`` (Unix ns) without an event: goroutines still
-        parked when tracing stops then end at the stop, not at the last event seen (a program
-        whose goroutines are all blocked sends none)."""
-        self._now = max(self._now, int(now_ns))
+    def stop_at(self, now_ns):
+        """The time tracing stops (Unix ns), set from the control thread: goroutines still parked
+        then end at the stop, not at the last event seen (a program whose goroutines are all
+        blocked sends none). Read only by ``flush``."""
+        self._stop_ns = int(now_ns)
 
     def flush(self):
         """End every goroutine still open (ENDED_AT_SHUTDOWN), with its open park; forget all."""
         g = self.goroutines
-        spans = self._end(g.live_rows(), self._now)
+        spans = self._end(g.live_rows(), max(self._now, self._stop_ns))
         self.goroutines = GoroutineTable(self.config.initial_capacity)
         self.traces = RowStore(TRACE_COLUMNS, 1024)
         self._held, self._n_held = [], 0

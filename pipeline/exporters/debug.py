@@ -15,6 +15,10 @@ from google.protobuf import text_format
 from pipeline.exporters.base import Exporter, QueueConfig
 
 
+TYPE = "debug"
+SIGNALS = ("traces", "metrics", "logs")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     verbosity: typing.Literal["basic", "normal", "detailed"] = "basic"
@@ -84,5 +88,5 @@ class DebugExporter(Exporter):
         return True
 
 
-def create(config, name="debug"):
-    return DebugExporter(name, config)
+def create(settings, config, next_stage=None):
+    return DebugExporter(settings.id, config)

@@ -26,7 +26,6 @@ import dataclasses
 import logging
 import threading
 import time
-from pathlib import Path
 
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
@@ -35,8 +34,8 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from pipeline.exporters.base import Payload
-from pipeline.exporters.encode import GOTEL_VERSION, ProcessInfo, Resources, key_value
-from receiver import census as census_mod, groups as groups_mod
+from pipeline.exporters.encode import GOTEL_VERSION, Resources, key_value
+from receiver import census as census_mod, groups as groups_mod, processes as processes_mod
 from receiver.errors import GotelError
 
 TYPE = "goruntime"
@@ -157,6 +156,7 @@ class _Target:
 
         self.pid = pid
         self.binary = GoBinary.open(pid)
+        self.process = processes_mod.Process.found(pid, self.binary, None)
         self.reader = census_mod.CensusReader(self.binary, pid)
         self.tracker = groups_mod.LeakTracker(config.leak_threshold, config.leak_censuses)
         self.dropped = {"unreadable": 0, "inconsistent": 0, "moved": 0}
@@ -177,30 +177,31 @@ class GoRuntimeReceiver:
         self.id = getattr(settings, "id", TYPE)
         self.config = config
         self.next = next_consumer
-        self.registry = getattr(settings, "registry", None)
+        self.processes = getattr(settings, "processes", None)   # receiver.processes.Processes
         self.producers = [self._goroutine_metrics]
         self.targets = {}
         self.censuses = 0
         self.failures = 0
         self._stop = threading.Event()
         self._thread = None
-        self.resources = Resources(self._process_info)
+        self.resources = Resources(self._describe)
 
-    def _process_info(self, pid):
+    def _describe(self, pid):
+        """The process's attributes from the one owner of process facts when it traces this pid,
+        else from the facts this receiver found itself."""
+        if self.processes is not None and pid in self.processes:
+            return self.processes.describe(pid)
         t = self.targets.get(pid)
-        if t is None:
-            return None
-        b = t.binary
-        return ProcessInfo(pid, str(Path(f"/proc/{pid}/exe").resolve()) if Path(f"/proc/{pid}").exists()
-                           else b.path, b.go_version, b.module, b.info.module_version, b.build_settings)
+        return processes_mod.describe(pid, t.process if t else None,
+                                      getattr(self.processes, "host_name", "") or _host())
 
     def _goroutine_metrics(self, target, census, gs):
         return goroutine_metrics(target, census, gs, self.config.max_groups)
 
     def pids(self):
         found = list(self.config.pids)
-        if self.registry is not None:
-            found += [p.pid for p in self.registry if getattr(p, "alive", True)]
+        if self.processes is not None:
+            found += [p.pid for p in self.processes.alive()]
         return sorted(set(found))
 
     def start(self):
@@ -288,6 +289,12 @@ class GoRuntimeReceiver:
                 lines.append(f"    {kind} pid {pid}: {lk.group.title()} x{lk.group.count} "
                              f"(counts {list(lk.history)})")
         return lines
+
+
+def _host():
+    import socket
+
+    return socket.gethostname()
 
 
 def create(settings, config, next_consumer):
