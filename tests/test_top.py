@@ -60,6 +60,7 @@ def test_top_in_a_real_terminal(require_bpf, blocked):
     cmd = (f"{GOTEL} top --pid {leaky.pid} {quiet.pid} --interval 0.5s --leak-after 200ms; "
            f"echo TOP-EXITED-$?; sleep 30")
     assert tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "50", cmd).returncode == 0
+    tmux("resize-window", "-t", session, "-x", "160", "-y", "50")
     try:
         text = wait_screen(session, lambda t: "LEAK?" in t and str(quiet.pid) in t, timeout=40)
         assert "gotel top" in text and "census, no probe" in text

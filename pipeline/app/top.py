@@ -44,6 +44,14 @@ def _age(ns):
     return "-" if ns == 0 else f"{s * 1000:.0f}ms"
 
 
+def _waiting_in(stack):
+    """The innermost frame of a stack outside the runtime: where the goroutine waits or runs."""
+    for function, _file, _line in stack:
+        if not function.startswith(("runtime.", "internal/")):
+            return function
+    return stack[0][0] if stack else ""
+
+
 class Watched:
     """One target process and what top remembers of it between refreshes."""
 
@@ -128,7 +136,7 @@ class Top:
         for pid, err in sorted(self.errors.items()):
             lines.append(f"{pid:>8}  not watched: {err}")
         lines += ["", f"{'PID':>8} {'COUNT':>7} {'CHANGE':>6} {'OLDEST':>7} {'STATE':<22} "
-                      f"START FUNCTION"]
+                      f"START FUNCTION at WHERE IT WAITS"]
         rows = []
         for pid, w in self.watched.items():
             v = w.view
@@ -142,12 +150,23 @@ class Top:
                     f"{g.count - before:+d}" if before is not None else "")
                 leak = v["leaks"].get(g.key)
                 mark = "" if leak is None else (" LEAKED" if leak.definite else " LEAK?")
+                where = _waiting_in(g.stack)
+                at = f" at {where}" if where and where != g.start else ""
                 rows.append((g.count, pid, f"{pid:>8} {g.count:>7} {change:>6} "
                                            f"{_age(g.oldest_wait_ns):>7} "
-                                           f"{(g.wait_reason or g.state)[:22]:<22} {g.start}{mark}"))
+                                           f"{(g.wait_reason or g.state)[:22]:<22} "
+                                           f"{g.start}{at}{mark}"))
         rows.sort(key=lambda r: (-r[0], r[1]))
         lines += [r[2] for r in rows]
         return [line[:width] for line in lines[:height]]
+
+
+def _size(out):
+    """The terminal's own size (not $COLUMNS, which a parent may have set for another one)."""
+    try:
+        return os.get_terminal_size(out.fileno())
+    except OSError:
+        return shutil.get_terminal_size((120, 40))
 
 
 def _draw(out, lines):
@@ -167,7 +186,7 @@ def run(top, iterations=None, out=sys.stdout, inp=sys.stdin):
         n = 0
         while True:
             top.refresh()
-            size = shutil.get_terminal_size((120, 40))
+            size = _size(out) if interactive else shutil.get_terminal_size((120, 40))
             if interactive:
                 _draw(out, top.frame(size.columns, size.lines - 1))
             else:
