@@ -144,7 +144,9 @@ class GoBinary:
         """The Go function table (``receiver.pclntab.PcLnTab``) of this binary."""
         from receiver import pclntab
 
-        return pclntab.load(self.image)
+        tab = pclntab.load(self.image)
+        tab.gofunc = pclntab.gofunc_address(self.image, tab, self.info.version_tuple)
+        return tab
 
     @cached_property
     def functions(self):
