@@ -17,9 +17,12 @@
 | opt-in ``go.memory.gc.pause.duration`` | Histogram | s | sched.stwTotalTimeGC / memstats.gcPauseDist |
 | opt-in ``go.cpu.time`` (``go.cpu.state`` = gc, scavenge, idle, user; Go 1.20+) | Counter | s | work.cpuStats |
 
-One owner per name: for a process this producer reads, its ``go.goroutine.count`` and
-``go.schedule.duration`` replace the ones ``pipeline.metrics`` derives from events (``OWNED``); for a
-process it cannot read (unknown layout, no permission) the event-derived ones stay.
+One owner per name. With a ``goruntime`` (census) receiver in the service, this producer runs
+there, on the census thread, for every process the census reads, and the ``goroutines`` receiver
+exports none of ``NAMES`` (``GoroutinesReceiver.disown``). Without one, it runs in the
+``goroutines`` receiver's ``collect()``: for a process it reads, its ``go.goroutine.count`` and
+``go.schedule.duration`` replace the ones ``pipeline.metrics`` derives from events (``OWNED``); for
+a process it cannot read (unknown layout, no permission) the event-derived ones stay.
 
 Thread-safety: ``collect`` (the metrics thread) and ``forget`` (the poller thread, when a PID is
 reused) take one lock. Cost: ~0.2 ms per process and
@@ -41,6 +44,10 @@ _CUMULATIVE = pb.AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 OPT_IN = ("go.memory.gc.cycles", "go.memory.gc.pause.duration", "go.cpu.time")
 # Names this producer owns for the processes it reads (pipeline.metrics drops its own for them).
 OWNED = ("go.goroutine.count", "go.schedule.duration")
+# Every name it can export.
+NAMES = ("go.memory.used", "go.memory.limit", "go.memory.allocated", "go.memory.allocations",
+         "go.memory.gc.goal", "go.goroutine.count", "go.processor.limit", "go.config.gogc",
+         "go.schedule.duration") + OPT_IN
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class GoroutinesReceiver:
         self.processes = settings.processes
         self.metrics = runtime_metrics.create(config.metrics)
         self.memory_metrics = memory_metrics.create(config.runtime_metrics)
+        self.disowned = frozenset()     # metric names another component exports for our processes
         self.decoder = span_decoder.create(config.spans, next_stage, metrics=self.metrics)
         self.head = ExitedProcesses(self.decoder, self.processes)
         self.source = receiver.GoroutineReceiver(config.source_config(), self.head,
@@ -117,11 +118,23 @@ class GoroutinesReceiver:
         from, the event-derived go.goroutine.count and go.schedule.duration remain."""
         extra = {}
         for proc in list(self.processes):
-            if proc.alive:
+            if proc.alive and not self.disowned:
                 extra[proc.pid] = self.memory_metrics.collect(proc.pid, proc.binary, proc.start_time_ns)
             else:
                 self.memory_metrics.forget(proc.pid)
-        return self.metrics.to_request(resource_for, names=names, extra=extra)
+        request = self.metrics.to_request(resource_for, names=names, extra=extra)
+        if self.disowned:
+            for rm in request.resource_metrics:
+                for sm in rm.scope_metrics:
+                    keep = [m for m in sm.metrics if m.name not in self.disowned]
+                    del sm.metrics[:]
+                    sm.metrics.extend(keep)
+        return request
+
+    def disown(self, names):
+        """Stop exporting these metric names: another component (the goruntime receiver, which
+        censuses every process this one traces) exports them from the runtime's own memory."""
+        self.disowned = frozenset(names)
 
     def counters(self):
         """{name: value} of what this receiver accepted and dropped (self-telemetry)."""

@@ -156,3 +156,64 @@ service:
     assert value("go.goroutine.count") == theirs["/sched/goroutines:goroutines"]
     assert "go.memory.used" in last and "go.schedule.duration" in last
     assert "histogram" in last["go.schedule.duration"]     # the runtime's buckets, not the events'
+
+
+class _Sink:
+    def __init__(self):
+        self.payloads = []
+
+    def consume(self, payload):
+        self.payloads.append(payload)
+
+
+def _names(request):
+    return [m.name for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
+
+
+def test_the_census_receiver_exports_them_with_its_own(go_build):
+    from pipeline.receivers import goruntime
+
+    proc = _run(go_build, "1.27")
+    try:
+        sink = _Sink()
+        rx = goruntime.create(None, goruntime.Config(pids=(proc.pid,)), sink)
+        rx.collect()
+        proc.stdin.write("metrics\n")
+        proc.stdin.flush()
+        theirs = json.loads(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+    (payload,) = [p for p in sink.payloads if p.signal == "metrics"]
+    request = payload.message()
+    names = _names(request)
+    assert {"gotel.goroutine.count", "go.goroutine.count", "go.memory.used", "go.config.gogc"} <= set(names)
+    assert len(names) == len(set(names))
+    (count,) = [m for m in request.resource_metrics[0].scope_metrics[0].metrics if m.name == "go.goroutine.count"]
+    # The program churns until quiesced: the count moves by the churn goroutine at most.
+    assert abs(count.sum.data_points[0].as_int - theirs["/sched/goroutines:goroutines"]) <= 1
+    assert set(rx.owned_metric_names) == set(runtime_metrics.NAMES)
+    off = goruntime.create(None, goruntime.Config(pids=(1,), runtime_metrics=runtime_metrics.Config(enabled=False)),
+                           _Sink())
+    assert off.owned_metric_names == () and len(off.producers) == 1
+
+
+def test_with_a_census_receiver_the_goroutines_receiver_disowns_the_runtime_names():
+    from pipeline import config
+    from pipeline.service import Service
+
+    cfg = config.loads("""
+receivers:
+  goroutines: {pids: [1]}
+  goruntime: {}
+exporters: {debug: {}}
+service:
+  pipelines:
+    metrics: {receivers: [goroutines, goruntime], exporters: [debug]}
+""")
+    service = Service(cfg)
+    assert service.receiver.disowned == frozenset(runtime_metrics.NAMES)
+    agg = service.receiver.metrics
+    agg.record_new(np.array([7], np.uint64), np.array([0x401000], np.uint64), np.array([True]))
+    names = _names(service.receiver.collect(lambda pid: Resource(), None))
+    assert "go.goroutine.created" in names and "go.goroutine.count" not in names
