@@ -4,6 +4,8 @@ uprobes, as goroutine spans (traces) and Go runtime metrics (metrics).
     GoroutineReceiver (receiver/, poller thread) ─▶ ExitedProcesses ─▶ EventDecoder ─▶ next
                                                                           └─▶ GoRuntimeMetrics
                                                                               (read by collect())
+    RuntimeMetricsProducer (pipeline/runtime_metrics.py): the runtime's own metrics, read from each
+    live target's memory in collect(); they own go.goroutine.count and go.schedule.duration.
 
 The poller thread drives everything after it: each batch of events, and between batches ``tick()``,
 where the goroutines of processes that exited are ended (a process that dies sends no EXIT for
@@ -16,7 +18,7 @@ its metric series dropped here.
 import dataclasses
 import time
 
-from pipeline import decoder as span_decoder, metrics as runtime_metrics
+from pipeline import decoder as span_decoder, metrics as runtime_metrics, runtime_metrics as memory_metrics
 from pipeline.stage import Stage
 from receiver import receiver
 
@@ -33,6 +35,7 @@ class Config(receiver.Config):
     collection_interval: float = dataclasses.field(default=10.0, metadata={"duration": "s"})
     spans: span_decoder.Config = dataclasses.field(default_factory=span_decoder.Config)
     metrics: runtime_metrics.Config = dataclasses.field(default_factory=runtime_metrics.Config)
+    runtime_metrics: memory_metrics.Config = dataclasses.field(default_factory=memory_metrics.Config)
 
     def validate(self, path="receivers::goroutines"):
         problems = super().validate(path)
@@ -73,6 +76,8 @@ class GoroutinesReceiver:
         self.config = config
         self.processes = settings.processes
         self.metrics = runtime_metrics.create(config.metrics)
+        self.memory_metrics = memory_metrics.create(config.runtime_metrics)
+        self.disowned = frozenset()     # metric names another component exports for our processes
         self.decoder = span_decoder.create(config.spans, next_stage, metrics=self.metrics)
         self.head = ExitedProcesses(self.decoder, self.processes)
         self.source = receiver.GoroutineReceiver(config.source_config(), self.head,
@@ -83,6 +88,7 @@ class GoroutinesReceiver:
         # Called on the poller thread (a new process adopted under an old PID), before its events.
         self.decoder.emit(self.decoder.end_process(pid))
         self.metrics.forget(pid)
+        self.memory_metrics.forget(pid)
 
     # the service's control path
     def start(self):
@@ -107,8 +113,28 @@ class GoroutinesReceiver:
         self.source.shutdown(timeout)
 
     def collect(self, resource_for, names):
-        """The Go runtime metrics now, as an ExportMetricsServiceRequest (any thread)."""
-        return self.metrics.to_request(resource_for, names=names)
+        """The Go runtime metrics now, as an ExportMetricsServiceRequest (any thread). The runtime's
+        own metrics are read from each live target's memory here; for a target they cannot be read
+        from, the event-derived go.goroutine.count and go.schedule.duration remain."""
+        extra = {}
+        for proc in list(self.processes):
+            if proc.alive and not self.disowned:
+                extra[proc.pid] = self.memory_metrics.collect(proc.pid, proc.binary, proc.start_time_ns)
+            else:
+                self.memory_metrics.forget(proc.pid)
+        request = self.metrics.to_request(resource_for, names=names, extra=extra)
+        if self.disowned:
+            for rm in request.resource_metrics:
+                for sm in rm.scope_metrics:
+                    keep = [m for m in sm.metrics if m.name not in self.disowned]
+                    del sm.metrics[:]
+                    sm.metrics.extend(keep)
+        return request
+
+    def disown(self, names):
+        """Stop exporting these metric names: another component (the goruntime receiver, which
+        censuses every process this one traces) exports them from the runtime's own memory."""
+        self.disowned = frozenset(names)
 
     def counters(self):
         """{name: value} of what this receiver accepted and dropped (self-telemetry)."""
