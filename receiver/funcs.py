@@ -1,0 +1,417 @@
+"""Function probes: which Go functions a pattern selects, where their probes go, and bpf/funcs.c.
+
+A pattern is a glob over Go symbol names (``main.(*Server).handle*``, ``net/http.*``), optionally
+followed by argument types for binaries without DWARF (``main.add(int, int)``). Each selected
+function gets one uprobe after its stack-check prologue (``receiver.placement.place``, as for the
+runtime probes) and one on every RET instruction capstone finds in it (``placement.ret_sites``):
+returns are never seen through uretprobes, which rewrite the return address on a stack that Go
+moves and walks (golang/go#22008, #27077).
+
+Both probes read the goroutine from R14, which Go's ABIInternal keeps pointing at the current g in
+Go code. Assembly functions (ABI0) do not: the pclntab marks them (``funcFlag_ASM``, Go 1.21+) and
+they are refused, as are the runtime's special functions (a non-zero funcID: goexit, mcall,
+systemstack, ...). For Go before 1.21, which has no such flag, only functions with Go's stack check
+(``cmp rsp, [r14+0x10]``, which proves R14 is g) are accepted. The kernel side checks R14 again on
+every hit (SP inside g.stack) and drops what fails, counted as ``bad_g``.
+
+Refusals (``FunctionError``, one line each): a pattern that matches nothing (saying where a
+function of that name was inlined, when DWARF shows it), a pattern set matching more than ``limit``
+functions (default 1000, like bcc's funccount), a function whose entry cannot be placed safely.
+
+Cost of attaching, measured here (see ``FuncProbes.attach``/``close``): each uprobe is one
+perf_event_open; closing one unregisters it, the slow part.
+"""
+
+import dataclasses
+import fnmatch
+import os
+import re
+import threading
+import time
+
+import numpy as np
+
+from receiver import placement
+from receiver.errors import GotelError, ProbeError
+from receiver.events import BPF_DIR
+
+SOURCE = BPF_DIR / "funcs.c"
+HEADER = BPF_DIR / "gotel_func_event.h"
+ENTRY, RETURN = 1, 2
+NUM_REGS = 9
+REGISTERS = ("rax", "rbx", "rcx", "rdi", "rsi", "r8", "r9", "r10", "r11")
+COUNTERS = ("lost", "bad_g", "hits")
+DEFAULT_LIMIT = 1000
+FUNC_FLAG_ASM = 1 << 2      # internal/abi FuncFlagAsm (runtime/symtab.go funcFlag_ASM before 1.21)
+
+FUNC_EVENT_DTYPE = np.dtype(
+    [
+        ("ts_ns", "<u8"),
+        ("ip", "<u8"),
+        ("g", "<u8"),
+        ("goid", "<u8"),
+        ("stack_off", "<u8"),
+        ("regs", "<u8", (NUM_REGS,)),
+        ("pid", "<u4"),
+        ("tid", "<u4"),
+        ("kind", "u1"),
+        ("flags", "u1"),
+        ("cpu", "<u2"),
+        ("pad", "<u4"),
+    ]
+)
+FUNC_EVENT_SIZE = FUNC_EVENT_DTYPE.itemsize  # 128
+
+
+class FunctionError(GotelError):
+    """A function pattern that cannot be probed as asked: no match, too many, unsafe code."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+    """One parsed pattern: a glob, and argument types when given (``main.add(int, int)``)."""
+
+    glob: str
+    types: tuple = None
+
+    @classmethod
+    def parse(cls, text):
+        text = text.strip()
+        m = re.fullmatch(r"(.+?)\((.*)\)", text)
+        # A method pattern like main.(*T).M has parentheses inside the name: only a trailing group
+        # after the last '.'-separated name part is an argument list.
+        if m and not m.group(1).endswith("."):
+            name, args = m.group(1), m.group(2)
+            types = tuple(t.strip() for t in args.split(",") if t.strip())
+            bad = [t for t in types if t not in ARG_TYPES]
+            if bad:
+                raise FunctionError(
+                    f"pattern {text!r}: unknown argument type(s) {', '.join(bad)}; "
+                    f"known: {', '.join(ARG_TYPES)}")
+            return cls(name, types)
+        return cls(text)
+
+    def matches(self, name):
+        return fnmatch.fnmatchcase(name, self.glob)
+
+
+# Go types an argument can be given as, and how many integer registers each takes.
+ARG_TYPES = {"int": 1, "int64": 1, "int32": 1, "int16": 1, "int8": 1, "uint": 1, "uint64": 1,
+             "uint32": 1, "uint16": 1, "uint8": 1, "uintptr": 1, "bool": 1, "pointer": 1,
+             "string": 2, "slice": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbedFunction:
+    """One function to probe: its entry probe, its RET sites, and the SP correction of the entry."""
+
+    name: str
+    address: int
+    size: int
+    probe_address: int
+    ret_addresses: tuple
+    sp_delta: int          # bytes the prologue pushed before the entry probe (Go 1.19 frames)
+    types: tuple = None    # argument types given in the pattern, if any
+
+
+def _func_flags(tab, index):
+    """(funcID, flag) bytes of function index's ``_func`` record."""
+    off = tab.pcln_off + int(tab.funcoffs[index]) + 4 * (tab.func_fields - 1)
+    return tab.raw[off], tab.raw[off + 1]
+
+
+def _sp_delta(where):
+    """Bytes pushed between the entry and the probe (``sub rsp, N``, ``push``); None if unknown."""
+    delta = 0
+    for text in where.skipped:
+        mnemonic, _, ops = text.partition(" ")
+        if mnemonic == "push":
+            delta += 8
+        elif mnemonic == "sub" and ops.startswith("rsp, "):
+            try:
+                delta += int(ops[5:], 0)
+            except ValueError:
+                return None
+        elif "rsp" in ops.split(",")[0] and mnemonic not in ("cmp", "test"):
+            return None
+    return delta
+
+
+def resolve(binary, patterns, limit=DEFAULT_LIMIT):
+    """[ProbedFunction] for the functions of a GoBinary that the patterns select, sorted by address.
+
+    Raises FunctionError (no match, more than ``limit`` matches, a function that cannot be probed
+    safely when named exactly; functions a glob selects are skipped instead, listed in
+    ``resolve.skipped``)."""
+    parsed = [p if isinstance(p, Pattern) else Pattern.parse(p) for p in patterns]
+    tab = binary.pclntab
+    names = tab.names()
+    entries = tab.entries
+    chosen = {}
+    for p in parsed:
+        hits = [i for i, n in enumerate(names) if p.matches(n)]
+        if not hits:
+            raise FunctionError(_no_match(binary, p))
+        for i in hits:
+            chosen.setdefault(names[i], (i, p))
+    if len(chosen) > limit:
+        raise FunctionError(
+            f"the patterns {', '.join(p.glob for p in parsed)} match {len(chosen)} functions, more than "
+            f"the limit of {limit}; narrow them or raise the limit (--max-functions)")
+    out, skipped = [], []
+    old_go = binary.info.version_tuple[:2] < (1, 21) if binary.info.version_tuple != (0, 0, 0) else False
+    for name, (i, p) in chosen.items():
+        exact = not any(ch in p.glob for ch in "*?[")
+        try:
+            out.append(_probe(binary, tab, i, name, int(entries[i]), int(entries[i + 1] - entries[i]),
+                              p.types, old_go))
+        except FunctionError as e:
+            if exact:
+                raise
+            skipped.append(str(e))
+    if not out:
+        raise FunctionError("no probeable function matches: " + "; ".join(skipped[:5]))
+    out.sort(key=lambda f: f.address)
+    resolve.skipped = skipped
+    return out
+
+
+resolve.skipped = []
+
+
+def _probe(binary, tab, i, name, address, size, types, old_go):
+    func_id, flag = _func_flags(tab, i)
+    if flag & FUNC_FLAG_ASM:
+        raise FunctionError(
+            f"{name} is written in assembly (ABI0): R14 does not hold the goroutine there, so gotel "
+            f"cannot tell which goroutine calls it; probe its Go callers instead")
+    if func_id != 0:
+        raise FunctionError(f"{name} is a special runtime function (funcID {func_id}); it cannot be probed")
+    code = binary.image.read(address, size)
+    try:
+        where = placement.place(code, address, name)
+    except GotelError as e:
+        raise FunctionError(f"{name}: {e}") from e
+    if old_go and where.kind == "entry":
+        raise FunctionError(
+            f"{name} has no stack check, and {binary.go_version} does not mark assembly functions: "
+            f"gotel cannot prove R14 holds the goroutine there")
+    delta = _sp_delta(where)
+    if delta is None:
+        raise FunctionError(f"{name}: the prologue before the probe ({'; '.join(where.skipped)}) moves "
+                            f"the stack pointer in a way gotel does not follow")
+    rets = tuple(placement.ret_sites(code, address))
+    if not rets:
+        raise FunctionError(f"{name} has no RET instruction (it never returns, or leaves by a jump); "
+                            f"its calls could not be timed")
+    return ProbedFunction(name, address, size, where.probe_address, rets, delta, types)
+
+
+def _no_match(binary, pattern):
+    """The refusal for a pattern that selects nothing: where it was inlined, if DWARF says."""
+    msg = f"no function in {binary.path} matches {pattern.glob!r}"
+    if any(ch in pattern.glob for ch in "*?["):
+        return msg
+    sites = inlined_into(binary, pattern.glob)
+    if sites:
+        where = ", ".join(sites[:5]) + (f" and {len(sites) - 5} more" if len(sites) > 5 else "")
+        return (f"{pattern.glob} was inlined everywhere (into {where}) and has no code of its own to "
+                f"probe; probe its callers, or rebuild it with //go:noinline")
+    return msg + " (inlined everywhere or absent; with DWARF gotel could say where it was inlined)" \
+        if not binary.has_dwarf else msg
+
+
+def inlined_into(binary, name, max_units=400):
+    """Names of the functions DWARF records ``name`` as inlined into (empty without DWARF)."""
+    if not binary.has_dwarf:
+        return []
+    try:
+        dwarf = binary.image.elffile().get_dwarf_info()
+    except Exception:
+        return []
+    package = name.rsplit(".", 1)[0].split("(")[0].rstrip(".")
+    found = []
+    for n, cu in enumerate(dwarf.iter_CUs()):
+        if n > max_units:
+            break
+        top = cu.get_top_DIE()
+        cu_name = top.attributes.get("DW_AT_name")
+        if cu_name is None or cu_name.value.decode(errors="replace") != package:
+            continue
+        abstract = set()
+        for die in cu.iter_DIEs():
+            if die.tag == "DW_TAG_subprogram" and "DW_AT_inline" in die.attributes:
+                dn = die.attributes.get("DW_AT_name")
+                if dn is not None and dn.value.decode(errors="replace") == name:
+                    abstract.add(die.offset)
+        if not abstract:
+            continue
+        for caller in dwarf.iter_CUs():
+            for die in caller.iter_DIEs():
+                if die.tag != "DW_TAG_inlined_subroutine":
+                    continue
+                origin = die.attributes.get("DW_AT_abstract_origin")
+                if origin is None or origin.value + (0 if origin.form == "DW_FORM_ref_addr" else caller.cu_offset) \
+                        not in abstract:
+                    continue
+                parent = die.get_parent()
+                while parent is not None and parent.tag != "DW_TAG_subprogram":
+                    parent = parent.get_parent()
+                if parent is not None and "DW_AT_name" in parent.attributes:
+                    pname = parent.attributes["DW_AT_name"].value.decode(errors="replace")
+                    if pname not in found:
+                        found.append(pname)
+        break
+    return found
+
+
+class AddressMap:
+    """Maps the ``ip`` of events to (function index, is-entry) for one process (its load bias).
+
+    Built once per process from the resolved functions; ``lookup`` is one searchsorted."""
+
+    def __init__(self, functions, bias=0):
+        addrs, index, kind = [], [], []
+        for i, f in enumerate(functions):
+            addrs.append(f.probe_address)
+            index.append(i)
+            kind.append(ENTRY)
+            for r in f.ret_addresses:
+                addrs.append(r)
+                index.append(i)
+                kind.append(RETURN)
+        order = np.argsort(np.array(addrs, np.uint64), kind="stable")
+        self.addresses = np.array(addrs, np.uint64)[order] + np.uint64(bias)
+        self.index = np.array(index, np.int32)[order]
+        self.kind = np.array(kind, np.uint8)[order]
+        self.sp_delta = np.array([f.sp_delta for f in functions], np.uint64)
+
+    def lookup(self, ips):
+        """Function index of each ip (-1 where the ip is not a probe address of these functions).
+        The kernel reports the probed instruction's address; one past it is accepted too."""
+        ips = np.asarray(ips, np.uint64)
+        out = np.full(len(ips), -1, np.int32)
+        if not len(self.addresses):
+            return out
+        for shift in (0, 1):
+            probe = ips - np.uint64(shift)
+            pos = np.clip(np.searchsorted(self.addresses, probe), 0, len(self.addresses) - 1)
+            hit = (self.addresses[pos] == probe) & (out < 0)
+            out[hit] = self.index[pos[hit]]
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Tunables of bpf/funcs.c."""
+
+    ring_bytes: int = 8 << 20
+    wakeup_bytes: int = 0
+    capture_registers: bool = False
+
+    def validate(self):
+        problems = []
+        if self.ring_bytes < 4096 or self.ring_bytes & (self.ring_bytes - 1):
+            problems.append(f"ring_bytes must be a power of two >= 4096, got {self.ring_bytes}")
+        if not 0 <= self.wakeup_bytes < self.ring_bytes:
+            problems.append(f"wakeup_bytes must be in [0, ring_bytes), got {self.wakeup_bytes}")
+        return problems
+
+    def cflags(self, goid_offset):
+        wakeup = self.wakeup_bytes or self.ring_bytes // 4
+        return [f"-I{BPF_DIR}", f"-DGOTEL_FUNC_RING_BYTES={self.ring_bytes}",
+                f"-DGOTEL_FUNC_WAKEUP_BYTES={wakeup}", f"-DGOTEL_FUNC_GOID={goid_offset}",
+                f"-DGOTEL_FUNC_REGS={int(self.capture_registers)}"]
+
+
+def dump_bpf(config, goid_offset):
+    defines = "".join(f"#define {flag[2:].replace('=', ' ', 1)}\n"
+                      for flag in config.cflags(goid_offset) if flag.startswith("-D"))
+    return f"/* cflags: {' '.join(config.cflags(goid_offset))} */\n{defines}{SOURCE.read_text()}"
+
+
+class FuncProbes:
+    """bpf/funcs.c compiled for one Go binary (its goid offset), and its uprobes.
+
+    ``attach(pid)`` puts an entry probe on every function and a probe on every RET of it;
+    ``attach_seconds``/``detach_seconds`` say what that cost. ``events_fd`` is the ring buffer for a
+    ``RingBufferReader(fd, FUNC_EVENT_DTYPE)``. Not thread-safe (control path only).
+    """
+
+    def __init__(self, binary, functions, config=Config()):
+        problems = config.validate()
+        if problems:
+            raise ProbeError("function probe configuration: " + "; ".join(problems))
+        try:
+            from bcc import BPF
+        except ImportError as e:
+            raise ProbeError("bcc is not importable: install Debian's python3-bpfcc (make setup)") from e
+        self.binary = binary
+        self.functions = list(functions)
+        self.config = config
+        self.goid_offset = binary.layout.g["goid"]
+        try:
+            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=config.cflags(self.goid_offset))
+            self._entry = self.bpf.load_func(b"probe_func_entry", BPF.KPROBE)
+            self._return = self.bpf.load_func(b"probe_func_return", BPF.KPROBE)
+        except Exception as e:
+            raise ProbeError(f"compiling or loading {SOURCE} failed: {e}") from e
+        self._counters = self.bpf["funccounters"]
+        self._fds = []
+        self.attach_seconds = 0.0
+        self.detach_seconds = 0.0
+
+    @property
+    def events_fd(self):
+        return self.bpf["funcevents"].map_fd
+
+    @property
+    def probe_count(self):
+        return len(self._fds)
+
+    def attach(self, pid=-1):
+        """Attach every probe for one PID (or every process running the binary, pid -1)."""
+        from bcc import lib
+
+        path = os.path.realpath(self.binary.path) if pid == -1 else str(self.binary.path)
+        started = time.monotonic()
+        for f in self.functions:
+            sites = [(self._entry, f.probe_address)] + [(self._return, r) for r in f.ret_addresses]
+            for prog, vaddr in sites:
+                offset = self.binary.file_offset(vaddr)
+                ev = f"gotelf_{os.getpid()}_{offset:x}_{pid if pid >= 0 else 'all'}".encode()
+                fd = lib.bpf_attach_uprobe(prog.fd, 0, ev, path.encode(), offset, pid)
+                if fd < 0:
+                    self.close()
+                    raise ProbeError(f"attaching a uprobe to {f.name} in {path} at file offset "
+                                     f"{offset:#x} (pid {pid}) failed; is gotel running as root?")
+                self._fds.append((ev, fd))
+        self.attach_seconds += time.monotonic() - started
+
+    def counters(self):
+        return {name: int(sum(self._counters[self._counters.Key(i)])) for i, name in enumerate(COUNTERS)}
+
+    def close(self, threads=8):
+        """Remove every uprobe (in parallel: each removal waits in the kernel) and free the program.
+        Idempotent."""
+        if self.bpf is None:
+            return
+        from bcc import lib
+
+        started = time.monotonic()
+        fds = self._fds
+        self._fds = []
+
+        def worker(chunk):
+            for ev, fd in chunk:
+                lib.bpf_close_perf_event_fd(fd)
+
+        chunks = [fds[i::threads] for i in range(threads)]
+        workers = [threading.Thread(target=worker, args=(c,)) for c in chunks if c]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        self.detach_seconds += time.monotonic() - started
+        self.bpf.cleanup()
+        self.bpf = None

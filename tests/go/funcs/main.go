@@ -1,0 +1,143 @@
+// funcs: a program that counts its own calls and times them per goroutine, for gotel's function
+// probes to be checked against. Usage: funcs WORKERS ROUNDS; prints "ready", waits for a line on
+// stdin, runs, prints deterministic results on stdout. With FUNCS_TIMES=path it writes, per goroutine
+// id, how long each call of main.block took as the goroutine itself measured it (ns, one line each:
+// "goid total_ns calls").
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+type Counter struct{ n int }
+
+//go:noinline
+func (c *Counter) Inc(by int) int { c.n += by; return c.n }
+
+type Point struct{ X, Y int }
+
+//go:noinline
+func (p Point) Sum() int { return p.X + p.Y }
+
+//go:noinline
+func add(a, b int) int { return a + b }
+
+//go:noinline
+func label(s string, n int) bool { return len(s) == n }
+
+//go:noinline
+func fib(n int) int {
+	if n < 2 {
+		return n
+	}
+	return fib(n-1) + fib(n-2)
+}
+
+//go:noinline
+func thrower(i int) int {
+	if i%5 == 0 {
+		panic(fmt.Sprintf("boom %d", i))
+	}
+	return i
+}
+
+//go:noinline
+func guarded(i int) (r int) {
+	defer func() {
+		if recover() != nil {
+			r = -1
+		}
+	}()
+	return thrower(i) * 2
+}
+
+// block yields, sleeps and waits on a channel mid-call: the goroutine may come back on another thread.
+//
+//go:noinline
+func block(i int, ch chan int) int {
+	runtime.Gosched()
+	time.Sleep(time.Duration(100+i%7*50) * time.Microsecond)
+	ch <- i
+	v := <-ch
+	runtime.Gosched()
+	return v
+}
+
+//go:noinline
+func call(f func(int) int, v int) int { return f(v) }
+
+func tiny(x int) int { return x + 1 } // inlined everywhere
+
+func goid() int {
+	var buf [64]byte
+	n := runtime.Stack(buf[:], false)
+	f := strings.Fields(string(buf[:n]))
+	id, _ := strconv.Atoi(f[1])
+	return id
+}
+
+type times struct {
+	mu  sync.Mutex
+	per map[int][2]int64
+}
+
+func main() {
+	workers, _ := strconv.Atoi(os.Args[1])
+	rounds, _ := strconv.Atoi(os.Args[2])
+	fmt.Println("ready")
+	bufio.NewReader(os.Stdin).ReadString('\n')
+
+	tm := &times{per: map[int][2]int64{}}
+	var wg sync.WaitGroup
+	results := make([]int, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			id := goid()
+			c := &Counter{}
+			ch := make(chan int, 1)
+			total, sum := int64(0), 0
+			apply := func(v int) int { return add(v, w) } // a closure, called through call()
+			for r := 0; r < rounds; r++ {
+				start := time.Now()
+				sum += block(r, ch)
+				total += int64(time.Since(start))
+				sum += c.Inc(1) + Point{r, w}.Sum() + call(apply, r) + fib(r%8) + guarded(r) + tiny(r)
+				if label("abc", r%4) {
+					sum++
+				}
+			}
+			tm.mu.Lock()
+			tm.per[id] = [2]int64{total, int64(rounds)}
+			tm.mu.Unlock()
+			results[w] = sum
+		}(w)
+	}
+	wg.Wait()
+	all := 0
+	for _, s := range results {
+		all += s
+	}
+	fmt.Printf("workers %d rounds %d sum %d\n", workers, rounds, all)
+	if path := os.Getenv("FUNCS_TIMES"); path != "" {
+		ids := make([]int, 0, len(tm.per))
+		for id := range tm.per {
+			ids = append(ids, id)
+		}
+		sort.Ints(ids)
+		var b strings.Builder
+		for _, id := range ids {
+			fmt.Fprintf(&b, "%d %d %d\n", id, tm.per[id][0], tm.per[id][1])
+		}
+		os.WriteFile(path, []byte(b.String()), 0o644)
+	}
+}
