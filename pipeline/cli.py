@@ -58,6 +58,22 @@ def build_parser():
     _target_arguments(p)
     p.set_defaults(func=_trace)
 
+    p = sub.add_parser(
+        "funcs", help="count or time calls of Go functions per goroutine (like bcc funccount/funclatency)",
+        usage="gotel funcs {count,latency} PATTERN [-e PATTERN ...] [-i S] [--duration S] "
+              "(--pid PID ... | --binary PATH | -- COMMAND ARGS...)")
+    p.add_argument("mode", choices=("count", "latency"))
+    p.add_argument("pattern", metavar="PATTERN",
+                   help="glob over Go function names, e.g. 'main.(*Server).handle*' or 'net/http.*'")
+    p.add_argument("-e", "--pattern", dest="more", action="append", default=[], metavar="PATTERN",
+                   help="another pattern")
+    p.add_argument("-i", "--interval", type=float, metavar="S", help="print and reset every S seconds")
+    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--max-functions", type=int, default=1000, metavar="N",
+                   help="refuse patterns matching more functions than this (default 1000)")
+    _target_arguments(p)
+    p.set_defaults(func=_funcs)
+
     p = sub.add_parser("demo", help="build a bundled Go HTTP server, trace it, print a summary")
     p.add_argument("--out", metavar="DIR", default="./gotel-out")
     p.add_argument("--duration", type=float, default=None, metavar="S",
@@ -202,6 +218,18 @@ def _trace(args):
     settings = parse_targets(args.pid, args.binary, args.argv)
     cfg = config.load(args.config, overrides={"GOTEL_OUT": args.out}, receiver_settings=settings)
     run_service(cfg, args.duration)
+    return 0
+
+
+def _funcs(args):
+    from pipeline import functrace
+
+    settings = parse_targets(args.pid, args.binary, args.argv)
+    with Stopper() as stop:
+        functrace.run(args.mode, [args.pattern, *args.more], pids=settings.get("pids", ()),
+                      paths=settings.get("paths", ()), command=settings.get("command"),
+                      interval=args.interval, duration=args.duration, limit=args.max_functions,
+                      stop=stop.event)
     return 0
 
 

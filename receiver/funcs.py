@@ -221,47 +221,41 @@ def _no_match(binary, pattern):
         if not binary.has_dwarf else msg
 
 
-def inlined_into(binary, name, max_units=400):
-    """Names of the functions DWARF records ``name`` as inlined into (empty without DWARF)."""
+def inlined_into(binary, name, limit=20):
+    """Names of the functions DWARF records ``name`` as inlined into (empty without DWARF).
+
+    Go writes the abstract copy of an inlined function into the unit of each caller, so every unit
+    is read: seconds on a large binary, paid only on this refusal path."""
     if not binary.has_dwarf:
         return []
     try:
         dwarf = binary.image.elffile().get_dwarf_info()
-    except Exception:
+        want = name.encode()
+        abstract, sites = set(), []
+        for cu in dwarf.iter_CUs():
+            stack = []
+            for die in cu.iter_DIEs():
+                if die.is_null():
+                    continue
+                if die.tag == "DW_TAG_subprogram":
+                    n = die.attributes.get("DW_AT_name")
+                    if n is not None and n.value == want and "DW_AT_inline" in die.attributes:
+                        abstract.add(die.offset)
+                    elif n is not None:
+                        stack = [n.value.decode(errors="replace")]
+                elif die.tag == "DW_TAG_inlined_subroutine" and stack:
+                    origin = die.attributes.get("DW_AT_abstract_origin")
+                    if origin is not None:
+                        off = origin.value if origin.form == "DW_FORM_ref_addr" else origin.value + cu.cu_offset
+                        sites.append((off, stack[0]))
+    except Exception:   # noqa: BLE001  (damaged DWARF only loses the hint)
         return []
-    package = name.rsplit(".", 1)[0].split("(")[0].rstrip(".")
     found = []
-    for n, cu in enumerate(dwarf.iter_CUs()):
-        if n > max_units:
-            break
-        top = cu.get_top_DIE()
-        cu_name = top.attributes.get("DW_AT_name")
-        if cu_name is None or cu_name.value.decode(errors="replace") != package:
-            continue
-        abstract = set()
-        for die in cu.iter_DIEs():
-            if die.tag == "DW_TAG_subprogram" and "DW_AT_inline" in die.attributes:
-                dn = die.attributes.get("DW_AT_name")
-                if dn is not None and dn.value.decode(errors="replace") == name:
-                    abstract.add(die.offset)
-        if not abstract:
-            continue
-        for caller in dwarf.iter_CUs():
-            for die in caller.iter_DIEs():
-                if die.tag != "DW_TAG_inlined_subroutine":
-                    continue
-                origin = die.attributes.get("DW_AT_abstract_origin")
-                if origin is None or origin.value + (0 if origin.form == "DW_FORM_ref_addr" else caller.cu_offset) \
-                        not in abstract:
-                    continue
-                parent = die.get_parent()
-                while parent is not None and parent.tag != "DW_TAG_subprogram":
-                    parent = parent.get_parent()
-                if parent is not None and "DW_AT_name" in parent.attributes:
-                    pname = parent.attributes["DW_AT_name"].value.decode(errors="replace")
-                    if pname not in found:
-                        found.append(pname)
-        break
+    for off, caller in sites:
+        if off in abstract and caller not in found:
+            found.append(caller)
+            if len(found) >= limit:
+                break
     return found
 
 
@@ -389,6 +383,8 @@ class FuncProbes:
         self.attach_seconds += time.monotonic() - started
 
     def counters(self):
+        if self.bpf is None:
+            return dict(self._final)
         return {name: int(sum(self._counters[self._counters.Key(i)])) for i, name in enumerate(COUNTERS)}
 
     def close(self, threads=8):
@@ -398,6 +394,7 @@ class FuncProbes:
             return
         from bcc import lib
 
+        self._final = self.counters()
         started = time.monotonic()
         fds = self._fds
         self._fds = []

@@ -74,7 +74,16 @@ func block(i int, ch chan int) int {
 //go:noinline
 func call(f func(int) int, v int) int { return f(v) }
 
-func tiny(x int) int { return x + 1 } // inlined everywhere
+func tiny(x int) int { return x + 1 } // inlined everywhere, no code left of its own
+
+// sumsq is inlined everywhere, with code of its own inside its callers.
+func sumsq(s []int) int {
+	t := 0
+	for _, v := range s {
+		t += v * v
+	}
+	return t
+}
 
 func goid() int {
 	var buf [64]byte
@@ -111,7 +120,7 @@ func main() {
 				start := time.Now()
 				sum += block(r, ch)
 				total += int64(time.Since(start))
-				sum += c.Inc(1) + Point{r, w}.Sum() + call(apply, r) + fib(r%8) + guarded(r) + tiny(r)
+				sum += c.Inc(1) + Point{r, w}.Sum() + call(apply, r) + fib(r%8) + guarded(r) + tiny(r) + sumsq([]int{r, w})
 				if label("abc", r%4) {
 					sum++
 				}
