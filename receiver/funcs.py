@@ -77,10 +77,10 @@ class Pattern:
     @classmethod
     def parse(cls, text):
         text = text.strip()
-        m = re.fullmatch(r"(.+?)\((.*)\)", text)
         # A method pattern like main.(*T).M has parentheses inside the name: only a trailing group
-        # after the last '.'-separated name part is an argument list.
-        if m and not m.group(1).endswith("."):
+        # that follows a name character (not a '.') is an argument list.
+        m = re.fullmatch(r"(.+[^.])\(([^()]*)\)", text)
+        if m:
             name, args = m.group(1), m.group(2)
             types = tuple(t.strip() for t in args.split(",") if t.strip())
             bad = [t for t in types if t not in ARG_TYPES]

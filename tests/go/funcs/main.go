@@ -1,8 +1,8 @@
 // funcs: a program that counts its own calls and times them per goroutine, for gotel's function
 // probes to be checked against. Usage: funcs WORKERS ROUNDS; prints "ready", waits for a line on
-// stdin, runs, prints deterministic results on stdout. With FUNCS_TIMES=path it writes, per goroutine
-// id, how long each call of main.block took as the goroutine itself measured it (ns, one line each:
-// "goid total_ns calls").
+// stdin, runs, prints deterministic results on stdout. With FUNCS_TIMES=path it writes each call of
+// main.block as the calling goroutine itself saw it: "goid start end", CLOCK_MONOTONIC ns read just
+// before the call and just after it returned (the clock BPF's bpf_ktime_get_ns reads).
 package main
 
 import (
@@ -14,8 +14,16 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+	"unsafe"
 )
+
+func monotonic() int64 {
+	var ts syscall.Timespec
+	syscall.Syscall(syscall.SYS_CLOCK_GETTIME, 1 /* CLOCK_MONOTONIC */, uintptr(unsafe.Pointer(&ts)), 0)
+	return ts.Nano()
+}
 
 type Counter struct{ n int }
 
@@ -94,8 +102,8 @@ func goid() int {
 }
 
 type times struct {
-	mu  sync.Mutex
-	per map[int][2]int64
+	mu    sync.Mutex
+	lines []string
 }
 
 func main() {
@@ -104,7 +112,7 @@ func main() {
 	fmt.Println("ready")
 	bufio.NewReader(os.Stdin).ReadString('\n')
 
-	tm := &times{per: map[int][2]int64{}}
+	tm := &times{}
 	var wg sync.WaitGroup
 	results := make([]int, workers)
 	for w := 0; w < workers; w++ {
@@ -114,19 +122,22 @@ func main() {
 			id := goid()
 			c := &Counter{}
 			ch := make(chan int, 1)
-			total, sum := int64(0), 0
+			sum := 0
+			var spans [][2]int64
 			apply := func(v int) int { return add(v, w) } // a closure, called through call()
 			for r := 0; r < rounds; r++ {
-				start := time.Now()
+				start := monotonic()
 				sum += block(r, ch)
-				total += int64(time.Since(start))
+				spans = append(spans, [2]int64{start, monotonic()})
 				sum += c.Inc(1) + Point{r, w}.Sum() + call(apply, r) + fib(r%8) + guarded(r) + tiny(r) + sumsq([]int{r, w})
 				if label("abc", r%4) {
 					sum++
 				}
 			}
 			tm.mu.Lock()
-			tm.per[id] = [2]int64{total, int64(rounds)}
+			for _, sp := range spans {
+				tm.lines = append(tm.lines, fmt.Sprintf("%d %d %d\n", id, sp[0], sp[1]))
+			}
 			tm.mu.Unlock()
 			results[w] = sum
 		}(w)
@@ -138,15 +149,7 @@ func main() {
 	}
 	fmt.Printf("workers %d rounds %d sum %d\n", workers, rounds, all)
 	if path := os.Getenv("FUNCS_TIMES"); path != "" {
-		ids := make([]int, 0, len(tm.per))
-		for id := range tm.per {
-			ids = append(ids, id)
-		}
-		sort.Ints(ids)
-		var b strings.Builder
-		for _, id := range ids {
-			fmt.Fprintf(&b, "%d %d %d\n", id, tm.per[id][0], tm.per[id][1])
-		}
-		os.WriteFile(path, []byte(b.String()), 0o644)
+		sort.Strings(tm.lines)
+		os.WriteFile(path, []byte(strings.Join(tm.lines, "")), 0o644)
 	}
 }
