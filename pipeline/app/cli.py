@@ -234,7 +234,7 @@ def _funcs(args):
 
 
 def _demo(args):
-    from pipeline import demo
+    from pipeline.app import demo
 
     return demo.run(out_dir=args.out, duration=args.duration)
 
