@@ -66,7 +66,8 @@ def receiver_config_class():
     extra = [("resource", dict[str, str], dataclasses.field(default_factory=dict)),
              ("collection_interval", float, dataclasses.field(default=10.0,
                                                               metadata={"duration": "s"}))]
-    for key, module in (("spans", "pipeline.decoder"), ("metrics", "pipeline.metrics")):
+    for key, module in (("spans", "pipeline.decoder"), ("metrics", "pipeline.metrics"),
+                        ("functions", "pipeline.funcspans")):
         cls = importlib.import_module(module).Config
         extra.append((key, cls, dataclasses.field(default_factory=cls)))
     return dataclasses.make_dataclass("ReceiverConfig", extra, bases=(receiver_mod.Config,),
@@ -77,7 +78,7 @@ def receiver_part(config):
     """The receiver.receiver.Config inside a ReceiverConfig."""
     from receiver import receiver as receiver_mod
 
-    names = {f.name for f in dataclasses.fields(receiver_mod.Config)}
+    names = {f.name for f in dataclasses.fields(receiver_mod.Config)} - {"functions"}
     return receiver_mod.Config(**{k: v for k, v in dataclasses.asdict(config).items() if k in names
                                   and not dataclasses.is_dataclass(getattr(config, k))})
 
@@ -298,7 +299,13 @@ class Service:
         spans_head = chains[0] if len(chains) == 1 else Fork(chains) if chains else Discard()
         self.tap.next = spans_head
         self.metrics = self._make_metrics(rc)
-        self.decoder = self._make_decoder(rc, self.tap, self.metrics)
+        self.functions = None         # pipeline.funcspans.FunctionSpanSource, made at start()
+        after_decoder = self.tap
+        if rc.functions.patterns:
+            from pipeline import funcspans
+
+            after_decoder = funcspans.ExitWatch(self.tap, self)
+        self.decoder = self._make_decoder(rc, after_decoder, self.metrics)
         self.head = Locked(self.decoder, self.lock, rest=self.tap)
 
     def _trace_chain(self, pipeline):
@@ -385,11 +392,24 @@ class Service:
         from receiver.receiver import GoroutineReceiver
 
         self.start_exporters()
+        if self.receiver_config.functions.patterns:
+            from pipeline import funcspans
+
+            # Attached before the receiver launches a command, so its first calls are seen.
+            try:
+                self.functions = funcspans.FunctionSpanSource(
+                    self.receiver_config.functions, receiver_part(self.receiver_config), self.registry,
+                    self.lock, self.tap, self.decoder).start()
+            except BaseException:
+                self._shutdown_exporters(2.0)
+                raise
         self.receiver = GoroutineReceiver(receiver_part(self.receiver_config), self.head,
                                           self.registry)
         try:
             self.receiver.start()
         except BaseException:
+            if self.functions is not None:
+                self.functions.shutdown()
             self._shutdown_exporters(2.0)
             raise
         self._next_collection = time.monotonic() + self.collection_interval
@@ -450,7 +470,25 @@ class Service:
                 self.exporters[eid].export(payload)
 
     def _runtime_metrics_request(self):
-        return self.metrics.to_request(self.resources.resource_for, names=self)
+        request = self.metrics.to_request(self.resources.resource_for, names=self)
+        if self.functions is not None:
+            per_pid = self.functions.metrics(self.start_ns, time.time_ns())
+            from pipeline import funcspans
+
+            funcspans.add_to_request(request, per_pid, self.resources.resource_for)
+        return request
+
+    def recent_exit(self, spans):
+        if self.functions is not None:
+            self.functions.recent.add(spans)
+
+    def goroutines_exited(self, pid, goid, end_ns):
+        """Function spans of calls still open in exited goroutines (funcspans.ExitWatch)."""
+        if self.functions is None:
+            from pipeline.spans import empty_spans
+
+            return empty_spans()
+        return self.functions.goroutines_exited(pid, goid, end_ns)
 
     # the names resolver GoRuntimeMetrics asks at export
     def function(self, pid, pc):
@@ -470,6 +508,9 @@ class Service:
         if self._ticker is not None:
             self._ticker.join(1.0)
         left = lambda share=1.0: max(0.0, (deadline - time.monotonic()) * share)  # noqa: E731
+        if self.functions is not None:
+            # Before the receiver flushes the stages: the last calls go out with the rest.
+            self.functions.shutdown()
         if self.receiver is not None:
             self.receiver.shutdown(left(0.4))
         else:

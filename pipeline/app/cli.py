@@ -55,6 +55,9 @@ def build_parser():
     p.add_argument("--out", metavar="DIR", default="./gotel-out",
                    help="where the default file exporters write (default: ./gotel-out)")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--func", dest="functions", action="append", default=[], metavar="PATTERN",
+                   help="also make each call of the Go functions PATTERN matches a span inside its "
+                        "goroutine (glob, repeatable; receivers::goroutines::functions::patterns)")
     _target_arguments(p)
     p.set_defaults(func=_trace)
 
@@ -216,6 +219,8 @@ def _trace(args):
     from pipeline import config
 
     settings = parse_targets(args.pid, args.binary, args.argv)
+    if args.functions:
+        settings["functions"] = {"patterns": list(args.functions)}
     cfg = config.load(args.config, overrides={"GOTEL_OUT": args.out}, receiver_settings=settings)
     run_service(cfg, args.duration)
     return 0

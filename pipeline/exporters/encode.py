@@ -334,6 +334,7 @@ _FLAG_ATTRIBUTES = (
     (SpanFlag.CONTINUED, "gotel.goroutine.continued"),
     (SpanFlag.ANOMALY, "gotel.sampler.anomaly"),
     (SpanFlag.SPLIT, "gotel.trace.split"),
+    (SpanFlag.UNWOUND, "gotel.function.unwound"),
 )
 
 

@@ -1,0 +1,328 @@
+"""Function spans inside ``gotel trace``: each probed call a span in its goroutine's trace.
+
+``receivers::goroutines::functions`` in the YAML (``gotel trace --func PATTERN``) names the
+functions. ``FunctionSpanSource`` attaches ``receiver.funcs`` probes to the receiver's targets
+*before* the goroutine receiver starts (to the binary's file for every process, filtered to the
+traced PIDs, so that a launched command is covered from its first instruction), reads their ring
+buffer on its own thread, and hands the calls, as span rows of kind FUNCTION, to the same stage the
+goroutine decoder feeds, under the service's lock.
+
+Parents: the enclosing probed call on the same goroutine, else the goroutine's current span from
+the decoder's table (so a call shows inside its goroutine), else the root of a trace of its own.
+Function events are processed one read later than they arrive (~2 poll intervals), so that the
+goroutine receiver has decoded the goroutine's creation by then. Calls still open when their
+goroutine exits end with it (the decoder's EXITED goroutine spans are watched by ``ExitWatch``);
+the rest end at shutdown, flagged.
+
+Metrics: ``gotel.function.calls`` (sum) and ``gotel.function.duration`` (histogram, seconds, log2
+bucket bounds) by ``code.function.name``, cumulative since start.
+"""
+
+import dataclasses
+import logging
+import threading
+
+import numpy as np
+
+from pipeline import funcs as pf
+from pipeline.spans import SpanFlag, SpanKind, empty_spans
+from pipeline.stage import Stage
+from receiver import funcs as rf
+from receiver.clock import MonotonicClock
+from receiver.errors import TargetError
+
+log = logging.getLogger("gotel.functions")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """receivers::goroutines::functions."""
+
+    patterns: tuple = ()                 # globs over Go function names; empty: no function probes
+    max_functions: int = rf.DEFAULT_LIMIT
+    poll_interval_s: float = 0.05
+
+    def validate(self, path="receivers::goroutines::functions"):
+        problems = []
+        if self.max_functions <= 0:
+            problems.append(f"{path}::max_functions must be > 0")
+        for p in self.patterns:
+            try:
+                rf.Pattern.parse(p)
+            except rf.FunctionError as e:
+                problems.append(f"{path}::patterns: {e}")
+        if self.poll_interval_s <= 0:
+            problems.append(f"{path}::poll_interval_s must be > 0")
+        return problems
+
+
+def to_span_rows(calls, functions, bias_of):
+    """SPAN_DTYPE rows (kind FUNCTION) for CALL_DTYPE rows; ``start_pc`` is the function's entry in
+    the process (so exporters name the span by it), ``create_pc`` 0."""
+    out = empty_spans(len(calls))
+    for name in ("trace_hi", "trace_lo", "span_id", "parent_span_id", "start_ns", "end_ns", "goid", "pid"):
+        out[name] = calls[name]
+    entries = np.array([f.address for f in functions], np.uint64)
+    out["start_pc"] = entries[calls["function"]]
+    for pid in np.unique(calls["pid"]).tolist():
+        bias = bias_of(pid)
+        if bias:
+            sel = out["pid"] == pid
+            out["start_pc"][sel] += np.uint64(bias)
+    out["kind"] = int(SpanKind.FUNCTION)
+    flags = np.zeros(len(calls), np.uint16)
+    flags[(calls["flags"] & pf.UNWOUND) != 0] |= int(SpanFlag.UNWOUND)
+    flags[(calls["flags"] & pf.ENDED_AT_SHUTDOWN) != 0] |= int(SpanFlag.ENDED_AT_SHUTDOWN)
+    flags[(calls["flags"] & pf.ENDED_AT_EXIT) != 0] |= int(SpanFlag.UNWOUND)
+    flags[calls["parent_span_id"] == 0] |= int(SpanFlag.PARENT_UNSEEN)
+    out["flags"] = flags
+    out["born_ns"] = calls["start_ns"]
+    return out
+
+
+class RecentExits:
+    """The last ``capacity`` goroutines the decoder saw exit: (pid, goid) -> their span and exit time.
+
+    Function events are processed a little later than goroutine events, so a short-lived
+    goroutine has often left the decoder's table by the time its calls are matched; its span is
+    still found here. A ring of numpy columns, looked up with one sort per batch."""
+
+    def __init__(self, capacity=1 << 16):
+        self.capacity = capacity
+        self.key = np.zeros(capacity, np.uint64)
+        self.cols = {c: np.zeros(capacity, np.uint64) for c in ("hi", "lo", "span", "end")}
+        self.n = 0
+
+    @staticmethod
+    def keys(pid, goid):
+        return (np.asarray(pid, np.uint64) << np.uint64(40)) ^ np.asarray(goid, np.uint64)
+
+    def add(self, spans):
+        k = len(spans)
+        if not k:
+            return
+        spans = spans[-self.capacity:]
+        at = (self.n + np.arange(len(spans))) % self.capacity
+        self.key[at] = self.keys(spans["pid"], spans["goid"])
+        for c, src in (("hi", "trace_hi"), ("lo", "trace_lo"), ("span", "span_id"), ("end", "end_ns")):
+            self.cols[c][at] = spans[src]
+        self.n += len(spans)
+
+    def find(self, pid, goid):
+        """Index into the ring of each (pid, goid), -1 where absent (the latest entry wins)."""
+        live = min(self.n, self.capacity)
+        want = self.keys(pid, goid)
+        if not live or not len(want):
+            return np.full(len(want), -1, np.int64)
+        order = np.argsort(self.key[:live], kind="stable")
+        sk = self.key[:live][order]
+        pos = np.searchsorted(sk, want, side="right") - 1
+        ok = (pos >= 0) & (sk[np.clip(pos, 0, None)] == want)
+        return np.where(ok, order[np.clip(pos, 0, None)], -1)
+
+
+def goroutine_span_lookup(decoder, recent=None):
+    """(pid, goid) arrays -> (trace_hi, trace_lo, span_id) of the goroutine's current span in the
+    decoder's table, or of its last span if it exited recently (zeros where the goroutine is not
+    known). Call under the service lock."""
+
+    def lookup(pid, goid):
+        g = decoder.goroutines
+        rows = g.lookup(np.asarray(pid, np.uint32), np.asarray(goid, np.uint64))
+        known = rows >= 0
+        hi = np.zeros(len(rows), np.uint64)
+        lo = np.zeros(len(rows), np.uint64)
+        span = np.zeros(len(rows), np.uint64)
+        if known.any():
+            r = rows[known]
+            tr = g["trace"][r]
+            hi[known], lo[known] = decoder.traces["hi"][tr], decoder.traces["lo"][tr]
+            span[known] = g["span_id"][r]
+        if recent is not None and not known.all():
+            miss = np.flatnonzero(~known)
+            at = recent.find(np.asarray(pid)[miss], np.asarray(goid)[miss])
+            ok = at >= 0
+            hit, at = miss[ok], at[ok]
+            hi[hit], lo[hit] = recent.cols["hi"][at], recent.cols["lo"][at]
+            span[hit] = recent.cols["span"][at]
+        return hi, lo, span
+
+    return lookup
+
+
+class ExitWatch(Stage):
+    """Passes the decoder's spans on; ends the open calls of goroutines whose exit they show."""
+
+    def __init__(self, next_stage, source):
+        super().__init__(next_stage)
+        self.source = source
+
+    def process(self, spans):
+        done = (spans["kind"] == int(SpanKind.GOROUTINE)) & ((spans["flags"] & int(SpanFlag.EXITED)) != 0)
+        if done.any():
+            self.source.recent_exit(spans[done])
+            ended = self.source.goroutines_exited(spans["pid"][done], spans["goid"][done], spans["end_ns"][done])
+            if len(ended):
+                return np.concatenate([spans, ended])
+        return spans
+
+
+class FunctionSpanSource:
+    """Function probes for ``gotel trace``: see the module docstring. Threads: its own poller;
+    everything that touches the matcher or the next stage runs under ``lock``."""
+
+    def __init__(self, config, receiver_config, registry, lock, next_stage, decoder=None):
+        self.config = config
+        self.registry = registry
+        self.lock = lock
+        self.next = next_stage
+        self.clock = MonotonicClock()
+        self._stop = threading.Event()
+        self._thread = None
+        self._held = None
+        pids, paths = list(receiver_config.pids), list(receiver_config.paths)
+        if receiver_config.command:
+            import shutil
+            import os
+
+            program = shutil.which(receiver_config.command[0])
+            if program is None:
+                raise TargetError(f"{receiver_config.command[0]}: command not found")
+            paths.append(os.path.realpath(program))
+        self.filter_pids = not pids
+        self.tracer = pf_tracer(config, pids, paths)
+        self.matcher = self.tracer.matcher
+        self.recent = RecentExits()
+        if decoder is not None:
+            self.matcher.goroutine_span = goroutine_span_lookup(decoder, self.recent)
+        self.stats = {}   # pid -> FunctionStats (metrics are per process: each has its Resource)
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="gotel-functions", daemon=True)
+        self._thread.start()
+        return self
+
+    def _bias(self, pid):
+        proc = self.registry.get(int(pid))
+        return proc.pc_bias() if proc is not None else 0
+
+    def _process(self, events):
+        if self.filter_pids and len(events):
+            known = np.array([p in self.registry for p in np.unique(events["pid"]).tolist()])
+            pids = np.unique(events["pid"])
+            events = events[np.isin(events["pid"], pids[known])]
+        if not len(events):
+            return
+        index = self.tracer._function_index(events)
+        self.clock.to_unix(events["ts_ns"])
+        with self.lock:
+            calls = self.matcher.process(events, index)
+            self._emit(calls)
+            # Calls still open in goroutines that exited before these events were processed.
+            if len(self.matcher.open):
+                o = self.matcher.open
+                at = self.recent.find(o["pid"], o["goid"])
+                ok = at >= 0
+                if ok.any():
+                    ended = self.matcher.goroutines_exited(o["pid"][ok], o["goid"][ok], self.recent.cols["end"][at[ok]])
+                    self._emit(ended)
+
+    def _count(self, calls):
+        for pid in np.unique(calls["pid"]).tolist():
+            st = self.stats.get(pid)
+            if st is None:
+                st = self.stats[pid] = pf.FunctionStats(self.tracer.names)
+            st.add(calls[calls["pid"] == pid])
+
+    def _emit(self, calls):
+        if not len(calls):
+            return
+        self._count(calls)
+        self.next.consume(to_span_rows(calls, self.tracer.functions, self._bias))
+
+    def goroutines_exited(self, pid, goid, end_ns):
+        """Span rows for the calls still open in goroutines that exited (called under the lock)."""
+        calls = self.matcher.goroutines_exited(pid, goid, end_ns)
+        if not len(calls):
+            return empty_spans()
+        self._count(calls)
+        return to_span_rows(calls, self.tracer.functions, self._bias)
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                fresh = self.tracer.reader.poll(self.config.poll_interval_s)
+                held, self._held = self._held, fresh.copy() if len(fresh) else None
+                if held is not None:
+                    self._process(held)
+        except Exception:  # noqa: BLE001
+            log.exception("function probe poller stopped by an unexpected error")
+
+    def shutdown(self):
+        """Stop the poller, process what is left, end open calls, remove the probes."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        rest = [b for b in (self._held, self.tracer.reader.read()) if b is not None and len(b)]
+        self._held = None
+        for batch in rest:
+            self._process(batch.copy())
+        with self.lock:
+            calls = self.matcher.flush()
+            self._emit(calls)
+        self.tracer.reader.close()
+        self.tracer.probes.close()
+
+    # metrics
+    def metrics(self, start_ns, now_ns):
+        """{pid: [Metric]}: ``gotel.function.calls`` and ``gotel.function.duration`` by
+        ``code.function.name``, cumulative since start (call under the lock)."""
+        from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+        from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
+
+        # FunctionStats bucket b holds durations in [2**(b-1), 2**b - 1] ns (bucket 0: 0 ns).
+        bounds = [((1 << b) - 1) / 1e9 for b in range(pf.HIST_BUCKETS - 1)]
+        out = {}
+        for pid, st in self.stats.items():
+            calls = pb.Metric(name="gotel.function.calls", unit="{call}",
+                              description="Calls of probed Go functions")
+            calls.sum.aggregation_temporality = pb.AGGREGATION_TEMPORALITY_CUMULATIVE
+            calls.sum.is_monotonic = True
+            dur = pb.Metric(name="gotel.function.duration", unit="s",
+                            description="Duration of returned calls of probed Go functions, entry to RET")
+            dur.histogram.aggregation_temporality = pb.AGGREGATION_TEMPORALITY_CUMULATIVE
+            for i in np.flatnonzero(st.calls).tolist():
+                attrs = [KeyValue(key="code.function.name", value=AnyValue(string_value=st.names[i]))]
+                calls.sum.data_points.add(attributes=attrs, as_int=int(st.calls[i]),
+                                          start_time_unix_nano=start_ns, time_unix_nano=now_ns)
+                h = st.hist[i]
+                dur.histogram.data_points.add(
+                    attributes=attrs, count=int(h.sum()), sum=float(st.total_ns[i]) / 1e9,
+                    bucket_counts=h.tolist(), explicit_bounds=bounds,
+                    start_time_unix_nano=start_ns, time_unix_nano=now_ns)
+            out[pid] = [calls, dur]
+        return out
+
+
+def pf_tracer(config, pids, paths):
+    from pipeline.functrace import FunctionTracer
+
+    return FunctionTracer(list(config.patterns), pids=pids, paths=paths, limit=config.max_functions)
+
+
+def add_to_request(request, per_pid, resource_for):
+    """Append per-process function metrics to an ExportMetricsServiceRequest (a ResourceMetrics per
+    pid: the one already there for that process, else a new one)."""
+    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+
+    by_resource = {rm.resource.SerializeToString(): rm for rm in request.resource_metrics}
+    for pid, metrics in per_pid.items():
+        resource = resource_for(pid)
+        rm = by_resource.get(resource.SerializeToString()) if resource is not None else None
+        if rm is None:
+            rm = request.resource_metrics.add()
+            if resource is not None:
+                rm.resource.CopyFrom(resource)
+        sm = rm.scope_metrics.add()
+        sm.scope.CopyFrom(InstrumentationScope(name="gotel.functions"))
+        sm.metrics.extend(metrics)
