@@ -67,10 +67,16 @@ class FunctionTracer:
         if self.command is not None:
             self.command.release()
 
-    def _address_map(self, pid):
+    def _address_map(self, pid, ips=None):
         m = self._maps.get(pid)
         if m is None:
-            bias = self.binary.load_bias(pid) if self.binary.pie else 0
+            try:
+                bias = self.binary.load_bias(pid) if self.binary.pie else 0
+            except TargetError:
+                # Gone before its memory map was read (a short-lived PIE): its events say it.
+                bias = funcs.infer_bias(self.functions, ips) if ips is not None else None
+                if bias is None:
+                    raise
             m = self._maps[pid] = funcs.AddressMap(self.functions, bias)
         return m
 
@@ -81,7 +87,7 @@ class FunctionTracer:
         for pid in np.unique(events["pid"]).tolist():
             sel = events["pid"] == pid
             try:
-                out[sel] = self._address_map(pid).lookup(events["ip"][sel])
+                out[sel] = self._address_map(pid, events["ip"][sel]).lookup(events["ip"][sel])
             except TargetError:
                 pass   # the process is gone before its load address was read: counted as unmapped
         return out

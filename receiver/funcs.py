@@ -295,6 +295,28 @@ class AddressMap:
         return out
 
 
+def infer_bias(functions, ips, page=4096):
+    """A PIE's load bias from the addresses its probes fired at, or None when they do not settle it.
+
+    Every ip is some probe address plus the bias, and the bias is page-aligned: of the candidates
+    ``ips[0] - address`` that are, the one under which every ip is a probe address wins; more than
+    one winner (or none) is no answer."""
+    ips = np.unique(np.asarray(ips, np.uint64))
+    if not len(ips):
+        return None
+    addrs = np.array(sorted({f.probe_address for f in functions} |
+                            {r for f in functions for r in f.ret_addresses}), np.uint64)
+    candidates = ips[0] - addrs[addrs <= ips[0]]
+    candidates = candidates[candidates % np.uint64(page) == 0]
+    winners = []
+    for bias in candidates.tolist():
+        probe = ips - np.uint64(bias)
+        pos = np.clip(np.searchsorted(addrs, probe), 0, len(addrs) - 1)
+        if (addrs[pos] == probe).all():
+            winners.append(bias)
+    return winners[0] if len(winners) == 1 else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Tunables of bpf/funcs.c."""

@@ -74,7 +74,12 @@ def build_parser():
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("--max-functions", type=int, default=1000, metavar="N",
                    help="refuse patterns matching more functions than this (default 1000)")
-    _target_arguments(p)
+    p.add_argument("--pid", nargs="+", action="extend", default=[], metavar="PID",
+                   help="running processes to trace")
+    p.add_argument("--binary", action="append", default=[], metavar="PATH",
+                   help="trace every process running this Go binary, now and later")
+    # Options may follow PATTERN: the command, everything after "--", is split off in main().
+    p.set_defaults(argv=[])
     p.set_defaults(func=_funcs)
 
     p = sub.add_parser("demo", help="build a bundled Go HTTP server, trace it, print a summary")
@@ -245,7 +250,14 @@ def _demo(args):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if "funcs" in argv and "--" in argv and argv.index("funcs") < argv.index("--"):
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    if command is not None:
+        args.argv = command
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="gotel: %(message)s", stream=sys.stderr)
     try:
