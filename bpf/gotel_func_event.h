@@ -1,6 +1,6 @@
 /* The record of bpf/funcs.c: one entry into, or one return from, a probed Go function.
  *
- * Mirrored, field for field, by receiver/funcs.py (FUNC_EVENT_DTYPE); tests/receiver/test_funcs.py
+ * Mirrored, field for field, by receiver/funcs.py (FUNC_EVENT_DTYPE); tests/receiver/test_func_probes.py
  * compiles this header and proves sizes and offsets agree. Fixed size, naturally aligned,
  * little-endian (amd64), so a run of ring-buffer records is one numpy array.
  */
