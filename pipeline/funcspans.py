@@ -40,6 +40,8 @@ class Config:
 
     patterns: tuple = ()                 # globs over Go function names; empty: no function probes
     max_functions: int = rf.DEFAULT_LIMIT
+    arguments: bool = False              # record arguments and results as span attributes
+    max_held_arguments: int = 65536      # spans whose attributes wait for the encoder, at most
     poll_interval_s: float = 0.05
 
     def validate(self, path="receivers::goroutines::functions"):
@@ -191,6 +193,15 @@ class FunctionSpanSource:
             paths.append(os.path.realpath(program))
         self.filter_pids = not pids
         self.tracer = pf_tracer(config, pids, paths)
+        self.values = None
+        self.held = {}            # span_id -> serialized argument attributes, until encoded
+        self.dropped_arguments = 0
+        if config.arguments:
+            from receiver import funcargs
+
+            self.values = [funcargs.from_types(f.types) if f.types is not None
+                           else funcargs.from_dwarf(self.tracer.binary, f) or []
+                           for f in self.tracer.functions]
         self.matcher = self.tracer.matcher
         self.recent = RecentExits()
         if decoder is not None:
@@ -234,10 +245,35 @@ class FunctionSpanSource:
                 st = self.stats[pid] = pf.FunctionStats(self.tracer.names)
             st.add(calls[calls["pid"] == pid])
 
+    def _hold_arguments(self, calls):
+        """Serialize the arguments/results of calls (opt-in: one small dict per call)."""
+        from pipeline.exporters.encode import attribute
+        from receiver import funcargs
+
+        # Spans a sampler or filter drops are never encoded: the oldest held attributes give way.
+        over = len(self.held) + len(calls) - self.config.max_held_arguments
+        for _ in range(max(0, over)):
+            if not self.held:
+                break
+            del self.held[next(iter(self.held))]
+            self.dropped_arguments += 1
+        returned = (calls["flags"] & (pf.UNWOUND | pf.ENDED_AT_EXIT | pf.ENDED_AT_SHUTDOWN)) == 0
+        for c, ret in zip(calls, returned.tolist()):
+            values = self.values[int(c["function"])]
+            if values:
+                kv = funcargs.decode(values, c["args"], c["results"] if ret else None)
+                self.held[int(c["span_id"])] = b"".join(attribute(k, v) for k, v in kv.items())
+
+    def take_arguments(self, span_id):
+        """The argument attributes of a FUNCTION span, once (the encoder's extra_attributes)."""
+        return self.held.pop(span_id, b"")
+
     def _emit(self, calls):
         if not len(calls):
             return
         self._count(calls)
+        if self.values is not None:
+            self._hold_arguments(calls)
         self.next.consume(to_span_rows(calls, self.tracer.functions, self._bias))
 
     def goroutines_exited(self, pid, goid, end_ns):
@@ -307,7 +343,8 @@ class FunctionSpanSource:
 def pf_tracer(config, pids, paths):
     from pipeline.functrace import FunctionTracer
 
-    return FunctionTracer(list(config.patterns), pids=pids, paths=paths, limit=config.max_functions)
+    return FunctionTracer(list(config.patterns), pids=pids, paths=paths, limit=config.max_functions,
+                          config=rf.Config(capture_registers=config.arguments))
 
 
 def add_to_request(request, per_pid, resource_for):

@@ -400,6 +400,8 @@ class Service:
                 self.functions = funcspans.FunctionSpanSource(
                     self.receiver_config.functions, receiver_part(self.receiver_config), self.registry,
                     self.lock, self.tap, self.decoder).start()
+                if self.receiver_config.functions.arguments:
+                    self.encoder.extra_attributes = self.functions.take_arguments
             except BaseException:
                 self._shutdown_exporters(2.0)
                 raise

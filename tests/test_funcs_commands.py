@@ -95,3 +95,38 @@ def test_trace_func_spans_sit_in_their_goroutine(require_bpf, go_build, tmp_path
             for dp in metrics["gotel.function.duration"]["histogram"]["dataPoints"]}
     assert int(hist["main.block"]["count"]) == W * R
     assert sum(map(int, hist["main.block"]["bucketCounts"])) == W * R
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("stripped", [False, True], ids=["dwarf", "stripped"])
+def test_trace_func_args_are_span_attributes(require_bpf, go_build, tmp_path, stripped):
+    """main.add(v, w) is called by worker w with v = round: named a, b from DWARF (positional from
+    the pattern's types when stripped); main.label("abc", r % 4) returns len("abc") == r % 4."""
+    flags = ("-ldflags=-s -w",) if stripped else ()
+    binary = str(go_build("funcs", "1.24", flags))
+    out = tmp_path / "out"
+    patterns = ["main.add(int, int)", "main.label(string, int)"] if stripped else ["main.add", "main.label"]
+    p = gotel("trace", "--out", str(out), "--func-args", *[x for pat in patterns for x in ("--func", pat)],
+              "--", binary, str(W), str(R))
+    assert p.returncode == 0, p.stderr
+    spans = [s for rs in records(out / "traces.jsonl", "resourceSpans")
+             for ss in rs["scopeSpans"] for s in ss["spans"]]
+
+    def attrs(s):
+        return {a["key"]: next(iter(a["value"].values())) for a in s["attributes"]}
+
+    adds = [attrs(s) for s in spans if s["name"] == "main.add"]
+    assert len(adds) == W * R
+    a, b = ("arg0", "arg1") if stripped else ("a", "b")
+    pairs = sorted((int(x[f"gotel.function.arg.{a}"]), int(x[f"gotel.function.arg.{b}"])) for x in adds)
+    assert pairs == sorted((r, w) for w in range(W) for r in range(R))
+    if not stripped:
+        assert all(int(x["gotel.function.result.~r0"]) == int(x["gotel.function.arg.a"]) + int(x["gotel.function.arg.b"])
+                   for x in adds)
+    labels = [attrs(s) for s in spans if s["name"] == "main.label"]
+    assert len(labels) == W * R
+    s_key = "gotel.function.arg." + ("arg0" if stripped else "s") + ".len"
+    assert all(int(x[s_key]) == 3 for x in labels)
+    if not stripped:
+        assert sorted(bool(x["gotel.function.result.~r0"]) for x in labels) == \
+            sorted(r % 4 == 3 for _ in range(W) for r in range(R))

@@ -58,6 +58,8 @@ def build_parser():
     p.add_argument("--func", dest="functions", action="append", default=[], metavar="PATTERN",
                    help="also make each call of the Go functions PATTERN matches a span inside its "
                         "goroutine (glob, repeatable; receivers::goroutines::functions::patterns)")
+    p.add_argument("--func-args", action="store_true",
+                   help="record the probed functions' arguments and results as span attributes")
     _target_arguments(p)
     p.set_defaults(func=_trace)
 
@@ -225,7 +227,7 @@ def _trace(args):
 
     settings = parse_targets(args.pid, args.binary, args.argv)
     if args.functions:
-        settings["functions"] = {"patterns": list(args.functions)}
+        settings["functions"] = {"patterns": list(args.functions), "arguments": args.func_args}
     cfg = config.load(args.config, overrides={"GOTEL_OUT": args.out}, receiver_settings=settings)
     run_service(cfg, args.duration)
     return 0
