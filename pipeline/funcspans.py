@@ -1,21 +1,27 @@
 """Function spans inside ``gotel trace``: each probed call a span in its goroutine's trace.
 
 ``receivers::goroutines::functions`` in the YAML (``gotel trace --func PATTERN``) names the
-functions. ``FunctionSpanSource`` attaches ``receiver.funcs`` probes to the receiver's targets
-*before* the goroutine receiver starts (to the binary's file for every process, filtered to the
-traced PIDs, so that a launched command is covered from its first instruction), reads their ring
-buffer on its own thread, and hands the calls, as span rows of kind FUNCTION, to the same stage the
-goroutine decoder feeds, under the service's lock.
+functions. ``FunctionCalls`` is a stage of the goroutines receiver, right after the decoder:
+
+    GoroutineReceiver (poller thread) ─▶ ... ─▶ EventDecoder ─▶ FunctionCalls ─▶ next
+                                                 function ring buffer ─┘ (read at each tick)
+
+It attaches ``receiver.funcs`` probes to the receiver's targets *before* the receiver starts (to
+the binary's file for every process, keeping only the traced PIDs' events, so that a launched
+command is covered from its first instruction). At each ``tick()``, on the poller thread, it reads
+the function ring buffer and emits the calls it finished as span rows of kind FUNCTION; goroutine
+spans pass through it unchanged. No lock: one thread drives it, as every stage.
 
 Parents: the enclosing probed call on the same goroutine, else the goroutine's current span from
 the decoder's table (so a call shows inside its goroutine), else the root of a trace of its own.
-Function events are processed one read later than they arrive (~2 poll intervals), so that the
-goroutine receiver has decoded the goroutine's creation by then. Calls still open when their
-goroutine exits end with it (the decoder's EXITED goroutine spans are watched by ``ExitWatch``);
-the rest end at shutdown, flagged.
+Function events are processed one tick after they are read, so that the decoder has seen the
+goroutine's creation by then; a goroutine that has exited since is still found among the recent
+exits this stage saw pass (``RecentExits``). Calls still open when their goroutine exits end with
+it; the rest end at shutdown, flagged.
 
 Metrics: ``gotel.function.calls`` (sum) and ``gotel.function.duration`` (histogram, seconds, log2
-bucket bounds) by ``code.function.name``, cumulative since start.
+bucket bounds) by ``code.function.name``, cumulative since start; ``metrics()`` may be called from
+the service's metrics thread (the counters are copied under a lock).
 """
 
 import dataclasses
@@ -42,7 +48,6 @@ class Config:
     max_functions: int = rf.DEFAULT_LIMIT
     arguments: bool = False              # record arguments and results as span attributes
     max_held_arguments: int = 65536      # spans whose attributes wait for the encoder, at most
-    poll_interval_s: float = 0.05
 
     def validate(self, path="receivers::goroutines::functions"):
         problems = []
@@ -53,8 +58,8 @@ class Config:
                 rf.Pattern.parse(p)
             except rf.FunctionError as e:
                 problems.append(f"{path}::patterns: {e}")
-        if self.poll_interval_s <= 0:
-            problems.append(f"{path}::poll_interval_s must be > 0")
+        if self.max_held_arguments < 0:
+            problems.append(f"{path}::max_held_arguments must be >= 0")
         return problems
 
 
@@ -152,47 +157,31 @@ def goroutine_span_lookup(decoder, recent=None):
     return lookup
 
 
-class ExitWatch(Stage):
-    """Passes the decoder's spans on; ends the open calls of goroutines whose exit they show."""
+class FunctionCalls(Stage):
+    """The stage: see the module docstring. ``attach()`` before the receiver starts."""
 
-    def __init__(self, next_stage, source):
+    def __init__(self, config, targets, processes, next_stage=None):
         super().__init__(next_stage)
-        self.source = source
-
-    def process(self, spans):
-        done = (spans["kind"] == int(SpanKind.GOROUTINE)) & ((spans["flags"] & int(SpanFlag.EXITED)) != 0)
-        if done.any():
-            self.source.recent_exit(spans[done])
-            ended = self.source.goroutines_exited(spans["pid"][done], spans["goid"][done], spans["end_ns"][done])
-            if len(ended):
-                return np.concatenate([spans, ended])
-        return spans
-
-
-class FunctionSpanSource:
-    """Function probes for ``gotel trace``: see the module docstring. Threads: its own poller;
-    everything that touches the matcher or the next stage runs under ``lock``."""
-
-    def __init__(self, config, receiver_config, registry, lock, next_stage, decoder=None):
         self.config = config
-        self.registry = registry
-        self.lock = lock
-        self.next = next_stage
+        self.processes = processes
         self.clock = MonotonicClock()
-        self._stop = threading.Event()
-        self._thread = None
         self._held = None
-        pids, paths = list(receiver_config.pids), list(receiver_config.paths)
-        if receiver_config.command:
-            import shutil
+        self._lock = threading.Lock()      # guards self.stats against the metrics thread
+        self._closed = False
+        pids, paths = list(targets.pids), list(targets.paths)
+        if targets.command:
             import os
+            import shutil
 
-            program = shutil.which(receiver_config.command[0])
+            program = shutil.which(targets.command[0])
             if program is None:
-                raise TargetError(f"{receiver_config.command[0]}: command not found")
+                raise TargetError(f"{targets.command[0]}: command not found")
             paths.append(os.path.realpath(program))
         self.filter_pids = not pids
         self.tracer = pf_tracer(config, pids, paths)
+        self.matcher = self.tracer.matcher
+        self.recent = RecentExits()
+        self.stats = {}   # pid -> FunctionStats (metrics are per process: each has its Resource)
         self.values = None
         self.held = {}            # span_id -> serialized argument attributes, until encoded
         self.dropped_arguments = 0
@@ -202,48 +191,88 @@ class FunctionSpanSource:
             self.values = [funcargs.from_types(f.types) if f.types is not None
                            else funcargs.from_dwarf(self.tracer.binary, f) or []
                            for f in self.tracer.functions]
-        self.matcher = self.tracer.matcher
-        self.recent = RecentExits()
-        if decoder is not None:
-            self.matcher.goroutine_span = goroutine_span_lookup(decoder, self.recent)
-        self.stats = {}   # pid -> FunctionStats (metrics are per process: each has its Resource)
 
-    def start(self):
-        self._thread = threading.Thread(target=self._run, name="gotel-functions", daemon=True)
-        self._thread.start()
-        return self
+    def set_decoder(self, decoder):
+        self.matcher.goroutine_span = goroutine_span_lookup(decoder, self.recent)
 
-    def _bias(self, pid):
-        proc = self.registry.get(int(pid))
-        return proc.pc_bias() if proc is not None else 0
+    # goroutine spans from the decoder
+    def process(self, spans):
+        done = (spans["kind"] == int(SpanKind.GOROUTINE)) & ((spans["flags"] & int(SpanFlag.EXITED)) != 0)
+        if done.any():
+            exited = spans[done]
+            self.recent.add(exited)
+            ended = self.matcher.goroutines_exited(exited["pid"], exited["goid"], exited["end_ns"])
+            if len(ended):
+                return np.concatenate([spans, self._rows(ended)])
+        return spans
 
-    def _process(self, events):
+    # function events
+    def tick(self):
+        if not self._closed:
+            fresh = self.tracer.reader.read()
+            held, self._held = self._held, fresh.copy() if len(fresh) else None
+            if held is not None:
+                self.emit(self._calls(held))
+        super().tick()
+
+    def _calls(self, events):
+        """Span rows of the calls a batch of function events finished."""
         if self.filter_pids and len(events):
-            known = np.array([p in self.registry for p in np.unique(events["pid"]).tolist()])
             pids = np.unique(events["pid"])
+            known = np.array([p in self.processes for p in pids.tolist()], bool)
             events = events[np.isin(events["pid"], pids[known])]
         if not len(events):
-            return
+            return empty_spans()
         index = self.tracer._function_index(events)
         self.clock.to_unix(events["ts_ns"])
-        with self.lock:
-            calls = self.matcher.process(events, index)
-            self._emit(calls)
-            # Calls still open in goroutines that exited before these events were processed.
-            if len(self.matcher.open):
-                o = self.matcher.open
-                at = self.recent.find(o["pid"], o["goid"])
-                ok = at >= 0
-                if ok.any():
-                    ended = self.matcher.goroutines_exited(o["pid"][ok], o["goid"][ok], self.recent.cols["end"][at[ok]])
-                    self._emit(ended)
+        rows = [self._rows(self.matcher.process(events, index))]
+        # Calls still open in goroutines that exited before these events were processed.
+        o = self.matcher.open
+        if len(o):
+            at = self.recent.find(o["pid"], o["goid"])
+            ok = at >= 0
+            if ok.any():
+                rows.append(self._rows(self.matcher.goroutines_exited(
+                    o["pid"][ok], o["goid"][ok], self.recent.cols["end"][at[ok]])))
+        return np.concatenate(rows)
 
-    def _count(self, calls):
-        for pid in np.unique(calls["pid"]).tolist():
-            st = self.stats.get(pid)
-            if st is None:
-                st = self.stats[pid] = pf.FunctionStats(self.tracer.names)
-            st.add(calls[calls["pid"] == pid])
+    def _rows(self, calls):
+        if not len(calls):
+            return empty_spans()
+        with self._lock:
+            for pid in np.unique(calls["pid"]).tolist():
+                st = self.stats.get(pid)
+                if st is None:
+                    st = self.stats[pid] = pf.FunctionStats(self.tracer.names)
+                st.add(calls[calls["pid"] == pid])
+        if self.values is not None:
+            self._hold_arguments(calls)
+        return to_span_rows(calls, self.tracer.functions, self._bias)
+
+    def _bias(self, pid):
+        proc = self.processes.get(int(pid))
+        return proc.pc_bias() if proc is not None else 0
+
+    def flush(self):
+        """At shutdown (after the decoder's last spans passed): every function event left, then
+        every call still open, ended and flagged."""
+        if self._closed:
+            return None
+        out = []
+        for batch in (self._held, self.tracer.reader.read()):
+            if batch is not None and len(batch):
+                out.append(self._calls(batch.copy()))
+        self._held = None
+        out.append(self._rows(self.matcher.flush()))
+        self.close()
+        return np.concatenate(out)
+
+    def close(self):
+        """Remove the probes (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self.tracer.reader.close()
+            self.tracer.probes.close()
 
     def _hold_arguments(self, calls):
         """Serialize the arguments/results of calls (opt-in: one small dict per call)."""
@@ -265,49 +294,14 @@ class FunctionSpanSource:
                 self.held[int(c["span_id"])] = b"".join(attribute(k, v) for k, v in kv.items())
 
     def take_arguments(self, span_id):
-        """The argument attributes of a FUNCTION span, once (the encoder's extra_attributes)."""
+        """The argument attributes of a FUNCTION span, once (the encoder's extra_attributes; any
+        thread: a dict pop)."""
         return self.held.pop(span_id, b"")
 
-    def _emit(self, calls):
-        if not len(calls):
-            return
-        self._count(calls)
-        if self.values is not None:
-            self._hold_arguments(calls)
-        self.next.consume(to_span_rows(calls, self.tracer.functions, self._bias))
-
-    def goroutines_exited(self, pid, goid, end_ns):
-        """Span rows for the calls still open in goroutines that exited (called under the lock)."""
-        calls = self.matcher.goroutines_exited(pid, goid, end_ns)
-        if not len(calls):
-            return empty_spans()
-        self._count(calls)
-        return to_span_rows(calls, self.tracer.functions, self._bias)
-
-    def _run(self):
-        try:
-            while not self._stop.is_set():
-                fresh = self.tracer.reader.poll(self.config.poll_interval_s)
-                held, self._held = self._held, fresh.copy() if len(fresh) else None
-                if held is not None:
-                    self._process(held)
-        except Exception:  # noqa: BLE001
-            log.exception("function probe poller stopped by an unexpected error")
-
-    def shutdown(self):
-        """Stop the poller, process what is left, end open calls, remove the probes."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
-        rest = [b for b in (self._held, self.tracer.reader.read()) if b is not None and len(b)]
-        self._held = None
-        for batch in rest:
-            self._process(batch.copy())
-        with self.lock:
-            calls = self.matcher.flush()
-            self._emit(calls)
-        self.tracer.reader.close()
-        self.tracer.probes.close()
+    def counters(self):
+        c = self.tracer.counters()
+        return {"function_events": c["events"], "function_events_lost": c["lost"],
+                "function_unmatched_returns": c["unmatched_returns"]}
 
     # metrics
     def metrics(self, start_ns, now_ns):
@@ -319,7 +313,10 @@ class FunctionSpanSource:
         # FunctionStats bucket b holds durations in [2**(b-1), 2**b - 1] ns (bucket 0: 0 ns).
         bounds = [((1 << b) - 1) / 1e9 for b in range(pf.HIST_BUCKETS - 1)]
         out = {}
-        for pid, st in self.stats.items():
+        with self._lock:
+            stats = {pid: (st.names, st.calls.copy(), st.hist.copy(), st.total_ns.copy())
+                     for pid, st in self.stats.items()}
+        for pid, (names, ncalls, hists, totals) in stats.items():
             calls = pb.Metric(name="gotel.function.calls", unit="{call}",
                               description="Calls of probed Go functions")
             calls.sum.aggregation_temporality = pb.AGGREGATION_TEMPORALITY_CUMULATIVE
@@ -327,13 +324,13 @@ class FunctionSpanSource:
             dur = pb.Metric(name="gotel.function.duration", unit="s",
                             description="Duration of returned calls of probed Go functions, entry to RET")
             dur.histogram.aggregation_temporality = pb.AGGREGATION_TEMPORALITY_CUMULATIVE
-            for i in np.flatnonzero(st.calls).tolist():
-                attrs = [KeyValue(key="code.function.name", value=AnyValue(string_value=st.names[i]))]
-                calls.sum.data_points.add(attributes=attrs, as_int=int(st.calls[i]),
+            for i in np.flatnonzero(ncalls).tolist():
+                attrs = [KeyValue(key="code.function.name", value=AnyValue(string_value=names[i]))]
+                calls.sum.data_points.add(attributes=attrs, as_int=int(ncalls[i]),
                                           start_time_unix_nano=start_ns, time_unix_nano=now_ns)
-                h = st.hist[i]
+                h = hists[i]
                 dur.histogram.data_points.add(
-                    attributes=attrs, count=int(h.sum()), sum=float(st.total_ns[i]) / 1e9,
+                    attributes=attrs, count=int(h.sum()), sum=float(totals[i]) / 1e9,
                     bucket_counts=h.tolist(), explicit_bounds=bounds,
                     start_time_unix_nano=start_ns, time_unix_nano=now_ns)
             out[pid] = [calls, dur]
