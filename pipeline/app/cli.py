@@ -12,7 +12,7 @@ import sys
 
 from pipeline import config
 from pipeline.app import demo
-from pipeline.app.runner import run_service
+from pipeline.app.runner import Stopper, run_service
 from receiver.errors import GotelError, TargetError
 
 class UsageError(GotelError):
