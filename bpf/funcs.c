@@ -8,7 +8,9 @@
  *
  * Tunables (-D from receiver/funcs.py): GOTEL_FUNC_RING_BYTES, GOTEL_FUNC_WAKEUP_BYTES,
  * GOTEL_FUNC_GOID (offsetof(runtime.g, goid) of the traced binary), GOTEL_FUNC_REGS (1: copy the
- * argument/result registers into the record).
+ * argument/result registers into the record, and the first GOTEL_FUNC_STR_BYTES bytes of one string
+ * argument or result per function, named by `funcstr`; that needs the uprobe_multi link's cookie,
+ * the function's index, so user space sets `funcopts[0]` only when its probes carry one).
  */
 #include <uapi/linux/ptrace.h>
 #include "gotel_func_event.h"
@@ -39,6 +41,22 @@
 BPF_RINGBUF_OUTPUT(funcevents, GOTEL_FUNC_RING_BYTES / 4096);
 #define GOTEL_FUNC_EVENTS_MAP ((void *)bpf_pseudo_fd(1, -1))
 BPF_PERCPU_ARRAY(funccounters, __u64, GOTEL_FUNC_NUM_COUNTERS);
+#ifndef GOTEL_FUNC_MAX
+#define GOTEL_FUNC_MAX 1024
+#endif
+/* Per function index: the register (0..7 of RAX..R11) holding the pointer of the string to copy at
+ * entry and at RET (its length is in the next register); 0xff: none. */
+struct gotel_func_str {
+    __u8 entry_reg;
+    __u8 ret_reg;
+};
+BPF_ARRAY(funcstr, struct gotel_func_str, GOTEL_FUNC_MAX);
+BPF_ARRAY(funcopts, __u32, 1);   /* [0]: 1 when the probes carry the function index as cookie */
+
+#if GOTEL_FUNC_REGS
+/* bpf_get_attach_cookie (Linux 5.15; uprobe_multi links carry cookies since 6.6). */
+static __u64 (*gotel_get_attach_cookie)(void *ctx) = (void *)174;
+#endif
 
 static __always_inline void fcount(int which)
 {
@@ -88,15 +106,33 @@ static __always_inline int on_func(struct pt_regs *ctx, __u8 kind)
     e->regs[6] = ctx->r9;
     e->regs[7] = ctx->r10;
     e->regs[8] = ctx->r11;
+    e->str_len = 0;
+    e->flags = 0;
+    int zero = 0;
+    __u32 *opts = funcopts.lookup(&zero);
+    if (opts && *opts) {
+        int fn = gotel_get_attach_cookie(ctx);
+        struct gotel_func_str *want = funcstr.lookup(&fn);
+        __u8 reg = want ? (kind == GOTEL_FUNC_ENTRY ? want->entry_reg : want->ret_reg) : 0xff;
+        if (reg < 8) {
+            __u64 ptr = e->regs[reg], len = e->regs[reg + 1];
+            __u32 n = len > GOTEL_FUNC_STR_BYTES ? GOTEL_FUNC_STR_BYTES : len;
+            if (n > 0 && n <= GOTEL_FUNC_STR_BYTES &&
+                bpf_probe_read_user(e->str, n, (void *)ptr) == 0) {
+                e->flags = GOTEL_FUNC_HAS_STR;
+                e->str_len = len > 0xffffffff ? 0xffffffff : len;
+            }
+        }
+    }
 #else
     __builtin_memset(e->regs, 0, sizeof(e->regs));
+    e->str_len = 0;
+    e->flags = 0;
 #endif
     e->pid = pid_tgid >> 32;
     e->tid = (__u32)pid_tgid;
     e->kind = kind;
-    e->flags = 0;
     e->cpu = bpf_get_smp_processor_id();
-    e->pad = 0;
     __u64 avail = bpf_ringbuf_query(GOTEL_FUNC_EVENTS_MAP, BPF_RB_AVAIL_DATA);
     __u64 flags = BPF_RB_NO_WAKEUP;
     if (avail >= GOTEL_FUNC_WAKEUP_BYTES && avail < GOTEL_FUNC_WAKEUP_BYTES + GOTEL_FUNC_RECORD_BYTES)

@@ -11,6 +11,8 @@
 #define GOTEL_FUNC_RETURN  2   /* a probe on one of its RET instructions */
 
 #define GOTEL_FUNC_NUM_REGS 9  /* Go ABIInternal integer argument/result registers */
+#define GOTEL_FUNC_STR_BYTES 32  /* bytes of one string argument or result copied, at most */
+#define GOTEL_FUNC_HAS_STR 1     /* flags: str holds the start of a string */
 
 struct gotel_func_event {
     __u64 ts_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
@@ -25,11 +27,12 @@ struct gotel_func_event {
     __u32 pid;          /* thread group id */
     __u32 tid;          /* thread id (for comparison only: calls are matched by goroutine) */
     __u8  kind;         /* GOTEL_FUNC_ENTRY or GOTEL_FUNC_RETURN */
-    __u8  flags;        /* unused, 0 */
+    __u8  flags;        /* GOTEL_FUNC_HAS_STR */
     __u16 cpu;
-    __u32 pad;
+    __u32 str_len;      /* the string's length (its first GOTEL_FUNC_STR_BYTES bytes are in str) */
+    __u8  str[GOTEL_FUNC_STR_BYTES]; /* one string argument (entry) or result (RET), when asked */
 };
 
-_Static_assert(sizeof(struct gotel_func_event) == 128, "struct gotel_func_event must stay 128 bytes");
+_Static_assert(sizeof(struct gotel_func_event) == 160, "struct gotel_func_event must stay 160 bytes");
 
 #endif

@@ -30,7 +30,7 @@ counted in ``unmatched_returns``. Not thread-safe: one pipeline thread drives it
 import numpy as np
 
 from pipeline.ids import IdGenerator
-from receiver.funcs import ENTRY, NUM_REGS, RETURN
+from receiver.funcs import ENTRY, HAS_STR, NUM_REGS, RETURN, STR_BYTES
 
 UNWOUND = 1             # left without a RET (panic, Goexit, a jump): ended at the next shallower event
 ENDED_AT_EXIT = 2       # still open when its goroutine exited
@@ -55,6 +55,9 @@ CALL_DTYPE = np.dtype(
         ("tid_end", "<u4"),
         ("depth", "<u2"),            # 1: outermost probed call on its goroutine
         ("flags", "<u2"),
+        ("str_flags", "u1"),         # 1: arg_str copied at entry; 2: result_str copied at the RET
+        ("arg_str", "u1", (STR_BYTES,)),
+        ("result_str", "u1", (STR_BYTES,)),
     ]
 )
 
@@ -220,13 +223,20 @@ class CallMatcher:
         carried = ents < n_open
         rows["tid_start"][carried] = self.open["tid_start"]
         rows["args"][carried] = self.open["args"]
+        rows["arg_str"][carried] = self.open["arg_str"]
+        rows["str_flags"][carried] = self.open["str_flags"]
         ev_idx = ents[~carried] - n_open
         rows["tid_start"][~carried] = ev["tid"][ev_idx]
         rows["args"][~carried] = ev["regs"][ev_idx]
+        rows["arg_str"][~carried] = ev["str"][ev_idx]
+        rows["str_flags"][~carried] = (ev["flags"][ev_idx] & HAS_STR) != 0
         r_of = ret_of[ents]
         has_ret = r_of >= 0
         rows["tid_end"][has_ret] = ev["tid"][r_of[has_ret] - n_open]
         rows["results"][has_ret] = ev["regs"][r_of[has_ret] - n_open]
+        rows["result_str"][has_ret] = ev["str"][r_of[has_ret] - n_open]
+        rows["str_flags"][has_ret] |= np.where((ev["flags"][r_of[has_ret] - n_open] & HAS_STR) != 0, 2, 0
+                                               ).astype(np.uint8)
         finished = rows["end_ns"] != MAX_NS
         self.open = rows[~finished]
         return rows[finished]

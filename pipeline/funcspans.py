@@ -182,15 +182,9 @@ class FunctionCalls(Stage):
         self.matcher = self.tracer.matcher
         self.recent = RecentExits()
         self.stats = {}   # pid -> FunctionStats (metrics are per process: each has its Resource)
-        self.values = None
+        self.values = self.tracer.values if config.arguments else None
         self.held = {}            # span_id -> serialized argument attributes, until encoded
         self.dropped_arguments = 0
-        if config.arguments:
-            from receiver import funcargs
-
-            self.values = [funcargs.from_types(f.types) if f.types is not None
-                           else funcargs.from_dwarf(self.tracer.binary, f) or []
-                           for f in self.tracer.functions]
 
     def set_decoder(self, decoder):
         self.matcher.goroutine_span = goroutine_span_lookup(decoder, self.recent)
@@ -199,11 +193,9 @@ class FunctionCalls(Stage):
     def process(self, spans):
         done = (spans["kind"] == int(SpanKind.GOROUTINE)) & ((spans["flags"] & int(SpanFlag.EXITED)) != 0)
         if done.any():
-            exited = spans[done]
-            self.recent.add(exited)
-            ended = self.matcher.goroutines_exited(exited["pid"], exited["goid"], exited["end_ns"])
-            if len(ended):
-                return np.concatenate([spans, self._rows(ended)])
+            # Calls still open in them end at the next tick, once the function events up to the
+            # exit are read (a RET may still wait in the ring or in the held read).
+            self.recent.add(spans[done])
         return spans
 
     # function events
@@ -213,6 +205,7 @@ class FunctionCalls(Stage):
             held, self._held = self._held, fresh.copy() if len(fresh) else None
             if held is not None:
                 self.emit(self._calls(held))
+            self.emit(self._ended_by_exits())
         super().tick()
 
     def _calls(self, events):
@@ -225,16 +218,23 @@ class FunctionCalls(Stage):
             return empty_spans()
         index = self.tracer._function_index(events)
         self.clock.to_unix(events["ts_ns"])
-        rows = [self._rows(self.matcher.process(events, index))]
-        # Calls still open in goroutines that exited before these events were processed.
+        return self._rows(self.matcher.process(events, index))
+
+    def _ended_by_exits(self):
+        """Calls still open in goroutines that exited before every function event not processed
+        yet (the held read): they will not return; they end at the exit, flagged."""
         o = self.matcher.open
-        if len(o):
-            at = self.recent.find(o["pid"], o["goid"])
-            ok = at >= 0
-            if ok.any():
-                rows.append(self._rows(self.matcher.goroutines_exited(
-                    o["pid"][ok], o["goid"][ok], self.recent.cols["end"][at[ok]])))
-        return np.concatenate(rows)
+        if not len(o):
+            return empty_spans()
+        at = self.recent.find(o["pid"], o["goid"])
+        ok = at >= 0
+        if self._held is not None and ok.any():
+            horizon = np.uint64(int(self._held["ts_ns"].min()) + self.clock.offset_ns)
+            ok[ok] = self.recent.cols["end"][at[ok]] < horizon
+        if not ok.any():
+            return empty_spans()
+        return self._rows(self.matcher.goroutines_exited(o["pid"][ok], o["goid"][ok],
+                                                         self.recent.cols["end"][at[ok]]))
 
     def _rows(self, calls):
         if not len(calls):
@@ -263,6 +263,7 @@ class FunctionCalls(Stage):
             if batch is not None and len(batch):
                 out.append(self._calls(batch.copy()))
         self._held = None
+        out.append(self._ended_by_exits())
         out.append(self._rows(self.matcher.flush()))
         self.close()
         return np.concatenate(out)
@@ -290,7 +291,10 @@ class FunctionCalls(Stage):
         for c, ret in zip(calls, returned.tolist()):
             values = self.values[int(c["function"])]
             if values:
-                kv = funcargs.decode(values, c["args"], c["results"] if ret else None)
+                sf = int(c["str_flags"])
+                kv = funcargs.decode(values, c["args"], c["results"] if ret else None,
+                                     arg_str=bytes(c["arg_str"]) if sf & 1 else None,
+                                     result_str=bytes(c["result_str"]) if ret and sf & 2 else None)
                 self.held[int(c["span_id"])] = b"".join(attribute(k, v) for k, v in kv.items())
 
     def take_arguments(self, span_id):

@@ -43,7 +43,15 @@ class FunctionTracer:
             self.functions = funcs.resolve(self.binary, patterns, limit)
             self.skipped = list(funcs.resolve.skipped)
             self.names = [f.name for f in self.functions]
-            self.probes = funcs.FuncProbes(self.binary, self.functions, config)
+            self.values = None      # receiver.funcargs values per function, when registers are captured
+            strings = None
+            if config.capture_registers:
+                from receiver import funcargs
+
+                self.values = [funcargs.from_types(f.types) if f.types is not None
+                               else funcargs.from_dwarf(self.binary, f) or [] for f in self.functions]
+                strings = [funcargs.string_registers(v) for v in self.values]
+            self.probes = funcs.FuncProbes(self.binary, self.functions, config, strings=strings)
             if self.command is not None:
                 self.probes.attach(self.command.pid)
                 self.pids = [self.command.pid]

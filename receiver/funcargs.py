@@ -13,7 +13,8 @@ Names and types come from DWARF (``DW_TAG_formal_parameter`` of the function's s
 Go's ``DW_AT_go_kind``; ``DW_AT_variable_parameter`` marks results), else from types given in the
 pattern (``main.add(int, int)``: arguments named arg0, arg1; no results). What is recorded per value:
 ints and bools as numbers, pointers (and chans, maps, funcs) as addresses, strings and slices by
-their length. Nothing is dereferenced.
+their length; and the first 32 bytes of the first string argument and of the first string result,
+copied by the probe (where the kernel has uprobe_multi links, whose cookies name the function).
 """
 
 from typing import NamedTuple
@@ -119,10 +120,22 @@ def _type_name(param):
     return "unsupported"
 
 
-def decode(values, args, results, limit=16):
+def string_registers(values):
+    """(register of the first string argument, of the first string result), 0xff for none: the
+    strings whose first bytes the probes copy (one each way per call)."""
+    def first(result):
+        return next((v.reg for v in values if v.result == result and v.type == "string"
+                     and 0 <= v.reg < INT_REGS - 1), 0xFF)
+
+    return first(False), first(True)
+
+
+def decode(values, args, results, limit=16, arg_str=None, result_str=None):
     """{attribute key: value} for one call: ``args``/``results`` are the 9 registers at entry and
-    at the RET (results only if the call returned). At most ``limit`` values."""
+    at the RET (results only if the call returned). At most ``limit`` values. ``arg_str`` and
+    ``result_str`` are the copied starts (bytes) of the strings ``string_registers`` named."""
     out = {}
+    copied = {False: string_registers(values)[0], True: string_registers(values)[1]}
     for v in values[:limit]:
         key = f"gotel.function.{'result' if v.result else 'arg'}.{v.name}"
         regs = results if v.result else args
@@ -148,6 +161,9 @@ def decode(values, args, results, limit=16):
             out[key] = f"{raw:#x}"
         elif t in ("string", "slice"):
             out[key + ".len"] = int(regs[v.reg + 1])
+            text = result_str if v.result else arg_str
+            if t == "string" and text is not None and v.reg == copied[v.result]:
+                out[key] = text[:min(int(regs[v.reg + 1]), len(text))].decode("utf-8", "replace")
         elif t == "interface":
             out[key] = f"{int(regs[v.reg + 1]):#x}"
     return out

@@ -61,10 +61,13 @@ FUNC_EVENT_DTYPE = np.dtype(
         ("kind", "u1"),
         ("flags", "u1"),
         ("cpu", "<u2"),
-        ("pad", "<u4"),
+        ("str_len", "<u4"),
+        ("str", "u1", (32,)),
     ]
 )
-FUNC_EVENT_SIZE = FUNC_EVENT_DTYPE.itemsize  # 128
+FUNC_EVENT_SIZE = FUNC_EVENT_DTYPE.itemsize  # 160
+STR_BYTES = 32
+HAS_STR = 1
 
 
 class FunctionError(GotelError):
@@ -357,15 +360,18 @@ BPF_TRACE_UPROBE_MULTI = 48
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _uprobe_multi_link(prog_fd, path, offsets, pid):
-    """fd of a BPF link putting prog on every file offset of path (pid -1: every process)."""
+def _uprobe_multi_link(prog_fd, path, offsets, pid, cookies=None):
+    """fd of a BPF link putting prog on every file offset of path (pid -1: every process), each
+    site with its cookie (bpf_get_attach_cookie) if given."""
     path_buf = ctypes.create_string_buffer(path.encode())
     offs = (ctypes.c_uint64 * len(offsets))(*offsets)
+    cooks = (ctypes.c_uint64 * len(offsets))(*(cookies or [0] * len(offsets)))
     attr = (ctypes.c_uint8 * 128)()
     ctypes.memmove(ctypes.addressof(attr), ctypes.byref(ctypes.c_uint32(prog_fd)), 4)
     ctypes.memmove(ctypes.addressof(attr) + 8, ctypes.byref(ctypes.c_uint32(BPF_TRACE_UPROBE_MULTI)), 4)
     ctypes.memmove(ctypes.addressof(attr) + 16, ctypes.byref(ctypes.c_uint64(ctypes.addressof(path_buf))), 8)
     ctypes.memmove(ctypes.addressof(attr) + 24, ctypes.byref(ctypes.c_uint64(ctypes.addressof(offs))), 8)
+    ctypes.memmove(ctypes.addressof(attr) + 40, ctypes.byref(ctypes.c_uint64(ctypes.addressof(cooks))), 8)
     ctypes.memmove(ctypes.addressof(attr) + 48, ctypes.byref(ctypes.c_uint32(len(offsets))), 4)
     ctypes.memmove(ctypes.addressof(attr) + 56, ctypes.byref(ctypes.c_uint32(max(pid, 0))), 4)
     fd = _libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
@@ -383,7 +389,7 @@ class FuncProbes:
     ``RingBufferReader(fd, FUNC_EVENT_DTYPE)``. Not thread-safe (control path only).
     """
 
-    def __init__(self, binary, functions, config=Config(), links=True):
+    def __init__(self, binary, functions, config=Config(), links=True, strings=None):
         problems = config.validate()
         if problems:
             raise ProbeError("function probe configuration: " + "; ".join(problems))
@@ -395,10 +401,21 @@ class FuncProbes:
         self.functions = list(functions)
         self.config = config
         self.goid_offset = binary.layout.g["goid"]
+        cflags = config.cflags(self.goid_offset) + [f"-DGOTEL_FUNC_MAX={max(1024, len(self.functions))}"]
         try:
-            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=config.cflags(self.goid_offset))
+            self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
         except Exception as e:
             raise ProbeError(f"compiling {SOURCE} failed: {e}") from e
+        # strings: per function, (register of a string argument, register of a string result) to
+        # copy the start of, 0xff for none (needs capture_registers and uprobe_multi cookies).
+        self.strings = strings if config.capture_registers and strings and any(
+            r != 0xFF for pair in strings for r in pair) else None
+        if self.strings:
+            table = self.bpf["funcstr"]
+            for i, (entry_reg, ret_reg) in enumerate(self.strings):
+                leaf = table.Leaf()
+                leaf.entry_reg, leaf.ret_reg = entry_reg, ret_reg
+                table[table.Key(i)] = leaf
         self._counters = self.bpf["funccounters"]
         self._progs = {}
         self._multi = None if links else False   # uprobe_multi: None untried, True working, False not used
@@ -422,12 +439,18 @@ class FuncProbes:
         started = time.monotonic()
         entries = [self.binary.file_offset(f.probe_address) for f in self.functions]
         rets = [self.binary.file_offset(r) for f in self.functions for r in f.ret_addresses]
+        entry_ids = list(range(len(self.functions)))
+        ret_ids = [i for i, f in enumerate(self.functions) for _ in f.ret_addresses]
         if self._multi is not False:
             try:
-                links = [_uprobe_multi_link(self._prog(name, True).fd, path, offs, pid)
-                         for name, offs in ((b"probe_func_entry", entries), (b"probe_func_return", rets))]
+                links = [_uprobe_multi_link(self._prog(name, True).fd, path, offs, pid, ids)
+                         for name, offs, ids in ((b"probe_func_entry", entries, entry_ids),
+                                                 (b"probe_func_return", rets, ret_ids))]
                 self._links.extend(links)
                 self._multi = True
+                if self.strings:
+                    opts = self.bpf["funcopts"]
+                    opts[opts.Key(0)] = opts.Leaf(1)   # cookies carry the function index
                 self.probe_count += len(entries) + len(rets)
                 self.attach_seconds += time.monotonic() - started
                 return

@@ -101,7 +101,8 @@ def test_trace_func_spans_sit_in_their_goroutine(require_bpf, go_build, tmp_path
 @pytest.mark.parametrize("stripped", [False, True], ids=["dwarf", "stripped"])
 def test_trace_func_args_are_span_attributes(require_bpf, go_build, tmp_path, stripped):
     """main.add(v, w) is called by worker w with v = round: named a, b from DWARF (positional from
-    the pattern's types when stripped); main.label("abc", r % 4) returns len("abc") == r % 4."""
+    the pattern's types when stripped); main.label("abc", r % 4) returns len("abc") == r % 4, and
+    its string's bytes are copied (bounded) by the probe."""
     flags = ("-ldflags=-s -w",) if stripped else ()
     binary = str(go_build("funcs", "1.24", flags))
     out = tmp_path / "out"
@@ -125,8 +126,9 @@ def test_trace_func_args_are_span_attributes(require_bpf, go_build, tmp_path, st
                    for x in adds)
     labels = [attrs(s) for s in spans if s["name"] == "main.label"]
     assert len(labels) == W * R
-    s_key = "gotel.function.arg." + ("arg0" if stripped else "s") + ".len"
-    assert all(int(x[s_key]) == 3 for x in labels)
+    s_key = "gotel.function.arg." + ("arg0" if stripped else "s")
+    assert all(int(x[s_key + ".len"]) == 3 for x in labels)
+    assert all(x[s_key] == "abc" for x in labels)          # the string's bytes, copied by the probe
     if not stripped:
         assert sorted(bool(x["gotel.function.result.~r0"]) for x in labels) == \
             sorted(r % 4 == 3 for _ in range(W) for r in range(R))

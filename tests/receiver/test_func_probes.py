@@ -33,7 +33,7 @@ int main(void) {{
     rows = dict((line.split()[0], tuple(map(int, line.split()[1:])))
                 for line in subprocess.run([str(exe)], capture_output=True, text=True,
                                            check=True).stdout.splitlines())
-    assert rows.pop("sizeof")[0] == FUNC_EVENT_DTYPE.itemsize == 128
+    assert rows.pop("sizeof")[0] == FUNC_EVENT_DTYPE.itemsize == 160
     assert rows == {n: (FUNC_EVENT_DTYPE.fields[n][1], FUNC_EVENT_DTYPE.fields[n][0].itemsize)
                     for n in FIELDS}
 
@@ -43,6 +43,8 @@ def test_kinds_match_header():
     assert f"#define GOTEL_FUNC_ENTRY   {funcs.ENTRY}" in text
     assert f"#define GOTEL_FUNC_RETURN  {funcs.RETURN}" in text
     assert f"#define GOTEL_FUNC_NUM_REGS {funcs.NUM_REGS}" in text
+    assert f"#define GOTEL_FUNC_STR_BYTES {funcs.STR_BYTES}" in text
+    assert f"#define GOTEL_FUNC_HAS_STR {funcs.HAS_STR}" in text
 
 
 def test_patterns_parse_methods_and_argument_types():
