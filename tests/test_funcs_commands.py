@@ -132,3 +132,27 @@ def test_trace_func_args_are_span_attributes(require_bpf, go_build, tmp_path, st
     if not stripped:
         assert sorted(bool(x["gotel.function.result.~r0"]) for x in labels) == \
             sorted(r % 4 == 3 for _ in range(W) for r in range(R))
+
+
+@pytest.mark.bpf
+def test_funcs_count_on_a_running_pid(require_bpf, go_build):
+    binary = str(go_build("funcs", "1.26"))
+    prog = subprocess.Popen([binary, str(W), str(R)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert prog.stdout.readline().strip() == "ready"
+        tracer = subprocess.Popen([sys.executable, "-m", "pipeline.app.cli", "funcs", "count", "main.fib",
+                                   "-e", "main.block", "--pid", str(prog.pid)], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in tracer.stderr:                      # attached: let the program run
+            if "tracing" in line:
+                break
+        out, _ = prog.communicate("go\n", timeout=60)
+        assert f"workers {W} rounds {R}" in out
+        stdout, stderr = tracer.communicate(timeout=60)  # ends by itself once the process exited
+    finally:
+        prog.kill()
+    assert tracer.returncode == 0, stderr
+    counts = dict(re.findall(r"^(main\.\S+)\s+(\d+)$", stdout, re.M))
+    assert counts == {"main.fib": str(W * sum(fib_calls(r % 8) for r in range(R))),
+                      "main.block": str(W * R)}
