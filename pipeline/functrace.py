@@ -40,8 +40,7 @@ class FunctionTracer:
                 raise TargetError("function probes follow one Go binary at a time; these targets run "
                                   f"{len(inodes)} different ones")
             self.binary = binaries[0]
-            self.functions = funcs.resolve(self.binary, patterns, limit)
-            self.skipped = list(funcs.resolve.skipped)
+            self.functions, self.skipped = funcs.select(self.binary, patterns, limit)
             self.names = [f.name for f in self.functions]
             self.values = None      # receiver.funcargs values per function, when registers are captured
             strings = None

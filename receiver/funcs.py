@@ -30,6 +30,7 @@ import os
 import re
 import threading
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -144,12 +145,24 @@ def _sp_delta(where):
     return delta
 
 
+class Selection(NamedTuple):
+    """What patterns selected: the functions to probe, and why others a glob matched were not."""
+
+    functions: list
+    skipped: list
+
+
 def resolve(binary, patterns, limit=DEFAULT_LIMIT):
-    """[ProbedFunction] for the functions of a GoBinary that the patterns select, sorted by address.
+    """[ProbedFunction] for the functions of a GoBinary that the patterns select (``select``)."""
+    return select(binary, patterns, limit).functions
+
+
+def select(binary, patterns, limit=DEFAULT_LIMIT):
+    """Selection of the functions of a GoBinary that the patterns select, sorted by address.
 
     Raises FunctionError (no match, more than ``limit`` matches, a function that cannot be probed
-    safely when named exactly; functions a glob selects are skipped instead, listed in
-    ``resolve.skipped``)."""
+    safely when named exactly; functions a glob selects are skipped instead, each with its reason
+    in ``skipped``)."""
     parsed = [p if isinstance(p, Pattern) else Pattern.parse(p) for p in patterns]
     tab = binary.pclntab
     names = tab.names()
@@ -179,11 +192,7 @@ def resolve(binary, patterns, limit=DEFAULT_LIMIT):
     if not out:
         raise FunctionError("no probeable function matches: " + "; ".join(skipped[:5]))
     out.sort(key=lambda f: f.address)
-    resolve.skipped = skipped
-    return out
-
-
-resolve.skipped = []
+    return Selection(out, skipped)
 
 
 def _probe(binary, tab, i, name, address, size, types, old_go):

@@ -62,7 +62,8 @@ def funcs_binary(go_build):
 
 
 def test_a_glob_selects_go_functions_with_their_ret_sites(funcs_binary):
-    found = {f.name: f for f in funcs.resolve(funcs_binary, ["main.*"])}
+    selection = funcs.select(funcs_binary, ["main.*"])
+    found = {f.name: f for f in selection.functions}
     for name in ("main.(*Counter).Inc", "main.Point.Sum", "main.fib", "main.block", "main.guarded"):
         assert name in found
     fib = found["main.fib"]
@@ -73,7 +74,7 @@ def test_a_glob_selects_go_functions_with_their_ret_sites(funcs_binary):
         assert code[r - fib.address] == 0xC3      # each is a RET the disassembler found
     assert fib.sp_delta == 0                      # Go 1.25: the probe sits before `push rbp`
     # Compiler-generated wrappers (go statement, defer) are special functions: skipped, said so.
-    assert any("gowrap" in s for s in funcs.resolve.skipped)
+    assert any("gowrap" in s for s in selection.skipped)
 
 
 def test_refusals(funcs_binary):
