@@ -3,7 +3,8 @@
 benchmarks/go/calls calls ``main.leaf`` in a loop (GOMAXPROCS=1, pinned, GODEBUG=asyncpreemptoff=1
 in every variant). Per repetition, interleaved: untraced; gotel's function probes (bpf/funcs.c: an
 entry probe and a probe on the RET, each reading the g from R14 and submitting a 128-byte record);
-the same two uprobes with a program that only counts (the traps alone); and bcc's ``funclatency`` style pair: a uprobe at the same entry storing a timestamp keyed by
+the same two uprobes with a program that only counts (the traps alone); gotel on ``main.framed``, a
+function with a frame, whose entry probe sits on an emulated ``push rbp``; and bcc's ``funclatency`` style pair: a uprobe at the same entry storing a timestamp keyed by
 *thread* id, and a uretprobe computing the latency into a log2 histogram. The target's CPU time
 (user + system, from wait4: a probe's trap and BPF program are charged to it as system time) per
 call, traced minus untraced, pair by pair within a repetition, is the cost of one probed call. CPU
@@ -58,30 +59,31 @@ def _env():
     return {"GODEBUG": "asyncpreemptoff=1"}
 
 
-def run_plain(binary, calls):
-    proc = _start(binary, calls)
+def run_plain(binary, calls, framed=False):
+    proc = _start(binary, calls, framed)
     out, cpu = harness.release(proc)
     return cpu * 1e9 / calls
 
 
-def _start(binary, calls):
+def _start(binary, calls, framed=False):
     import os
 
-    return subprocess.Popen([str(binary), "-n", str(calls), "-wait"], stdin=subprocess.PIPE,
+    return subprocess.Popen([str(binary), "-n", str(calls), "-wait"] + (["-framed"] if framed else []),
+                            stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "GOMAXPROCS": "1", **_env()},
                             preexec_fn=harness.on_cpu(harness.TARGET_CPU))
 
 
-def run_gotel(binary, calls):
+def run_gotel(binary, calls, function="main.leaf"):
     from pipeline.funcs import CallMatcher
     from receiver import funcs
     from receiver.binary import GoBinary
     from receiver.ringbuf import RingBufferReader
 
     b = GoBinary.open(binary)
-    fs = funcs.resolve(b, ["main.leaf"])
-    proc = _start(binary, calls)
+    fs = funcs.resolve(b, [function])
+    proc = _start(binary, calls, function == "main.framed")
     probes = funcs.FuncProbes(b, fs, funcs.Config(ring_bytes=1 << 26))
     try:
         probes.attach(proc.pid)
@@ -198,13 +200,14 @@ def run(quick=False):
     harness.pin_self()
     binary = harness.workload("calls")
     repeat, calls = (2, 50_000) if quick else (5, 200_000)
-    plain, gotel, bare, bcc = [], [], [], []
+    plain, gotel, bare, bcc, framed = [], [], [], [], []
     for _ in range(repeat):
         base = run_plain(binary, calls)
         plain.append(base)
         gotel.append(run_gotel(binary, calls) - base)
         bare.append(run_bare(binary, calls) - base)
         bcc.append(run_bcc_pair(binary, calls) - base)
+        framed.append(run_gotel(binary, calls, "main.framed") - run_plain(binary, calls, True))
     pattern = "strconv.Format*" if quick else "strconv.*"
     seq = attach_detach(1, False, pattern)
     par = attach_detach(8, False, pattern)
@@ -213,6 +216,9 @@ def run(quick=False):
         "untraced.ns_per_call": harness.figure("main.leaf untraced, CPU per call incl. start-up", "ns", plain, 1),
         "gotel.ns_per_call": harness.figure("added by gotel: entry + RET probe, goroutine from R14",
                                             "ns", gotel, 0),
+        "gotel_framed.ns_per_call": harness.figure(
+            "added by gotel on main.framed (entry on an emulated `push rbp`, RET stepped)", "ns",
+            framed, 0),
         "bare.ns_per_call": harness.figure("added by the same two uprobes with a count-only program",
                                            "ns", bare, 0),
         "bcc_pair.ns_per_call": harness.figure("added by bcc uprobe + uretprobe (funclatency style)",
