@@ -199,7 +199,7 @@ def attach_detach(threads, links, pattern="strconv.*"):
 def run(quick=False):
     harness.pin_self()
     binary = harness.workload("calls")
-    repeat, calls = (2, 50_000) if quick else (5, 200_000)
+    repeat, calls = (2, 50_000) if quick else (5, 100_000)
     plain, gotel, bare, bcc, framed = [], [], [], [], []
     for _ in range(repeat):
         base = run_plain(binary, calls)
