@@ -169,6 +169,10 @@ class FunctionCalls(Stage):
         self._lock = threading.Lock()      # guards self.stats against the metrics thread
         self._closed = False
         pids, paths = list(targets.pids), list(targets.paths)
+        if not (pids or paths or targets.command):
+            raise TargetError("function probes (receivers::goroutines::functions) follow the pids, "
+                              "paths or command of the receiver, not discovery rules; name the "
+                              "binary with --binary or paths")
         if targets.command:
             import os
             import shutil
