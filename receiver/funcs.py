@@ -224,7 +224,9 @@ def _probe(binary, tab, i, name, address, size, types, old_go):
 
 
 def _no_match(binary, pattern):
-    """The refusal for a pattern that selects nothing: where it was inlined, if DWARF says."""
+    """The refusal for a pattern that selects nothing: where it was inlined, if DWARF says, or
+    that it was inlined, if only the function name table still holds its name (inline trees name
+    the functions they inlined there)."""
     msg = f"no function in {binary.path} matches {pattern.glob!r}"
     if any(ch in pattern.glob for ch in "*?["):
         return msg
@@ -233,8 +235,19 @@ def _no_match(binary, pattern):
         where = ", ".join(sites[:5]) + (f" and {len(sites) - 5} more" if len(sites) > 5 else "")
         return (f"{pattern.glob} was inlined everywhere (into {where}) and has no code of its own to "
                 f"probe; probe its callers, or rebuild it with //go:noinline")
-    return msg + " (inlined everywhere or absent; with DWARF gotel could say where it was inlined)" \
-        if not binary.has_dwarf else msg
+    tab = binary.pclntab
+    if names_function(tab, pattern.glob):
+        return (f"{pattern.glob} was inlined everywhere (only inline records name it) and has no "
+                f"code of its own to probe; probe its callers, or rebuild it with //go:noinline")
+    return msg + " (absent, or inlined and optimized away)"
+
+
+def names_function(tab, name):
+    """True when the pclntab's function name table holds ``name`` as a whole string."""
+    from receiver.pclntab import string_offsets
+
+    table = tab.raw[tab.funcname_off:tab.cu_off]
+    return any(off == 0 or table[off - 1] == 0 for off in string_offsets(table, name))
 
 
 def inlined_into(binary, name, limit=20):
