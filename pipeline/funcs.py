@@ -273,7 +273,8 @@ HIST_BUCKETS = 64
 
 
 class FunctionStats:
-    """Calls and a log2 histogram of durations (ns) per function, and totals per goroutine."""
+    """Calls and a log2 histogram of durations (ns) per function (calls that returned; the others
+    are counted in ``unfinished``)."""
 
     def __init__(self, names):
         self.names = list(names)
@@ -282,9 +283,8 @@ class FunctionStats:
         self.hist = np.zeros((k, HIST_BUCKETS), np.int64)
         self.total_ns = np.zeros(k, np.int64)
         self.unfinished = np.zeros(k, np.int64)
-        self.per_goroutine = {}   # (pid, goid, function) -> [calls, total_ns]
 
-    def add(self, calls, per_goroutine=False):
+    def add(self, calls):
         if not len(calls):
             return
         fn = calls["function"]
@@ -297,16 +297,6 @@ class FunctionStats:
         pos = dur > 0
         bucket[pos] = np.floor(np.log2(dur[pos])).astype(np.int64) + 1
         np.add.at(self.hist, (fn[done], bucket[done].clip(0, HIST_BUCKETS - 1)), 1)
-        if per_goroutine:
-            key = np.stack([calls["pid"].astype(np.uint64), calls["goid"], fn.astype(np.uint64)], 1)
-            uniq, inv = np.unique(key[done], axis=0, return_inverse=True)
-            inv = inv.reshape(-1)
-            cnt = np.bincount(inv, minlength=len(uniq))
-            tot = np.bincount(inv, weights=dur[done], minlength=len(uniq))
-            for (p, g, f), c, t in zip(uniq.tolist(), cnt.tolist(), tot.tolist()):
-                acc = self.per_goroutine.setdefault((p, g, f), [0, 0])
-                acc[0] += c
-                acc[1] += int(t)
 
     def reset(self):
         self.__init__(self.names)

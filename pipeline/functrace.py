@@ -99,15 +99,15 @@ class FunctionTracer:
                 pass   # the process is gone before its load address was read: counted as unmapped
         return out
 
-    def consume(self, events, per_goroutine=False):
+    def consume(self, events):
         """Finished calls of a batch of FUNC_EVENT_DTYPE events (and add them to ``stats``)."""
         self.events += len(events)
         calls = self.matcher.process(events, self._function_index(events))
-        self.stats.add(calls, per_goroutine)
+        self.stats.add(calls)
         return calls
 
-    def poll(self, timeout=0.1, per_goroutine=False):
-        return self.consume(self.reader.poll(timeout), per_goroutine)
+    def poll(self, timeout=0.1):
+        return self.consume(self.reader.poll(timeout))
 
     def finished(self):
         if self.command is not None:
@@ -116,12 +116,12 @@ class FunctionTracer:
             return not any(targets.is_running(p) for p in self.pids)
         return False
 
-    def close(self, per_goroutine=False):
+    def close(self):
         """Drain what is left, end open calls (ENDED_AT_SHUTDOWN), remove the probes. Returns the
         calls that came out."""
-        calls = [self.consume(self.reader.read(), per_goroutine)]
+        calls = [self.consume(self.reader.read())]
         rest = self.matcher.flush()
-        self.stats.add(rest, per_goroutine)
+        self.stats.add(rest)
         calls.append(rest)
         self.reader.close()
         self.probes.close()

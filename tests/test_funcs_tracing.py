@@ -58,9 +58,9 @@ def trace(binary, tmp_path):
                             env={**os.environ, "FUNCS_TIMES": str(times), "GOMAXPROCS": "2"}))
     consume = tracer.consume
 
-    def keep(events, per_goroutine=False):
+    def keep(events):
         raw.append(events.copy())
-        return consume(events, per_goroutine)
+        return consume(events)
 
     tracer.consume = keep
     calls = []
