@@ -542,3 +542,23 @@ class FuncProbes:
         self.detach_seconds += time.monotonic() - started
         self.bpf.cleanup()
         self.bpf = None
+
+
+def main(argv=None):
+    """``python -m receiver.funcs --dump-bpf BINARY``: print bpf/funcs.c as compiled for BINARY."""
+    import argparse
+
+    from receiver.binary import GoBinary
+
+    parser = argparse.ArgumentParser(prog="python -m receiver.funcs", description=main.__doc__)
+    parser.add_argument("--dump-bpf", action="store_true", required=True)
+    parser.add_argument("binary")
+    parser.add_argument("--registers", action="store_true", help="with argument capture")
+    args = parser.parse_args(argv)
+    goid = GoBinary.open(args.binary).layout.g["goid"]
+    print(dump_bpf(Config(capture_registers=args.registers), goid))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -109,3 +109,17 @@ def test_address_map_takes_the_load_bias(funcs_binary):
     ips = np.array([fs[0].probe_address + 0x1000, fs[1].ret_addresses[0] + 0x1000,
                     fs[0].probe_address, 12345], np.uint64)
     assert am.lookup(ips).tolist() == [0, 1, -1, -1]
+
+
+@pytest.mark.bpf
+def test_header_matches_dtype_in_bpf(require_bpf):
+    from bcc import BPF
+
+    asserts = "\n".join(
+        f"_Static_assert(offsetof(struct gotel_func_event, {n}) == {FUNC_EVENT_DTYPE.fields[n][1]}, "
+        f'"{n}");' for n in FIELDS)
+    BPF(text=f"""#include <uapi/linux/ptrace.h>
+#include "{funcs.HEADER}"
+{asserts}
+int probe(struct pt_regs *ctx) {{ return 0; }}
+""").cleanup()
