@@ -32,7 +32,7 @@ goroutines, calls nested two deep, measured here); the probes themselves cannot 
 import numpy as np
 
 from pipeline.ids import IdGenerator
-from receiver.funcs import ENTRY, HAS_STR, NUM_REGS, RETURN, STR_BYTES
+from receiver.funcs import ENTRY, HAS_STR, NUM_REGS, STR_BYTES
 
 UNWOUND = 1             # left without a RET (panic, Goexit, a jump): ended at the next shallower event
 ENDED_AT_EXIT = 2       # still open when its goroutine exited

@@ -25,7 +25,6 @@ the service's metrics thread (the counters are copied under a lock).
 """
 
 import dataclasses
-import logging
 import threading
 
 import numpy as np
@@ -36,8 +35,6 @@ from pipeline.stage import Stage
 from receiver import funcs as rf
 from receiver.clock import MonotonicClock
 from receiver.errors import TargetError
-
-log = logging.getLogger("gotel.functions")
 
 
 @dataclasses.dataclass(frozen=True)
