@@ -121,6 +121,8 @@ class Service:
         try:
             if self.receiver is not None:
                 self.receiver.start()
+                # Arguments of function spans (receivers::goroutines::functions::arguments).
+                self.encoder.extra_attributes = getattr(self.receiver, "extra_attributes", None)
             for census in self.census_receivers:
                 census.start()
         except BaseException:

@@ -1,11 +1,14 @@
 """receivers::goroutines: every goroutine status change of the traced Go processes, from eBPF
 uprobes, as goroutine spans (traces) and Go runtime metrics (metrics).
 
-    GoroutineReceiver (receiver/, poller thread) ─▶ ExitedProcesses ─▶ EventDecoder ─▶ next
+    GoroutineReceiver (receiver/, poller thread) ─▶ ExitedProcesses ─▶ EventDecoder ─▶ [FunctionCalls] ─▶ next
                                                                           └─▶ GoRuntimeMetrics
                                                                               (read by collect())
     RuntimeMetricsProducer (pipeline/runtime_metrics.py): the runtime's own metrics, read from each
     live target's memory in collect(); they own go.goroutine.count and go.schedule.duration.
+
+With ``functions::patterns``, ``pipeline.funcspans.FunctionCalls`` adds a span per call of the
+probed Go functions (its own probes and ring buffer, read at each tick on the same thread).
 
 The poller thread drives everything after it: each batch of events, and between batches ``tick()``,
 where the goroutines of processes that exited are ended (a process that dies sends no EXIT for
@@ -18,7 +21,8 @@ its metric series dropped here.
 import dataclasses
 import time
 
-from pipeline import decoder as span_decoder, metrics as runtime_metrics, runtime_metrics as memory_metrics
+from pipeline import decoder as span_decoder, funcspans, metrics as runtime_metrics
+from pipeline import runtime_metrics as memory_metrics
 from pipeline.stage import Stage
 from receiver import receiver
 
@@ -36,6 +40,7 @@ class Config(receiver.Config):
     spans: span_decoder.Config = dataclasses.field(default_factory=span_decoder.Config)
     metrics: runtime_metrics.Config = dataclasses.field(default_factory=runtime_metrics.Config)
     runtime_metrics: memory_metrics.Config = dataclasses.field(default_factory=memory_metrics.Config)
+    functions: funcspans.Config = dataclasses.field(default_factory=funcspans.Config)
 
     def validate(self, path="receivers::goroutines"):
         problems = super().validate(path)
@@ -73,11 +78,14 @@ class GoroutinesReceiver:
 
     def __init__(self, settings, config, next_stage, launch_options=None):
         self.id = settings.id
+        self.start_ns = time.time_ns()
         self.config = config
         self.processes = settings.processes
         self.metrics = runtime_metrics.create(config.metrics)
         self.memory_metrics = memory_metrics.create(config.runtime_metrics)
         self.disowned = frozenset()     # metric names another component exports for our processes
+        self.functions = None            # funcspans.FunctionCalls, made at start() (it attaches)
+        self._next = next_stage
         self.decoder = span_decoder.create(config.spans, next_stage, metrics=self.metrics)
         self.head = ExitedProcesses(self.decoder, self.processes)
         self.source = receiver.GoroutineReceiver(config.source_config(), self.head,
@@ -92,9 +100,27 @@ class GoroutinesReceiver:
 
     # the service's control path
     def start(self):
-        """Attach to every target and start the poller; raises TargetError / ProbeError."""
-        self.source.start()
+        """Attach to every target and start the poller; raises TargetError / ProbeError. Function
+        probes go on first, so that a launched command's first calls are seen."""
+        if self.config.functions.patterns:
+            self.functions = funcspans.FunctionCalls(self.config.functions, self.config,
+                                                     self.processes, self._next)
+            self.functions.set_decoder(self.decoder)
+            self.decoder.next = self.functions
+        try:
+            self.source.start()
+        except BaseException:
+            if self.functions is not None:
+                self.functions.close()
+            raise
         return self
+
+    @property
+    def extra_attributes(self):
+        """span_id -> serialized attributes of function spans (arguments), for the encoder."""
+        if self.functions is not None and self.functions.values is not None:
+            return self.functions.take_arguments
+        return None
 
     def wait(self, timeout=None):
         return self.source.wait(timeout)
@@ -111,6 +137,8 @@ class GoroutinesReceiver:
         (idempotent)."""
         self.decoder.stop_at(time.time_ns())
         self.source.shutdown(timeout)
+        if self.functions is not None:
+            self.functions.close()
 
     def collect(self, resource_for, names):
         """The Go runtime metrics now, as an ExportMetricsServiceRequest (any thread). The runtime's
@@ -123,6 +151,9 @@ class GoroutinesReceiver:
             else:
                 self.memory_metrics.forget(proc.pid)
         request = self.metrics.to_request(resource_for, names=names, extra=extra)
+        if self.functions is not None:
+            funcspans.add_to_request(request, self.functions.metrics(self.start_ns, time.time_ns()),
+                                     resource_for)
         if self.disowned:
             for rm in request.resource_metrics:
                 for sm in rm.scope_metrics:
@@ -141,6 +172,8 @@ class GoroutinesReceiver:
         out = {"accepted_events": self.source.events, "refused_events": self.source.lost,
                "failed_events": self.source.failed_events}
         out.update({f"decoder_{k}": v for k, v in self.decoder.counters().items()})
+        if self.functions is not None:
+            out.update(self.functions.counters())
         return out
 
 
