@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from pipeline.stage import Stage
-from receiver import existing, probes, targets
+from receiver import existing, levels, probes, targets
 from receiver.clock import MonotonicClock
 from receiver.errors import ConfigError, GotelError, TargetError
 from receiver.events import Kind
@@ -50,6 +50,15 @@ class Config:
     poll_interval_s: float = 0.05
     check_interval_s: float = 0.2
     existing: bool = True                  # emit goroutines alive at attach, and read unknown ones
+    # What tracing costs (receiver/levels.py): census, lifecycle or full; windows of full tracing
+    # (`window` every `period`); a budget (`max_overhead: 2%` of each target's CPU time); triggers.
+    level: str = "full"
+    window_s: float = 0.0                  # 0: 2s when a window is opened by a budget or a trigger
+    period_s: float = 0.0                  # 0: no periodic windows
+    max_overhead: float | str = 0.0        # "2%" or 0.02; 0: no budget
+    trigger_port: int = 0                  # POST http://127.0.0.1:PORT/window opens a window; 0: off
+    trigger_goroutine_rate: float = 0.0    # goroutines/s of growth that open a window; 0: off
+    trigger_cooldown_s: float = 30.0       # at least this long between two anomaly triggers
 
     def validate(self, path="receivers::goroutines"):
         problems = []
@@ -65,6 +74,20 @@ class Config:
         if self.poll_interval_s <= 0 or self.check_interval_s <= 0:
             problems.append(f"{path}: poll_interval_s and check_interval_s must be > 0")
         problems += [f"{path}: {p}" for p in self.probe_config().validate()] if not unknown else []
+        if self.level not in levels.LEVELS:
+            problems.append(f"{path}::level must be one of {', '.join(levels.LEVELS)}, not {self.level!r}")
+        try:
+            levels.parse_overhead(self.max_overhead)
+        except (TypeError, ValueError):
+            problems.append(f"{path}::max_overhead must be a percentage of the target's CPU time "
+                            f"below 100% (2%, or 0.02), not {self.max_overhead!r}")
+        if self.window_s < 0 or self.period_s < 0 or self.trigger_cooldown_s < 0:
+            problems.append(f"{path}: window, period and trigger_cooldown must be >= 0")
+        if self.period_s and self.period_s < (self.window_s or levels.DEFAULT_WINDOW_S):
+            problems.append(f"{path}::period must be at least window "
+                            f"({self.window_s or levels.DEFAULT_WINDOW_S}s), not {self.period_s}s")
+        if not 0 <= self.trigger_port < 65536:
+            problems.append(f"{path}::trigger_port must be a TCP port (0: off), not {self.trigger_port}")
         return problems
 
     def probe_config(self):
@@ -105,6 +128,8 @@ class GoroutineReceiver(Stage):
         self._unbiased = set()              # pids of PIE load bias to learn from their events
         self._retirements = []              # the threads that detach them
         self._shut = False
+        self.levels = None                  # levels.LevelController
+        self._window_lazy = set()           # pids read lazily only while a window is open
 
     # -- control path -----------------------------------------------------------------------------
 
@@ -113,6 +138,9 @@ class GoroutineReceiver(Stage):
         super().start()
         self.probes = probes.Probes(self.config.probe_config())
         try:
+            self.levels = levels.LevelController(self.config, self.probes, memory=self._memory,
+                                                 on_window=self._on_window)
+            self.levels.calibrate()
             self.reader = RingBufferReader(self.probes.events_fd)
             for pid in self.config.pids:
                 self._attach_pid(targets.Target.pid(pid), pid)
@@ -120,12 +148,31 @@ class GoroutineReceiver(Stage):
                 self._attach_path(targets.Target.path(path))
             if self.config.command:
                 self._launch(targets.Target.command(self.config.command))
+            self.levels.start()
         except BaseException:
             self._teardown()
             raise
         self._thread = threading.Thread(target=self._run, name="gotel-receiver", daemon=True)
         self._thread.start()
         return self
+
+    def open_window(self, reason="signal"):
+        """Open a window of full tracing on every target now (any thread, signal handlers too)."""
+        if self.levels is not None:
+            self.levels.open_window(reason)
+
+    def _on_window(self, unit, window, opening):
+        """A window opened or closed (controller thread). Goroutines first seen in it, which the
+        level below did not report, are read from the process then (wait reason, parent, start)."""
+        if self.config.level == "full" and not window.attached:
+            return
+        for pid in unit.pids():
+            if opening and pid not in self._lazy:
+                self._window_lazy.add(pid)
+                self._lazy[pid] = set()
+            elif not opening and pid in self._window_lazy:
+                self._window_lazy.discard(pid)
+                self._lazy.pop(pid, None)
 
     def _attach_pid(self, target, pid, binary=None, popen=None):
         if not targets.is_running(pid):
@@ -134,7 +181,7 @@ class GoroutineReceiver(Stage):
         proc = targets.new_process(pid, binary, target, popen=popen)
         if popen is not None:
             proc.exe = self.command.program   # the shell is about to become it
-        proc.attachment = self.probes.attach(binary, pid)
+        proc.attachment = self.levels.add(binary, pid)
         if popen is None:
             proc.pc_bias()
         elif binary.pie:
@@ -147,7 +194,8 @@ class GoroutineReceiver(Stage):
 
     def _attach_path(self, target):
         binary = targets.open_binary(target.value)
-        att = self.probes.attach(binary, -1)
+        att = self.levels.add(binary, -1, pids=lambda: [p.pid for p in self.registry.alive()
+                                                        if p.binary is binary])
         st = os.stat(target.value)
         self._path_targets.append((target, binary, att, (st.st_dev, st.st_ino)))
         for pid in targets.processes_running(target.value):
@@ -206,6 +254,8 @@ class GoroutineReceiver(Stage):
         super().shutdown(max(0.0, deadline - time.monotonic()))
 
     def _teardown(self):
+        if self.levels is not None:
+            self.levels.stop()
         for retire in self._retirements:
             retire.join()
         if self.reader is not None:
@@ -379,7 +429,7 @@ class GoroutineReceiver(Stage):
         """Detach an exited process's probe and mark it exited (on a thread of its own)."""
         try:
             if proc.attachment is not None:
-                self.probes.detach(proc.attachment)
+                self.levels.remove(proc.pid)
             self.probes.forget(proc.pid)
         finally:
             self.registry.mark_exited(proc.pid, status)
