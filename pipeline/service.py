@@ -450,7 +450,11 @@ class Service:
                 self.exporters[eid].export(payload)
 
     def _runtime_metrics_request(self):
-        return self.metrics.to_request(self.resources.resource_for, names=self)
+        from pipeline import overhead
+
+        request = self.metrics.to_request(self.resources.resource_for, names=self)
+        return overhead.add_to_request(request, getattr(self.receiver, "levels", None),
+                                       self.resources.resource_for, time.time_ns())
 
     # the names resolver GoRuntimeMetrics asks at export
     def function(self, pid, pc):
@@ -567,5 +571,5 @@ class Service:
         return Summary(self.tap, self.encoder, lost_events=getattr(self.receiver, "lost", 0),
                        events=getattr(self.receiver, "events", 0), outputs=self.output_paths(),
                        exported={k: tuple(v) for k, v in sent.items()},
-                       processes=list(self.registry))
+                       processes=list(self.registry), levels=getattr(self.receiver, "levels", None))
 

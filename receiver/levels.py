@@ -149,6 +149,7 @@ class LevelController:
         self.clock = clock
         self.calibration = None
         self.units = []
+        self.retired = []                # units of exited processes (for the summary)
         self.triggers = {}               # reason -> count
         self._requests = []              # reasons of windows asked for, not yet opened
         self._lock = threading.Lock()
@@ -211,7 +212,10 @@ class LevelController:
         with self._lock:
             gone = [u for u in self.units if u.pid == pid]
             self.units = [u for u in self.units if u.pid != pid]
+            self.retired += gone
         for unit in gone:
+            unit.final_level = "full" if unit.full is not None else \
+                "lifecycle" if unit.lifecycle else "census"
             self._set_lifecycle(unit, False)
             if unit.full is not None:
                 self.probes.detach(unit.full)
@@ -402,13 +406,16 @@ class LevelController:
 
     # -- reading ----------------------------------------------------------------------------------
     def status(self):
-        """[{pid, path, level, overhead, cpu_rate, rates, windows, window_open}] per unit."""
+        """[{pid, pids, path, level, overhead, cpu_rate, rates, windows, window_open, window_s}] per
+        unit, those of exited processes included (as they were last)."""
         out = []
         with self._lock:
-            units = list(self.units)
+            units = list(self.units) + list(self.retired)
         for u in units:
-            level = "full" if u.full is not None else "lifecycle" if u.lifecycle else "census"
-            out.append({"pid": u.pid, "path": str(u.binary.path), "level": level,
+            level = getattr(u, "final_level", None) or (
+                "full" if u.full is not None else "lifecycle" if u.lifecycle else "census")
+            out.append({"pid": u.pid, "pids": u.pids() if u in self.units else [],
+                        "path": str(u.binary.path), "level": level,
                         "overhead": u.overhead, "cpu_rate": u.cpu_rate, "rates": dict(u.rates),
                         "windows": len(u.windows), "window_open": u.window is not None,
                         "window_s": sum(((w.closed_ns or self.clock()) - w.opened_ns)

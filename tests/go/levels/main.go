@@ -1,0 +1,72 @@
+// levels drives the level, window, trigger and budget tests: goroutine traffic whose rate the test
+// chooses, a change of rate mid-run, or a growing crowd of blocked goroutines.
+//
+//	levels pingpong RATE SECONDS [RATE2 SECONDS2]   ping-pong ops per second, then RATE2
+//	levels grow PER_SECOND SECONDS                  start PER_SECOND goroutines a second that block
+//	levels quiet SECONDS                            one goroutine ticking every 100 ms
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+)
+
+func pingpong(rate int, d time.Duration) int {
+	ping, pong := make(chan int), make(chan int)
+	go func() {
+		for v := range ping {
+			pong <- v
+		}
+	}()
+	n, start := 0, time.Now()
+	for time.Since(start) < d {
+		// Bursts of rate/100 ops every 10 ms.
+		for i := 0; i < rate/100; i++ {
+			ping <- i
+			<-pong
+			n++
+		}
+		go func() {}() // a creation and an exit for the lifecycle probes, too
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(ping)
+	return n
+}
+
+func main() {
+	if os.Getenv("WAIT_STDIN") != "" {
+		bufio.NewReader(os.Stdin).ReadString('\n')
+	}
+	arg := func(i int) int {
+		v, _ := strconv.Atoi(os.Args[i])
+		return v
+	}
+	switch os.Args[1] {
+	case "pingpong":
+		n := pingpong(arg(2), time.Duration(arg(3))*time.Second)
+		if len(os.Args) > 5 {
+			n += pingpong(arg(4), time.Duration(arg(5))*time.Second)
+		}
+		fmt.Println("ops", n)
+	case "grow":
+		block := make(chan struct{})
+		end := time.Now().Add(time.Duration(arg(3)) * time.Second)
+		for time.Now().Before(end) {
+			for i := 0; i < arg(2)/10; i++ {
+				go func() { <-block }()
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		close(block)
+		fmt.Println("grown")
+	case "quiet":
+		end := time.Now().Add(time.Duration(arg(2)) * time.Second)
+		for time.Now().Before(end) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		fmt.Println("quiet")
+	}
+}
