@@ -44,9 +44,9 @@ TOP_LEVEL = (*KINDS, "service", "extensions", "connectors")
 # when a file names the type, so a component whose module is missing fails that file, not gotel.
 COMPONENTS = {
     ("receivers", "goroutines"): ("pipeline.service", "ReceiverConfig", SIGNALS),
-    ("processors", "filter"): ("pipeline.filter", "Config", ("traces",)),
-    ("processors", "sampler"): ("pipeline.sampler", "Config", ("traces",)),
-    ("processors", "batch"): ("pipeline.batcher", "Config", SIGNALS),
+    ("processors", "filter"): ("pipeline.processors.filter", "Config", ("traces",)),
+    ("processors", "sampler"): ("pipeline.processors.sampler", "Config", ("traces",)),
+    ("processors", "batch"): ("pipeline.processors.batch", "Config", SIGNALS),
     ("exporters", "otlp_grpc"): ("pipeline.exporters.otlp_grpc", "Config", SIGNALS),
     ("exporters", "file"): ("pipeline.exporters.file", "Config", SIGNALS),
     ("exporters", "debug"): ("pipeline.exporters.debug", "Config", SIGNALS),

@@ -33,10 +33,10 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from pipeline import batcher as batcher_mod
+from pipeline.processors import batch as batcher_mod
 from pipeline import decoder as decoder_mod
 from pipeline import metrics as metrics_mod
-from pipeline import encode
+from pipeline.exporters import encode
 from pipeline.exporters.base import Payload, RateLimitedLog
 from pipeline.stage import Stage
 from pipeline.summary import Summary, SummaryTap
@@ -49,9 +49,9 @@ EXPORTER_MODULES = {
     "debug": "pipeline.exporters.debug",
 }
 PROCESSOR_MODULES = {
-    "filter": "pipeline.filter",
-    "sampler": "pipeline.sampler",
-    "batch": "pipeline.batcher",
+    "filter": "pipeline.processors.filter",
+    "sampler": "pipeline.processors.sampler",
+    "batch": "pipeline.processors.batch",
 }
 
 

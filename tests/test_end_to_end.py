@@ -13,8 +13,9 @@ import pytest
 
 import oracle
 import otlp_server
-from pipeline import config, demo
-from pipeline.cli import run_service
+from pipeline import config
+from pipeline.app import demo
+from pipeline.app.cli import run_service
 
 REQUIRED_METRICS = {
     "go.goroutine.count", "go.schedule.duration", "go.goroutine.created", "go.goroutine.exited",
@@ -170,7 +171,7 @@ def test_sigterm_flushes_prints_the_summary_and_exits(require_bpf, tmp_path):
     binary = demo.build()
     out_dir = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "trace", "--out", str(out_dir), "--", str(binary),
+        [sys.executable, "-m", "pipeline.app.cli", "trace", "--out", str(out_dir), "--", str(binary),
          "-duration", "60s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(demo.SOURCE.parents[1])})
     traces = out_dir / "traces.jsonl"

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipeline import encode
+from pipeline.exporters import encode
 from pipeline.spans import SPAN_DTYPE, SpanKind
 
 T0 = 1_700_000_000_000_000_000

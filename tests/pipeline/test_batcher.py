@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from pipeline import batcher
+from pipeline.processors import batch as batcher
 from pipeline.spans import SPAN_DTYPE
 from pipeline.stage import Stage
 

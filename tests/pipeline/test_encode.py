@@ -8,7 +8,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 import spanfactory
-from pipeline import encode
+from pipeline.exporters import encode
 from pipeline.spans import SPAN_DTYPE, SpanFlag, SpanKind
 
 

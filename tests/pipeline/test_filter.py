@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline import filter as span_filter
-from pipeline.filter import Config, SpanFilter
+from pipeline.processors import filter as span_filter
+from pipeline.processors.filter import Config, SpanFilter
 from pipeline.spans import SpanKind, empty_spans
 from receiver.errors import ConfigError
 

@@ -7,7 +7,7 @@ import gosim
 from pipeline.decoder import EventDecoder
 from pipeline.ids import IdGenerator, randomness
 from pipeline.metrics import GoRuntimeMetrics
-from pipeline.sampler import (AdaptiveSampler, Config, format_threshold, probability_of,
+from pipeline.processors.sampler import (AdaptiveSampler, Config, format_threshold, probability_of,
                               threshold_for)
 from pipeline.spans import SpanFlag, SpanKind, empty_spans
 

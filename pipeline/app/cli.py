@@ -277,7 +277,7 @@ def _trace(args):
 
 
 def _demo(args):
-    from pipeline import demo
+    from pipeline.app import demo
 
     return demo.run(out_dir=args.out, duration=args.duration)
 

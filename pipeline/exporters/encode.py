@@ -18,7 +18,7 @@ to ``f`` where the symbolizer can, in pipeline/service.py.) Park spans are named
 ("chan receive"); with ``park_mode: events`` parks are span events of their goroutine's span.
 
 Thread-safety: one encoder is used by one thread (the pipeline's), its caches are plain dicts.
-Cost: see ``python -m pipeline.encode`` (measured throughput printed in spans/s).
+Cost: see ``python -m pipeline.exporters.encode`` (measured throughput printed in spans/s).
 """
 
 import bisect
@@ -165,7 +165,7 @@ def span_name(start_function, creator_function):
 
 def tracestate(threshold):
     """OTEP 235 tracestate for a 56-bit rejection threshold ("" when everything is kept)."""
-    from pipeline.sampler import format_threshold
+    from pipeline.processors.sampler import format_threshold
 
     return f"ot=th:{format_threshold(threshold)}" if threshold else ""
 
