@@ -46,6 +46,7 @@ SAMPLE_S = 0.5           # how often hits and CPU time are read
 SMOOTHING_S = 5.0        # time constant of the overhead estimate
 DEFAULT_WINDOW_S = 2.0   # a window's length when only a budget or a trigger opens them
 BUCKET_S = 30.0          # the bucket holds at most this many seconds of budget
+MEASURE_S = 0.25         # a window opened only to learn what full tracing costs (budget, no figure yet)
 
 
 def parse_overhead(value):
@@ -120,6 +121,8 @@ class Unit:
         self.hits = None                 # {pid: {point: count}} at the last sample
         self.cpu = None                  # {pid: cpu ns} at the last sample
         self.sampled_ns = 0
+        self.cost_ns = 0.0               # estimated probe cost, and the target's CPU time, in total
+        self.cpu_ns = 0.0
         self.allglen = None
         self.allglen_ns = 0
         self.window_until = 0
@@ -311,7 +314,9 @@ class LevelController:
         unit.allglen, unit.allglen_ns = total, now
 
     def _sample(self, unit, now):
-        if now - unit.sampled_ns < SAMPLE_S * 1e9 and unit.sampled_ns:
+        # Every tick while full tracing is on (the budget reacts within TICK_S), else every SAMPLE_S.
+        every = TICK_S if unit.full is not None and self.budget else SAMPLE_S
+        if now - unit.sampled_ns < every * 1e9 * 0.9 and unit.sampled_ns:
             return
         pids = unit.pids()
         hits = {pid: self.probes.hits(pid) for pid in pids}
@@ -329,6 +334,8 @@ class LevelController:
             cost = sum(rates.values()) * dt / 1e9 * self.calibration.hit_ns
             unit.rates = rates
             unit.cpu_rate = dcpu / dt
+            unit.cost_ns += cost
+            unit.cpu_ns += dcpu
             if unit.full is not None and rates.get("casgstatus"):
                 unit.full_rate = rates["casgstatus"]
             alpha = min(1.0, dt / (SMOOTHING_S * 1e9))
@@ -382,7 +389,8 @@ class LevelController:
                 return
         unit.window = Window(len(unit.windows) + 1, reason, self.clock(), attached=attached)
         unit.windows.append(unit.window)
-        unit.window_until = now + self.window_ns
+        unit.window_until = now + (self.window_ns if unit.full_rate is not None or not self.budget
+                                   else min(self.window_ns, int(MEASURE_S * 1e9)))
         log.info("window %d opened (%s) on %s", unit.window.number, reason,
                  unit.pid if unit.pid > 0 else unit.binary.path)
         if self.on_window is not None:
@@ -418,6 +426,8 @@ class LevelController:
                         "path": str(u.binary.path), "level": level,
                         "overhead": u.overhead, "cpu_rate": u.cpu_rate, "rates": dict(u.rates),
                         "windows": len(u.windows), "window_open": u.window is not None,
+                        "cost_ns": u.cost_ns, "cpu_ns": u.cpu_ns,
+                        "window_reasons": [(w.reason, w.close_reason) for w in u.windows],
                         "window_s": sum(((w.closed_ns or self.clock()) - w.opened_ns)
                                         for w in u.windows) / 1e9})
         return out

@@ -36,6 +36,17 @@ func pingpong(rate int, d time.Duration) int {
 	return n
 }
 
+// busy keeps about half a core busy (5 ms spinning, 5 ms asleep), as a service's own work would:
+// the budget is a share of the target's CPU time.
+func busy() {
+	for {
+		t := time.Now()
+		for time.Since(t) < 5*time.Millisecond {
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func main() {
 	if os.Getenv("WAIT_STDIN") != "" {
 		bufio.NewReader(os.Stdin).ReadString('\n')
@@ -46,6 +57,7 @@ func main() {
 	}
 	switch os.Args[1] {
 	case "pingpong":
+		go busy()
 		n := pingpong(arg(2), time.Duration(arg(3))*time.Second)
 		if len(os.Args) > 5 {
 			n += pingpong(arg(4), time.Duration(arg(5))*time.Second)

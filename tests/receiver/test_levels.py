@@ -1,0 +1,137 @@
+"""Levels, windows, triggers and the overhead budget (receiver/levels.py, receiver/lifecycle.py), on
+real Go programs under real uprobes. The Go programs' own output is the oracle for counts."""
+
+import collections
+import socket
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from receiver import lifecycle
+from receiver.binary import GoBinary
+from receiver.events import Kind
+from receiver.receiver import run_command
+
+
+class Sink:
+    def __init__(self):
+        self.batches = []
+
+    def consume(self, batch):
+        self.batches.append(batch.copy())
+
+    def start(self):
+        pass
+
+    def shutdown(self, timeout=None):
+        pass
+
+    def events(self):
+        return np.concatenate(self.batches) if self.batches else np.zeros(0)
+
+
+@pytest.mark.parametrize("version", ["1.19", "1.21", "1.23", "1.25", "1.27"])
+def test_lifecycle_probes_sit_on_emulated_instructions(go_build, version):
+    """Creation and exit probes on instructions the kernel emulates (one trap a hit), the new g in
+    an argument register the BPF side reads."""
+    binary = GoBinary.open(str(go_build("spawner", version)))
+    points = lifecycle.points(binary)
+    assert points["create"].placement.emulated and points["exit"].placement.emulated
+    assert points["create"].program in ("probe_create_ax", "probe_create_bx")
+    assert points["create"].placement.instruction.startswith("call ")
+
+
+@pytest.mark.parametrize("version", ["1.19", "1.25"])
+def test_lifecycle_level_sees_each_goroutine_once_with_parent(require_bpf, go_build, version):
+    binary = go_build("spawner", version)
+    sink = Sink()
+    rx, done = run_command([binary, "2000"], sink, timeout=120, level="lifecycle")
+    assert done.returncode == 0 and "spawned 2000" in done.stdout
+    ev = sink.events()
+    kinds = collections.Counter(ev["kind"].tolist())
+    assert set(kinds) <= {Kind.CREATE, Kind.EXIT}, kinds
+    created = ev[ev["kind"] == Kind.CREATE]
+    workers = created[created["aux_goid"] == 1]       # main.main made every worker
+    assert len(np.unique(workers["goid"])) >= 2000
+    assert (workers["pc_start"] != 0).all() and (workers["pc_create"] != 0).all()
+    exited = np.unique(ev["goid"][ev["kind"] == Kind.EXIT])
+    assert np.isin(workers["goid"], exited).sum() >= 2000   # the runtime's own helpers live on
+
+
+def test_windows_trace_fully_and_introduce_goroutines_alive_at_their_start(require_bpf, go_build):
+    """lifecycle between windows, full inside: parks appear only in windows, and every goroutine
+    that parks in a window was created or introduced (with its parent) before."""
+    binary = go_build("levels", "1.25")
+    sink = Sink()
+    rx, done = run_command([binary, "pingpong", "2000", "5"], sink, timeout=120,
+                           level="lifecycle", window_s=0.5, period_s=1.5)
+    assert done.returncode == 0
+    status = rx.levels.status()
+    assert status[0]["windows"] >= 2, status
+    ev = sink.events()
+    parks = ev[ev["kind"] == Kind.PARK]
+    assert len(parks) > 100
+    introduced = set(ev["goid"][(ev["kind"] == Kind.CREATE) | (ev["kind"] == Kind.EXISTING)].tolist())
+    assert set(parks["goid"].tolist()) <= introduced
+    # Outside windows only creations and exits: far fewer parks than ping-pong ops (2 per op).
+    ops = int(done.stdout.split()[-1])
+    assert len(parks) < ops
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_http_trigger_opens_a_window(require_bpf, go_build):
+    binary = go_build("levels", "1.25")
+    port = _free_port()
+    sink = Sink()
+    fired = []
+
+    def poke():
+        for _ in range(100):
+            time.sleep(0.2)
+            try:
+                urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{port}/window", method="POST"), timeout=5).read()
+                fired.append(True)
+                return
+            except OSError:
+                continue
+
+    threading.Thread(target=poke, daemon=True).start()
+    rx, done = run_command([binary, "quiet", "4"], sink, timeout=120, level="lifecycle",
+                           trigger_port=port, window_s=1.0)
+    assert fired and rx.levels.triggers == {"http": 1}
+    assert rx.levels.status()[0]["window_reasons"][0][0] == "http"
+
+
+@pytest.mark.parametrize("program,fires", [(["grow", "3000", "4"], True), (["quiet", "4"], False)])
+def test_goroutine_growth_trigger(require_bpf, go_build, program, fires):
+    binary = go_build("levels", "1.25")
+    rx, done = run_command([binary, *program], Sink(), timeout=120, level="lifecycle",
+                           trigger_goroutine_rate=500.0)
+    assert done.returncode == 0
+    reasons = [r for r in rx.levels.triggers if r.startswith("goroutines rising")]
+    assert bool(reasons) == fires, rx.levels.triggers
+
+
+def test_budget_holds_when_the_event_rate_rises_tenfold(require_bpf, go_build):
+    """max_overhead 2% on a program (half a core of its own work) going from 2,000 to 20,000
+    ping-pong ops/s: the probes' cost as estimated stays within the budget (with a quarter of it
+    to spare for the first, 0.25 s window that measures what full tracing costs), and full tracing
+    runs for part of the run only."""
+    binary = go_build("levels", "1.25")
+    rx, done = run_command([binary, "pingpong", "2000", "4", "20000", "4"], Sink(), timeout=120,
+                           level="full", max_overhead="2%")
+    assert done.returncode == 0
+    (unit,) = rx.levels.status()
+    assert unit["cpu_ns"] > 0 and unit["windows"] >= 1
+    assert unit["cost_ns"] <= 0.02 * 1.25 * unit["cpu_ns"], unit
+    # Full tracing did not run throughout: the budget turned it off for part of the run.
+    assert unit["window_s"] < 7.5, unit
