@@ -181,7 +181,8 @@ class GoroutineReceiver(Stage):
         proc = targets.new_process(pid, binary, target, popen=popen)
         if popen is not None:
             proc.exe = self.command.program   # the shell is about to become it
-        proc.attachment = self.levels.add(binary, pid)
+        unit = self.levels.add(binary, pid)
+        proc.attachment = unit.full       # the casgstatus probe at start (None below full)
         if popen is None:
             proc.pc_bias()
         elif binary.pie:
@@ -428,8 +429,7 @@ class GoroutineReceiver(Stage):
     def _retire(self, proc, status):
         """Detach an exited process's probe and mark it exited (on a thread of its own)."""
         try:
-            if proc.attachment is not None:
-                self.levels.remove(proc.pid)
+            self.levels.remove(proc.pid)     # every probe of the process, whatever its level
             self.probes.forget(proc.pid)
         finally:
             self.registry.mark_exited(proc.pid, status)
