@@ -286,6 +286,7 @@ class Service:
                                           self.host_name)
         self.symbols = encode.Symbols(self.symbolize)
         self.encoder = encode.TraceEncoder(self.resources, self.symbols, self.wait_reasons)
+        self.encoder.windows = self.windows
         for pipeline in self.config.pipelines.values():
             for eid in pipeline.exporters:
                 if eid not in self.exporters:
@@ -448,6 +449,11 @@ class Service:
         for payload in payloads:
             for eid in self.metrics_exporters:
                 self.exporters[eid].export(payload)
+
+    def windows(self, pid):
+        """The receiver's windows of full tracing of process pid (receiver.levels), or None."""
+        levels = getattr(self.receiver, "levels", None)
+        return levels.windows_of(pid) if levels is not None else None
 
     def _runtime_metrics_request(self):
         from pipeline import overhead

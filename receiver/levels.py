@@ -98,6 +98,8 @@ class Window:
     opened_ns: int
     closed_ns: int = 0
     close_reason: str = ""
+    opened_unix_ns: int = 0
+    closed_unix_ns: int = 0
     attached: bool = True            # the window attached the full probe (and detaches it)
 
 
@@ -225,6 +227,7 @@ class LevelController:
                 unit.full = None
             if unit.window is not None:
                 unit.window.closed_ns, unit.window.close_reason = self.clock(), "exit"
+                unit.window.closed_unix_ns = time.time_ns()
                 unit.window = None
 
     def stop(self):
@@ -345,19 +348,33 @@ class LevelController:
                 unit.tokens_ns = min(cap, unit.tokens_ns + self.budget * dcpu - cost)
         unit.hits, unit.cpu, unit.sampled_ns = hits, cpu, now
 
-    def _full_cost_ns(self, unit):
-        """Expected CPU ns of one window of full tracing, from the last one (None: never measured)."""
+    def _full_ns_per_ns(self, unit):
+        """CPU ns full tracing costs per ns of a window, from the last one (None: never measured)."""
         if unit.full_rate is None:
             return None
-        return unit.full_rate * self.window_ns / 1e9 * self.calibration.hit_ns
+        return unit.full_rate * self.calibration.hit_ns / 1e9
+
+    def _affordable_ns(self, unit):
+        """How long a window the bucket pays for now (ns), and the longest it can ever pay for
+        (when full); (None, None) before full tracing was measured."""
+        rate = self._full_ns_per_ns(unit)
+        if rate is None:
+            return None, None
+        cap = self.budget * max(unit.cpu_rate, 0.01) * BUCKET_S * 1e9
+        return max(unit.tokens_ns, 0.0) / max(rate, 1e-9), cap / max(rate, 1e-9)
 
     def _plan(self, unit, now):
         if unit.window is not None:
-            if now >= unit.window_until:
-                self._close(unit, now, "end")
-            elif self.budget and unit.tokens_ns < 0 and unit.hits is not None \
-                    and unit.window.reason in ("period", "budget"):
+            budgeted = self.budget and unit.window.reason in ("period", "budget")
+            if budgeted and unit.tokens_ns < 0 and unit.hits is not None:
                 self._close(unit, now, "budget")
+            elif now >= unit.window_until:
+                rate = self._full_ns_per_ns(unit)
+                if budgeted and self.level == "full" and not self.period_ns and rate is not None \
+                        and rate <= 0.8 * self.budget * unit.cpu_rate and unit.tokens_ns >= 0:
+                    unit.window_until = now + self.window_ns   # affordable: full stays on
+                else:
+                    self._close(unit, now, "end")
         if self.budget and self.level in ("lifecycle", "full"):
             life_rate = unit.rates.get("create", 0.0) + unit.rates.get("exit", 0.0)
             if unit.lifecycle and unit.window is None and unit.tokens_ns < 0 and \
@@ -368,18 +385,21 @@ class LevelController:
                 unit.lifecycle_off_ns = now
             elif not unit.lifecycle and unit.tokens_ns > 0 and now - unit.lifecycle_off_ns > 10e9:
                 self._set_lifecycle(unit, True)
-        if unit.window is None and self.level == "full" and self.budget:
-            expected = self._full_cost_ns(unit)
-            if now >= unit.next_window_ns and (expected is None or unit.tokens_ns >= expected):
-                self._open(unit, now, "budget")
-        elif unit.window is None and self.period_ns and now >= unit.next_window_ns:
-            expected = self._full_cost_ns(unit) if self.budget else None
-            if expected is None or unit.tokens_ns >= expected:
-                self._open(unit, now, "period")
-            if not self.budget:
-                unit.next_window_ns = now + self.period_ns
+        if unit.window is not None or now < unit.next_window_ns:
+            return
+        if self.budget and (self.level == "full" or self.period_ns):
+            afford, longest = self._affordable_ns(unit)
+            if afford is None:
+                self._open(unit, now, "budget" if not self.period_ns else "period",
+                           int(MEASURE_S * 1e9))
+            elif afford >= min(self.window_ns, 0.9 * longest) and afford >= MEASURE_S * 1e9:
+                self._open(unit, now, "budget" if not self.period_ns else "period",
+                           int(min(self.window_ns, afford)))
+        elif self.period_ns:
+            self._open(unit, now, "period", self.window_ns)
+            unit.next_window_ns = now + self.period_ns
 
-    def _open(self, unit, now, reason):
+    def _open(self, unit, now, reason, length_ns=None):
         attached = unit.full is None      # under a continuous full level, a window only marks time
         if attached:
             try:
@@ -387,12 +407,12 @@ class LevelController:
             except GotelError as e:
                 log.warning("window not opened on %s: %s", unit.binary.path, e)
                 return
-        unit.window = Window(len(unit.windows) + 1, reason, self.clock(), attached=attached)
+        unit.window = Window(len(unit.windows) + 1, reason, self.clock(), attached=attached,
+                             opened_unix_ns=time.time_ns())
         unit.windows.append(unit.window)
-        unit.window_until = now + (self.window_ns if unit.full_rate is not None or not self.budget
-                                   else min(self.window_ns, int(MEASURE_S * 1e9)))
-        log.info("window %d opened (%s) on %s", unit.window.number, reason,
-                 unit.pid if unit.pid > 0 else unit.binary.path)
+        unit.window_until = now + (length_ns or self.window_ns)
+        log.info("window %d opened (%s, %.2fs) on %s", unit.window.number, reason,
+                 (length_ns or self.window_ns) / 1e9, unit.pid if unit.pid > 0 else unit.binary.path)
         if self.on_window is not None:
             self.on_window(unit, unit.window, True)
 
@@ -403,10 +423,11 @@ class LevelController:
             self.probes.detach(unit.full)
             unit.full = None
         window.closed_ns, window.close_reason = self.clock(), why
+        window.closed_unix_ns = time.time_ns()
         if self.period_ns:
             unit.next_window_ns = max(unit.next_window_ns, window.opened_ns + self.period_ns)
         else:
-            unit.next_window_ns = now
+            unit.next_window_ns = now + int(MEASURE_S * 1e9)
         log.info("window %d closed (%s) on %s", window.number, why,
                  unit.pid if unit.pid > 0 else unit.binary.path)
         if self.on_window is not None:
@@ -431,6 +452,21 @@ class LevelController:
                         "window_s": sum(((w.closed_ns or self.clock()) - w.opened_ns)
                                         for w in u.windows) / 1e9})
         return out
+
+    def windows_of(self, pid):
+        """(numbers, opened, closed) of process pid's windows as uint64 arrays of Unix ns (closed
+        is the maximum for one still open), in order; None when it had none."""
+        import numpy as np
+
+        with self._lock:
+            units = [u for u in list(self.units) + list(self.retired)
+                     if u.pid == pid or (u.pid == -1 and u in self.units and pid in u.pids())]
+        windows = [w for u in units for w in list(u.windows)]
+        if not windows:
+            return None
+        return (np.array([w.number for w in windows], np.uint64),
+                np.array([w.opened_unix_ns for w in windows], np.uint64),
+                np.array([w.closed_unix_ns or np.iinfo(np.uint64).max for w in windows], np.uint64))
 
     def overhead_by_pid(self):
         """{pid: estimated overhead fraction} for the processes of every unit."""
