@@ -45,8 +45,9 @@ def add_to_request(request, controller, resource_for, now_ns):
 def describe(unit):
     """One summary line for a unit of ``LevelController.status()``."""
     who = f"process {unit['pid']}" if unit["pid"] > 0 else unit["path"]
-    line = (f"{who}: {unit['level']} now, estimated overhead {unit['overhead'] * 100:.2f}% of its "
-            f"CPU time")
+    total = unit["cost_ns"] / unit["cpu_ns"] if unit["cpu_ns"] else 0.0
+    line = (f"{who}: {unit['level']} now, estimated overhead {total * 100:.2f}% of its CPU time "
+            f"over the run ({unit['overhead'] * 100:.2f}% lately)")
     if unit["windows"]:
         line += f", {unit['windows']} window(s) of full tracing ({unit['window_s']:.1f}s)"
     return line

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-ROW_NUMBERS = [1, 2, 3, 4, 5, 6, 7]
+ROW_NUMBERS = [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 @pytest.mark.bpf

@@ -135,3 +135,76 @@ def test_budget_holds_when_the_event_rate_rises_tenfold(require_bpf, go_build):
     assert unit["cost_ns"] <= 0.02 * 1.25 * unit["cpu_ns"], unit
     # Full tracing did not run throughout: the budget turned it off for part of the run.
     assert unit["window_s"] < 7.5, unit
+
+
+def _tracer_parks(text):
+    """{goid: [park reasons]} for every goroutine in `go tool trace -d=parsed` output, those alive
+    at trace.Start included (the oracle module keeps only goroutines created in the trace), and
+    the CLOCK_MONOTONIC span of the trace."""
+    import oracle
+
+    parks, offset, times = collections.defaultdict(list), None, []
+    for line in text.splitlines():
+        s = oracle.SYNC.match(line)
+        if s is not None:
+            offset = int(s.group(2)) - int(s.group(1))
+        t = oracle.EVENT_TIME.match(line)
+        if t is not None:
+            times.append(int(t.group(1)))
+        m = oracle.TRANSITION.match(line)
+        if m is not None:
+            _creator, time_, goid, old, new, reason = m.groups()
+            times.append(int(time_))
+            if old == "Running" and new == "Waiting":
+                parks[int(goid)].append(reason)
+    return parks, min(times) + offset, max(times) + offset
+
+
+def test_window_is_complete_for_goroutines_alive_at_its_start(require_bpf, go_build, tmp_path):
+    """Lifecycle level, then a window opened on demand: goroutines created (and parked) before it
+    are known with their parent, and inside it gotel sees the same parks as Go's own tracer, for
+    them and for the goroutines they create in the window."""
+    import subprocess
+
+    import oracle
+    from receiver.receiver import Config, GoroutineReceiver
+
+    binary = go_build("levels", "1.25")
+    flag, trace_file = tmp_path / "go", tmp_path / "window.trace"
+    sink = Sink()
+    rx = GoroutineReceiver(Config(command=(str(binary), "window", str(flag), str(trace_file)),
+                                  level="lifecycle", window_s=60.0), sink,
+                           launch_options={"stdout": subprocess.PIPE, "text": True})
+    rx.start()
+    try:
+        time.sleep(0.5)                        # the 8 goroutines are made and parked
+        rx.open_window("test")
+        deadline = time.monotonic() + 30
+        while not rx.levels.status()[0]["window_open"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        flag.write_text("go")
+        out, _ = rx.command.popen.communicate(timeout=60)
+        rx.wait(30)
+    finally:
+        rx.shutdown()
+    assert "woken 40" in out
+    assert rx.levels.triggers == {"test": 1}
+    proc = rx.registry.get(rx.command.pid)
+    ev = sink.events()
+    # Timestamps were turned into Unix ns; the oracle compares in CLOCK_MONOTONIC.
+    ev["ts_ns"] -= np.uint64(rx.clock.offset_ns)
+    view = oracle.from_events(ev, proc.binary.layout, proc.pid)
+    text = subprocess.run([str(list(__import__("pipeline.app.gotool", fromlist=["x"]).toolchains()
+                                    .values())[-1]), "tool", "trace", "-d=parsed", str(trace_file)],
+                          capture_output=True, text=True, check=True).stdout
+    parks, start, end = _tracer_parks(text)
+    trace = oracle.parse(text)
+    sleepers = [g for g in view.goroutines.values() if g.parent == 1
+                and g.goid not in trace.goroutines and parks.get(g.goid)]
+    assert len(sleepers) == 8, [(g.goid, g.parent) for g in view.goroutines.values()]
+    for g in sleepers:
+        seen = [r for r, ts in zip(g.parks, view.park_times[g.goid]) if start <= ts <= end]
+        assert len(seen) == len(parks[g.goid]) and all(
+            oracle.same_reason(a, b) for a, b in zip(parks[g.goid], seen)), (g.goid, parks[g.goid], seen)
+    result = oracle.compare(trace, view)
+    assert result.compared >= 20 and result.agreement >= 0.99, result.mismatches[:5]

@@ -4,15 +4,59 @@
 //	levels pingpong RATE SECONDS [RATE2 SECONDS2]   ping-pong ops per second, then RATE2
 //	levels grow PER_SECOND SECONDS                  start PER_SECOND goroutines a second that block
 //	levels quiet SECONDS                            one goroutine ticking every 100 ms
+//	levels window FLAGFILE TRACEFILE                 8 goroutines park; once FLAGFILE exists, each
+//	                                                is woken 5 times under runtime/trace`
 package main
 
 import (
 	"bufio"
 	"fmt"
 	"os"
+	"runtime/trace"
 	"strconv"
 	"time"
 )
+
+// window: goroutines alive (and parked) before a window opens, woken inside it, some of them
+// creating children there; the whole wake-up runs under Go's own tracer, the test's oracle.
+func window(flag, traceFile string) {
+	chans := make([]chan int, 8)
+	done := make(chan int)
+	for i := range chans {
+		chans[i] = make(chan int)
+		go func(c chan int) {
+			for v := range c {
+				if v%2 == 0 {
+					go func() { done <- v }()
+				} else {
+					done <- v
+				}
+			}
+		}(chans[i])
+	}
+	for {
+		if _, err := os.Stat(flag); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	f, err := os.Create(traceFile)
+	if err != nil {
+		panic(err)
+	}
+	if err := trace.Start(f); err != nil {
+		panic(err)
+	}
+	for r := 0; r < 5; r++ {
+		for _, c := range chans {
+			c <- r
+			<-done
+		}
+	}
+	trace.Stop()
+	f.Close()
+	fmt.Println("woken", len(chans)*5)
+}
 
 func pingpong(rate int, d time.Duration) int {
 	ping, pong := make(chan int), make(chan int)
@@ -74,6 +118,8 @@ func main() {
 		}
 		close(block)
 		fmt.Println("grown")
+	case "window":
+		window(os.Args[2], os.Args[3])
 	case "quiet":
 		end := time.Now().Add(time.Duration(arg(2)) * time.Second)
 		for time.Now().Before(end) {
