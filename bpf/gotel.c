@@ -64,7 +64,8 @@ struct gotel_layout {
 #define GOTEL_COUNTER_WAKEUPS  1   /* forced wakeups of the reader */
 #define GOTEL_COUNTER_HITS     2   /* probe hits that produced a kind (captured or lost) */
 #define GOTEL_COUNTER_HELD_FULL 3  /* CREATE not held (map full): sent with goid 0 */
-#define GOTEL_NUM_COUNTERS     4
+#define GOTEL_COUNTER_SUBMITTED 4  /* records submitted (paces the ring-fill queries of submit) */
+#define GOTEL_NUM_COUNTERS     5
 
 /* Probe points, for the hit counter: what the overhead budget prices (receiver/levels.py). */
 #define GOTEL_POINT_CASGSTATUS 0   /* full level: every status change */
@@ -142,15 +143,25 @@ static __always_inline __u64 current_goid(struct pt_regs *ctx, struct gotel_layo
     return read_u64(curg + l->g_goid);
 }
 
-/* Submit a reserved record, waking the reader only when it takes the ring across the watermark.
- * The reader also polls on a timer, so a wakeup missed by a race costs latency, never data. */
+/* Submit a reserved record without waking the reader, except that every GOTEL_QUERY_EVERY-th
+ * event of a CPU asks how full the ring is (bpf_ringbuf_query costs a helper call: asking on every
+ * event was a tenth of the program's cost) and wakes the reader past the watermark. The reader
+ * also polls on a timer, so a wakeup missed costs latency, never data. */
+#ifndef GOTEL_QUERY_EVERY
+#define GOTEL_QUERY_EVERY 32   /* a power of two */
+#endif
 static __always_inline void submit(struct gotel_event *e)
 {
-    __u64 avail = bpf_ringbuf_query(GOTEL_EVENTS_MAP, BPF_RB_AVAIL_DATA);
     __u64 flags = BPF_RB_NO_WAKEUP;
-    if (avail >= GOTEL_WAKEUP_BYTES && avail < GOTEL_WAKEUP_BYTES + GOTEL_RECORD_BYTES) {
-        flags = BPF_RB_FORCE_WAKEUP;
-        count(GOTEL_COUNTER_WAKEUPS);
+    int which = GOTEL_COUNTER_SUBMITTED;
+    __u64 *n = counters.lookup(&which);
+    if (n) {
+        *n += 1;
+        if ((*n & (GOTEL_QUERY_EVERY - 1)) == 0 &&
+                bpf_ringbuf_query(GOTEL_EVENTS_MAP, BPF_RB_AVAIL_DATA) >= GOTEL_WAKEUP_BYTES) {
+            flags = BPF_RB_FORCE_WAKEUP;
+            count(GOTEL_COUNTER_WAKEUPS);
+        }
     }
     events.ringbuf_submit(e, flags);
 }
@@ -196,7 +207,7 @@ static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)
     int hold = kind == GOTEL_KIND_CREATE && l->late_goid_olds;
     e.ts_ns = bpf_ktime_get_ns();
     e.g = gp;
-    __u8 window[GOTEL_G_WINDOW + 8] = {};
+    __u8 window[GOTEL_G_WINDOW + 8];
     __u32 len = l->window_len[kind & 0xf];
     if (len > GOTEL_G_WINDOW)
         len = GOTEL_G_WINDOW;
@@ -251,7 +262,7 @@ static __always_inline int on_lifecycle(struct pt_regs *ctx, int slot, __u64 gp,
     if (!l || !l->enabled || !gp)
         return 0;
     count(GOTEL_COUNTER_HITS);
-    __u8 window[GOTEL_G_WINDOW + 8] = {};
+    __u8 window[GOTEL_G_WINDOW + 8];
     __u32 len = l->window_len[kind & 0xf];
     if (len > GOTEL_G_WINDOW)
         len = GOTEL_G_WINDOW;

@@ -30,7 +30,7 @@ from receiver.events import BPF_DIR, Kind, check_statuses
 
 SOURCE = BPF_DIR / "gotel.c"
 MAX_LAYOUTS = 8
-COUNTERS = ("lost", "wakeups", "hits", "held_full")
+COUNTERS = ("lost", "wakeups", "hits", "held_full", "submitted")
 # Probe points of the hit counter (GOTEL_POINT_* of bpf/gotel.c) and the programs behind them.
 POINTS = ("casgstatus", "create", "exit")
 HIT_PIDS = 1024          # GOTEL_HIT_PIDS
@@ -297,7 +297,7 @@ class Probes:
                 pass
 
     def counters(self):
-        """{"lost", "wakeups", "hits", "held_full"}: sums over CPUs since load."""
+        """{"lost", "wakeups", "hits", "held_full", "submitted"}: sums over CPUs since load."""
         return {name: int(sum(self._counters[self._counters.Key(i)]))
                 for i, name in enumerate(COUNTERS)}
 
