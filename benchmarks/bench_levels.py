@@ -83,7 +83,7 @@ def one_run(variant, seconds, connections, warmup):
 
 
 def run(quick=False):
-    seconds, warmup, repeats, connections = (1, 1, 1, 4) if quick else (6, 1, 3, 8)
+    seconds, warmup, repeats, connections = (1, 1, 1, 4) if quick else (6, 1, 5, 8)
     started = time.monotonic()
     runs = {v: [None] * repeats for v in VARIANTS}
     for i, variant in harness.interleaved(tuple(VARIANTS), repeats):

@@ -137,8 +137,8 @@ class LevelController:
     """Applies a receiver's level/window/trigger/budget settings to its targets (module docstring).
 
     ``probes`` is the receiver's ``Probes``; ``memory(pid)`` returns its ``ProcessMemory``;
-    ``on_window(unit, window, opening)`` is called (on the controller thread) when a window opens
-    (after attaching) and closes (after detaching). ``clock`` is monotonic ns (tests pass a fake).
+    ``on_window(unit, window, stage)`` is called on the controller thread with stage "opening"
+    (just before a window attaches the full probe), "opened" and "closed" (after detaching). ``clock`` is monotonic ns (tests pass a fake).
     """
 
     def __init__(self, config, probes, memory=None, on_window=None, clock=time.monotonic_ns):
@@ -401,20 +401,24 @@ class LevelController:
 
     def _open(self, unit, now, reason, length_ns=None):
         attached = unit.full is None      # under a continuous full level, a window only marks time
+        window = Window(len(unit.windows) + 1, reason, self.clock(), attached=attached,
+                        opened_unix_ns=time.time_ns())
         if attached:
+            if self.on_window is not None:
+                # Before attaching: what the goroutines alive now are doing (see the receiver).
+                self.on_window(unit, window, "opening")
             try:
                 unit.full = self.probes.attach(unit.binary, unit.pid)
             except GotelError as e:
                 log.warning("window not opened on %s: %s", unit.binary.path, e)
                 return
-        unit.window = Window(len(unit.windows) + 1, reason, self.clock(), attached=attached,
-                             opened_unix_ns=time.time_ns())
-        unit.windows.append(unit.window)
+        unit.window = window
+        unit.windows.append(window)
         unit.window_until = now + (length_ns or self.window_ns)
         log.info("window %d opened (%s, %.2fs) on %s", unit.window.number, reason,
                  (length_ns or self.window_ns) / 1e9, unit.pid if unit.pid > 0 else unit.binary.path)
         if self.on_window is not None:
-            self.on_window(unit, unit.window, True)
+            self.on_window(unit, unit.window, "opened")
 
     def _close(self, unit, now, why):
         window = unit.window
@@ -431,7 +435,7 @@ class LevelController:
         log.info("window %d closed (%s) on %s", window.number, why,
                  unit.pid if unit.pid > 0 else unit.binary.path)
         if self.on_window is not None:
-            self.on_window(unit, window, False)
+            self.on_window(unit, window, "closed")
 
     # -- reading ----------------------------------------------------------------------------------
     def status(self):

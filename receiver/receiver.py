@@ -16,6 +16,7 @@ Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.c
 poller thread only.
 """
 
+import collections
 import dataclasses
 import logging
 import os
@@ -130,6 +131,7 @@ class GoroutineReceiver(Stage):
         self._shut = False
         self.levels = None                  # levels.LevelController
         self._window_lazy = set()           # pids read lazily only while a window is open
+        self._inject = collections.deque()  # event batches to deliver with the next ring batch
 
     # -- control path -----------------------------------------------------------------------------
 
@@ -161,16 +163,33 @@ class GoroutineReceiver(Stage):
         if self.levels is not None:
             self.levels.open_window(reason)
 
-    def _on_window(self, unit, window, opening):
-        """A window opened or closed (controller thread). Goroutines first seen in it, which the
-        level below did not report, are read from the process then (wait reason, parent, start)."""
-        if self.config.level == "full" and not window.attached:
+    def _on_window(self, unit, window, stage):
+        """A window of full tracing opens or closes (controller thread).
+
+        Opening, just before the probe goes on: every goroutine alive is read from the process
+        (``existing.read_goroutines``) and handed to the pipeline with the next ring batch (the
+        decoder sorts by time): an EXISTING event per goroutine (ignored for those the decoder
+        knows from the level below) and a PARK, at the time of the read, for each one waiting,
+        with its wait reason, so that its wait, begun before the window, ends in a park span.
+        Where the goroutine list cannot be read (no runtime.allgs), goroutines first seen in the
+        window are read one by one as their events arrive instead (the lazy path)."""
+        if not window.attached:
             return
         for pid in unit.pids():
-            if opening and pid not in self._lazy:
-                self._window_lazy.add(pid)
-                self._lazy[pid] = set()
-            elif not opening and pid in self._window_lazy:
+            proc = self.registry.get(pid)
+            if stage == "opening" and proc is not None:
+                batch = None
+                try:
+                    batch = existing.read_goroutines(pid, proc.binary, self._memory(pid))
+                except GotelError as e:
+                    log.info("process %d: goroutines at window %d not read: %s", pid,
+                             window.number, e)
+                if batch is not None:
+                    self._inject.append(window_sync(batch, proc.binary.layout))
+                elif pid not in self._lazy:
+                    self._window_lazy.add(pid)
+                    self._lazy[pid] = set()
+            elif stage == "closed" and pid in self._window_lazy:
                 self._window_lazy.discard(pid)
                 self._lazy.pop(pid, None)
 
@@ -290,6 +309,11 @@ class GoroutineReceiver(Stage):
             self.finished.set()
 
     def _deliver(self, batch):
+        if self._inject:
+            injected = []
+            while self._inject:     # appended by the controller thread: popleft is atomic
+                injected.append(self._inject.popleft())
+            batch = np.concatenate(injected + [batch])
         if not len(batch):
             return
         pids = batch["pid"]
@@ -439,6 +463,18 @@ class GoroutineReceiver(Stage):
         level = logging.INFO if status in (None, 0) else logging.WARNING
         log.log(level, "process %d (%s) %s; still tracing %d other process(es)", proc.pid,
                 proc.exe, targets.describe_exit(status), len(self.registry.alive()))
+
+
+def window_sync(existing_events, layout):
+    """The events that start a window from the state of the goroutines alive at its opening:
+    the EXISTING events as read, then a PARK (running -> waiting, same time, same wait reason)
+    for each goroutine waiting."""
+    waiting = layout.statuses["_Gwaiting"]
+    parks = existing_events[(existing_events["new_status"] & 0xFFF) == waiting].copy()
+    parks["kind"] = Kind.PARK
+    parks["old_status"] = layout.statuses["_Grunning"]
+    parks["aux_goid"] = parks["pc_start"] = parks["pc_create"] = 0
+    return np.concatenate([existing_events, parks])
 
 
 def create(config, next_stage=None, registry=None, launch_options=None):

@@ -208,3 +208,25 @@ def test_window_is_complete_for_goroutines_alive_at_its_start(require_bpf, go_bu
             oracle.same_reason(a, b) for a, b in zip(parks[g.goid], seen)), (g.goid, parks[g.goid], seen)
     result = oracle.compare(trace, view)
     assert result.compared >= 20 and result.agreement >= 0.99, result.mismatches[:5]
+
+    # As spans: each of the 8 begins the window parked (since before it, on "chan receive"), and
+    # that wait ends in a park span of its goroutine, parented, like the parks inside the window.
+    from pipeline import decoder
+    from pipeline.spans import SpanKind
+
+    spans = Sink()
+    dec = decoder.create(decoder.Config(), spans)
+    ev["ts_ns"] += np.uint64(rx.clock.offset_ns)
+    dec.consume(ev)
+    spans.consume(dec.flush())
+    out = spans.events()
+    names = proc.binary.layout.wait_reasons
+    for g in sleepers:
+        mine = out[out["goid"] == g.goid]
+        goroutine = mine[mine["kind"] == SpanKind.GOROUTINE]
+        parks_ = np.sort(mine[mine["kind"] == SpanKind.PARK], order="start_ns")
+        assert len(goroutine) >= 1 and goroutine["parent_goid"][0] == 1
+        assert len(parks_) >= len(parks[g.goid]) + 1, (g.goid, len(parks_))
+        first = parks_[0]
+        assert first["start_ns"] - rx.clock.offset_ns < start <= first["end_ns"] - rx.clock.offset_ns
+        assert names[first["wait_reason"]] == "chan receive"
