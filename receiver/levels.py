@@ -47,6 +47,7 @@ SMOOTHING_S = 5.0        # time constant of the overhead estimate
 DEFAULT_WINDOW_S = 2.0   # a window's length when only a budget or a trigger opens them
 BUCKET_S = 30.0          # the bucket holds at most this many seconds of budget
 MEASURE_S = 0.25         # a window opened only to learn what full tracing costs (budget, no figure yet)
+LIFECYCLE_RETRY_S = 60   # lifecycle probes that overspent are tried again this much later
 
 
 def parse_overhead(value):
@@ -130,6 +131,8 @@ class Unit:
         self.window_until = 0
         self.lifecycle_error = None      # why the lifecycle probes cannot go on this binary
         self.lifecycle_off_ns = 0
+        self.life_rate = 0.0             # lifecycle hits per second, last seen while they were on
+        self.life_measured_ns = 0
         self.last_trigger_ns = 0
 
 
@@ -317,8 +320,8 @@ class LevelController:
         unit.allglen, unit.allglen_ns = total, now
 
     def _sample(self, unit, now):
-        # Every tick while full tracing is on (the budget reacts within TICK_S), else every SAMPLE_S.
-        every = TICK_S if unit.full is not None and self.budget else SAMPLE_S
+        # Under a budget every tick (it reacts within TICK_S), else every SAMPLE_S.
+        every = TICK_S if self.budget else SAMPLE_S
         if now - unit.sampled_ns < every * 1e9 * 0.9 and unit.sampled_ns:
             return
         pids = unit.pids()
@@ -341,6 +344,9 @@ class LevelController:
             unit.cpu_ns += dcpu
             if unit.full is not None and rates.get("casgstatus"):
                 unit.full_rate = rates["casgstatus"]
+            if unit.lifecycle:
+                unit.life_rate = rates.get("create", 0.0) + rates.get("exit", 0.0)
+                unit.life_measured_ns = now
             alpha = min(1.0, dt / (SMOOTHING_S * 1e9))
             unit.overhead += alpha * ((cost / dcpu if dcpu > 0 else 0.0) - unit.overhead)
             if self.budget:
@@ -375,15 +381,19 @@ class LevelController:
                     unit.window_until = now + self.window_ns   # affordable: full stays on
                 else:
                     self._close(unit, now, "end")
-        if self.budget and self.level in ("lifecycle", "full"):
-            life_rate = unit.rates.get("create", 0.0) + unit.rates.get("exit", 0.0)
-            if unit.lifecycle and unit.window is None and unit.tokens_ns < 0 and \
-                    life_rate * self.calibration.hit_ns > self.budget * unit.cpu_rate * 1e9 * 0.5:
-                log.warning("lifecycle probes of %s cost more than half the budget: census level "
-                            "until the budget allows them again", unit.binary.path)
+        if self.budget and self.level in ("lifecycle", "full") and unit.lifecycle_error is None:
+            # The lifecycle probes may take half the budget; beyond, the level drops to census and
+            # they are tried again (for a few ticks) only after LIFECYCLE_RETRY_S.
+            life_cost = unit.life_rate * self.calibration.hit_ns / 1e9          # CPU ns per ns
+            too_dear = unit.life_rate and life_cost > 0.5 * self.budget * unit.cpu_rate
+            if unit.lifecycle and unit.hits is not None and too_dear and unit.tokens_ns < 0:
+                log.warning("lifecycle probes of %s cost %.1f%% of its CPU, more than half the "
+                            "budget: census level, tried again in %ds", unit.binary.path,
+                            100 * life_cost / max(unit.cpu_rate, 1e-9), LIFECYCLE_RETRY_S)
                 self._set_lifecycle(unit, False)
                 unit.lifecycle_off_ns = now
-            elif not unit.lifecycle and unit.tokens_ns > 0 and now - unit.lifecycle_off_ns > 10e9:
+            elif not unit.lifecycle and unit.tokens_ns > 0 and \
+                    (not too_dear or now - unit.lifecycle_off_ns > LIFECYCLE_RETRY_S * 1e9):
                 self._set_lifecycle(unit, True)
         if unit.window is not None or now < unit.next_window_ns:
             return
