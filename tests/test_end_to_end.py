@@ -15,7 +15,7 @@ import oracle
 import otlp_server
 from pipeline import config
 from pipeline.app import demo
-from pipeline.app.cli import run_service
+from pipeline.app.runner import run_service
 
 REQUIRED_METRICS = {
     "go.goroutine.count", "go.schedule.duration", "go.goroutine.created", "go.goroutine.exited",
@@ -70,7 +70,7 @@ def test_spans_arrive_with_the_process_resource(run):
     binary, _, service, server = run
     spans = spans_of(server)
     assert len(spans) > 1000
-    (proc,) = list(service.registry)
+    (proc,) = list(service.processes)
     for res, _ in spans[:50]:
         assert res["service.name"] == "example.com/gotel/oracle"
         assert res["process.pid"] == proc.pid
@@ -79,7 +79,7 @@ def test_spans_arrive_with_the_process_resource(run):
         assert res["process.runtime.version"].startswith("go1.25")
         assert res["telemetry.sdk.name"] == "gotel"
         assert res["process.creation.time"].endswith("Z") and res["host.name"]
-    assert service.receiver.lost == 0
+    assert service.receiver.source.lost == 0
     sent = service.exporters["otlp"].counters
     assert sent.get("sent_spans", "traces") == len(spans)
     assert sent.get("send_failed_spans", "traces") == 0
@@ -124,7 +124,7 @@ def test_the_span_tree_is_the_go_tracers_goroutine_tree(run):
         elif not a.get("gotel.goroutine.continued"):
             goroutines[a["gotel.goroutine.id"]] = (s, a)
     compared = same_tree = same_parks = 0
-    offset = service.receiver.clock.offset_ns
+    offset = service.receiver.source.clock.offset_ns
     for goid, t in trace.goroutines.items():
         compared += 1
         span, a = goroutines[goid]

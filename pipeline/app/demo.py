@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline import config
 from pipeline.app import gotool
+from pipeline.app.runner import run_service
 from receiver.errors import GotelError
 
 SOURCE = Path(__file__).resolve().parent / "demo"
@@ -34,8 +35,6 @@ def build():
 
 
 def run(out_dir="./gotel-out", duration=None):
-    from pipeline.app.cli import run_service
-
     seconds = DEFAULT_SECONDS if duration is None else duration
     binary = build()
     print(f"gotel demo: tracing {binary.name} (an HTTP server with a worker pool and its own "
