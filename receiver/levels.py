@@ -134,6 +134,8 @@ class Unit:
         self.life_rate = 0.0             # lifecycle hits per second, last seen while they were on
         self.life_measured_ns = 0
         self.last_trigger_ns = 0
+        self.final_pids = []             # the pids it covered, once retired
+        self.final_level = None
 
 
 class LevelController:
@@ -222,6 +224,7 @@ class LevelController:
             self.units = [u for u in self.units if u.pid != pid]
             self.retired += gone
         for unit in gone:
+            unit.final_pids = [unit.pid] if unit.pid > 0 else []
             unit.final_level = "full" if unit.full is not None else \
                 "lifecycle" if unit.lifecycle else "census"
             self._set_lifecycle(unit, False)
@@ -455,9 +458,9 @@ class LevelController:
         with self._lock:
             units = list(self.units) + list(self.retired)
         for u in units:
-            level = getattr(u, "final_level", None) or (
+            level = u.final_level or (
                 "full" if u.full is not None else "lifecycle" if u.lifecycle else "census")
-            out.append({"pid": u.pid, "pids": u.pids() if u in self.units else [],
+            out.append({"pid": u.pid, "pids": u.pids() if u in self.units else u.final_pids,
                         "path": str(u.binary.path), "level": level,
                         "overhead": u.overhead, "cpu_rate": u.cpu_rate, "rates": dict(u.rates),
                         "windows": len(u.windows), "window_open": u.window is not None,

@@ -58,12 +58,14 @@ class Config:
     # What tracing costs (receiver/levels.py): census, lifecycle or full; windows of full tracing
     # (`window` every `period`); a budget (`max_overhead: 2%` of each target's CPU time); triggers.
     level: str = "full"
-    window_s: float = 0.0                  # 0: 2s when a window is opened by a budget or a trigger
-    period_s: float = 0.0                  # 0: no periodic windows
+    # window: 0 means 2s when a window is opened by a budget or a trigger; period: 0, no periodic ones
+    window_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
+    period_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
     max_overhead: float | str = 0.0        # "2%" or 0.02; 0: no budget
     trigger_port: int = 0                  # POST http://127.0.0.1:PORT/window opens a window; 0: off
     trigger_goroutine_rate: float = 0.0    # goroutines/s of growth that open a window; 0: off
-    trigger_cooldown_s: float = 30.0       # at least this long between two anomaly triggers
+    # at least this long between two anomaly triggers
+    trigger_cooldown_s: float = dataclasses.field(default=30.0, metadata={"duration": "s"})
     discovery: discovery_mod.Rules = dataclasses.field(default_factory=discovery_mod.Rules)
 
     def validate(self, path="receivers::goroutines"):

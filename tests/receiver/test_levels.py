@@ -230,3 +230,27 @@ def test_window_is_complete_for_goroutines_alive_at_its_start(require_bpf, go_bu
         first = parks_[0]
         assert first["start_ns"] - rx.clock.offset_ns < start <= first["end_ns"] - rx.clock.offset_ns
         assert names[first["wait_reason"]] == "chan receive"
+
+
+def test_trace_command_reports_the_level_and_its_estimated_overhead(require_bpf, go_build, tmp_path):
+    """`gotel trace --level lifecycle`: the summary's cost line and the gotel.target.overhead gauge
+    (with gotel.level) in the exported metrics."""
+    import json
+    import subprocess
+    import sys
+
+    binary = go_build("levels", "1.25")
+    out = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "trace", "--level", "lifecycle",
+                          "--out", str(tmp_path), "--", str(binary), "pingpong", "2000", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "cost        process" in out.stdout and "lifecycle now, estimated overhead" in out.stdout
+    points = []
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        for rm in json.loads(line)["resourceMetrics"]:
+            for sm in rm["scopeMetrics"]:
+                for m in sm["metrics"]:
+                    if m["name"] == "gotel.target.overhead":
+                        points += m["gauge"]["dataPoints"]
+    assert points and all(0 <= p["asDouble"] < 1 for p in points)
+    assert {p["attributes"][0]["value"]["stringValue"] for p in points} == {"lifecycle"}
