@@ -72,6 +72,8 @@ def one_run(variant, seconds, connections, warmup):
                 text = stop_gotel(gotel)
                 gotel = None
                 result["estimated"] = estimated(text)
+                floor = re.search(r"one uprobe hit costs (\d+) ns", text)
+                result["floor_ns"] = float(floor.group(1)) if floor else None
                 result["windows"] = sum(int(n) for n in re.findall(r"(\d+) window\(s\)", text))
         return result
     finally:
@@ -83,7 +85,7 @@ def one_run(variant, seconds, connections, warmup):
 
 
 def run(quick=False):
-    seconds, warmup, repeats, connections = (1, 1, 1, 4) if quick else (6, 1, 5, 8)
+    seconds, warmup, repeats, connections = (1, 1, 1, 4) if quick else (10, 1, 3, 8)
     started = time.monotonic()
     runs = {v: [None] * repeats for v in VARIANTS}
     for i, variant in harness.interleaved(tuple(VARIANTS), repeats):
@@ -111,6 +113,8 @@ def run(quick=False):
             f"{v}: gotel's estimated overhead over the run", "%", est, 2)
         figs[f"{v}.windows"] = harness.figure(f"{v}: windows of full tracing", "windows",
                                               [r.get("windows", 0) for r in rows], 0)
+        figs[f"{v}.floor_ns"] = harness.figure(f"{v}: one uprobe hit as gotel calibrated it", "ns",
+                                               [r.get("floor_ns") for r in rows], 0)
     census_loss = figs["census.throughput_loss_pct"]["median"]
     goals.append(harness.goal("census <= 1% throughput loss", "census.throughput_loss_pct",
                               census_loss, 1, census_loss is not None and census_loss <= 1,

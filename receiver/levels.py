@@ -340,7 +340,8 @@ class LevelController:
                         rates[point] = rates.get(point, 0.0) + (n - before[point]) * 1e9 / dt
                 if cpu[pid] is not None and unit.cpu.get(pid) is not None:
                     dcpu += cpu[pid] - unit.cpu[pid]
-            cost = sum(rates.values()) * dt / 1e9 * self.calibration.hit_ns
+            price = self.calibration.hit_ns
+            cost = sum(rate * price.get(point, 0.0) for point, rate in rates.items()) * dt / 1e9
             unit.rates = rates
             unit.cpu_rate = dcpu / dt
             unit.cost_ns += cost
@@ -361,7 +362,7 @@ class LevelController:
         """CPU ns full tracing costs per ns of a window, from the last one (None: never measured)."""
         if unit.full_rate is None:
             return None
-        return unit.full_rate * self.calibration.hit_ns / 1e9
+        return unit.full_rate * self.calibration.hit_ns["casgstatus"] / 1e9
 
     def _affordable_ns(self, unit):
         """How long a window the bucket pays for now (ns), and the longest it can ever pay for
@@ -387,7 +388,7 @@ class LevelController:
         if self.budget and self.level in ("lifecycle", "full") and unit.lifecycle_error is None:
             # The lifecycle probes may take half the budget; beyond, the level drops to census and
             # they are tried again (for a few ticks) only after LIFECYCLE_RETRY_S.
-            life_cost = unit.life_rate * self.calibration.hit_ns / 1e9          # CPU ns per ns
+            life_cost = unit.life_rate * self.calibration.hit_ns["create"] / 1e9  # CPU ns per ns
             too_dear = unit.life_rate and life_cost > 0.5 * self.budget * unit.cpu_rate
             if unit.lifecycle and unit.hits is not None and too_dear and unit.tokens_ns < 0:
                 log.warning("lifecycle probes of %s cost %.1f%% of its CPU, more than half the "
