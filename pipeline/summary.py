@@ -90,6 +90,7 @@ class Summary:
         self.processes = list(processes)
         self.top = top
         self.levels = levels          # receiver.levels.LevelController, or None
+        self.census_lines = []     # goruntime receivers: leaks and biggest groups
 
     def _function(self, pid, pc):
         if self.names is None or not pc:
@@ -149,6 +150,9 @@ class Summary:
             if self.levels.triggers:
                 lines.append("  triggers    " + ", ".join(
                     f"{reason} x{n}" for reason, n in sorted(self.levels.triggers.items())))
+        if self.census_lines:
+            lines.append("  goroutine census (last one)")
+            lines += self.census_lines
         for signal, (sent, failed) in sorted(self.exported.items()):
             lines.append(f"  exported    {signal}: {sent} sent" + (f", {failed} failed" if failed else ""))
         for path in self.outputs:
