@@ -12,7 +12,11 @@ Windows: with ``window`` and ``period`` (e.g. 2 s every 60 s), full tracing is a
 costs the target nothing). Triggers open a window at once: ``open_window(reason)`` (SIGUSR1 and the
 local HTTP endpoint of ``trigger_port`` call it), or the goroutine count rising faster than
 ``trigger_goroutine_rate`` per second (read as the growth of ``runtime.allglen``, which rises only
-when live goroutines pass their previous peak). Each trigger is logged and counted by reason.
+when live goroutines pass their previous peak), or a group's oldest wait crossing
+``trigger_oldest_wait`` (a census every WAIT_CHECK_S: the longest a waiting goroutine of each start
+function has waited, from ``g.waitsince``, which the runtime stamps at GC cycles; the runtime's own
+goroutines excluded; a group fires when it crosses the threshold, not again while it stays above).
+Each trigger is logged and counted by reason.
 
 Budget: with ``max_overhead`` (a fraction of the target's CPU time), every probe hit is priced:
 the BPF side counts every hit, kept or dropped, per process and probe point (``Probes.hits``),
@@ -48,6 +52,7 @@ DEFAULT_WINDOW_S = 2.0   # a window's length when only a budget or a trigger ope
 BUCKET_S = 30.0          # the bucket holds at most this many seconds of budget
 MEASURE_S = 0.25         # a window opened only to learn what full tracing costs (budget, no figure yet)
 LIFECYCLE_RETRY_S = 60   # lifecycle probes that overspent are tried again this much later
+WAIT_CHECK_S = 2.0       # how often the oldest-wait trigger reads a census
 
 
 def parse_overhead(value):
@@ -135,6 +140,9 @@ class Unit:
         self.life_measured_ns = 0
         self.last_trigger_ns = 0
         self.final_pids = []             # the pids it covered, once retired
+        self.census = {}                 # pid -> receiver.census.CensusReader (oldest-wait trigger)
+        self.waits_ns = 0                # when the last census was read
+        self.waiting_long = set()        # start functions whose oldest wait is past the threshold
         self.final_level = None
 
 
@@ -152,6 +160,7 @@ class LevelController:
         self.period_ns = int(config.period_s * 1e9)
         self.budget = parse_overhead(config.max_overhead)
         self.growth = config.trigger_goroutine_rate
+        self.oldest_wait_ns = int(config.trigger_oldest_wait_s * 1e9)
         self.cooldown_ns = int(config.trigger_cooldown_s * 1e9)
         self.probes = probes
         self.memory = memory
@@ -295,12 +304,14 @@ class LevelController:
             for reason in requests:
                 self._trigger(unit, reason, now)
             self._check_growth(unit, now)
+            self._check_waits(unit, now)
             self._plan(unit, now)
 
-    def _trigger(self, unit, reason, now):
+    def _trigger(self, unit, reason, now, detail=""):
+        """Count a trigger by its reason and open a window (or lengthen the one open)."""
         self.triggers[reason] = self.triggers.get(reason, 0) + 1
-        log.warning("trigger (%s): opening a window of full tracing on %s", reason,
-                    unit.pid if unit.pid > 0 else unit.binary.path)
+        log.warning("trigger (%s%s): opening a window of full tracing on %s", reason,
+                    f": {detail}" if detail else "", unit.pid if unit.pid > 0 else unit.binary.path)
         unit.last_trigger_ns = now
         if unit.window is None:
             self._open(unit, now, reason)
@@ -319,8 +330,39 @@ class LevelController:
         if unit.allglen is not None:
             rate = (total - unit.allglen) * 1e9 / (now - unit.allglen_ns)
             if rate > self.growth and now - unit.last_trigger_ns >= self.cooldown_ns:
-                self._trigger(unit, f"goroutines rising {rate:.0f}/s > {self.growth:g}/s", now)
+                self._trigger(unit, "goroutines rising", now, f"{rate:.0f}/s > {self.growth:g}/s")
         unit.allglen, unit.allglen_ns = total, now
+
+    def _check_waits(self, unit, now):
+        if not self.oldest_wait_ns or now - unit.waits_ns < WAIT_CHECK_S * 1e9:
+            return
+        unit.waits_ns = now
+        from receiver import census as census_mod
+
+        above = {}
+        for pid in unit.pids():
+            try:
+                reader = unit.census.get(pid)
+                if reader is None:
+                    reader = unit.census[pid] = census_mod.CensusReader(unit.binary, pid)
+                census = reader.read(stacks=False)
+            except GotelError as e:
+                log.info("process %d: no census for the oldest-wait trigger: %s", pid, e)
+                continue
+            rows = census.goroutines
+            waiting = rows["status"] == unit.binary.layout.statuses["_Gwaiting"]
+            ages = census.wait_ns()
+            old = waiting & (ages > self.oldest_wait_ns)
+            if not old.any():
+                continue
+            names = unit.binary.symbolizer().function_names(rows["startpc"][old], census.bias)
+            for name, age in zip(names.tolist(), ages[old].tolist()):
+                if not name.startswith("runtime."):
+                    above[name] = max(above.get(name, 0), age)
+        for name in sorted(set(above) - unit.waiting_long):
+            self._trigger(unit, f"oldest wait of {name}", now,
+                          f"{above[name] / 1e9:.1f}s > {self.oldest_wait_ns / 1e9:g}s")
+        unit.waiting_long = set(above)
 
     def _sample(self, unit, now):
         # Under a budget every tick (it reacts within TICK_S), else every SAMPLE_S.

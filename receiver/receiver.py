@@ -64,6 +64,9 @@ class Config:
     max_overhead: float | str = 0.0        # "2%" or 0.02; 0: no budget
     trigger_port: int = 0                  # POST http://127.0.0.1:PORT/window opens a window; 0: off
     trigger_goroutine_rate: float = 0.0    # goroutines/s of growth that open a window; 0: off
+    # a group's oldest wait (census, by start function, runtime's own excluded) beyond this opens a
+    # window when it crosses it; 0: off
+    trigger_oldest_wait_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
     # at least this long between two anomaly triggers
     trigger_cooldown_s: float = dataclasses.field(default=30.0, metadata={"duration": "s"})
     discovery: discovery_mod.Rules = dataclasses.field(default_factory=discovery_mod.Rules)
@@ -89,8 +92,9 @@ class Config:
         except (TypeError, ValueError):
             problems.append(f"{path}::max_overhead must be a percentage of the target's CPU time "
                             f"below 100% (2%, or 0.02), not {self.max_overhead!r}")
-        if self.window_s < 0 or self.period_s < 0 or self.trigger_cooldown_s < 0:
-            problems.append(f"{path}: window, period and trigger_cooldown must be >= 0")
+        if min(self.window_s, self.period_s, self.trigger_cooldown_s, self.trigger_oldest_wait_s) < 0:
+            problems.append(f"{path}: window, period, trigger_cooldown and trigger_oldest_wait "
+                            f"must be >= 0")
         if self.period_s and self.period_s < (self.window_s or levels.DEFAULT_WINDOW_S):
             problems.append(f"{path}::period must be at least window "
                             f"({self.window_s or levels.DEFAULT_WINDOW_S}s), not {self.period_s}s")

@@ -117,8 +117,22 @@ def test_goroutine_growth_trigger(require_bpf, go_build, program, fires):
     rx, done = run_command([binary, *program], Sink(), timeout=120, level="lifecycle",
                            trigger_goroutine_rate=500.0)
     assert done.returncode == 0
-    reasons = [r for r in rx.levels.triggers if r.startswith("goroutines rising")]
+    assert bool(rx.levels.triggers.get("goroutines rising")) == fires, rx.levels.triggers
+
+
+@pytest.mark.parametrize("program,fires", [(["stuck", "10", "6"], True), (["quiet", "6"], False)])
+def test_oldest_wait_trigger(require_bpf, go_build, program, fires):
+    """Goroutines blocked for good trip the oldest-wait trigger (once for their group); a program
+    whose only waits are short sleeps (and the runtime's own goroutines) does not."""
+    binary = go_build("levels", "1.25")
+    rx, done = run_command([binary, *program], Sink(), timeout=120, level="lifecycle",
+                           trigger_oldest_wait_s=1.0)
+    assert done.returncode == 0
+    reasons = [r for r in rx.levels.triggers if r.startswith("oldest wait of ")]
     assert bool(reasons) == fires, rx.levels.triggers
+    if fires:
+        assert reasons == [r for r in reasons if "main.main.func" in r] and len(reasons) == 1
+        assert rx.levels.triggers[reasons[0]] == 1
 
 
 def test_budget_holds_when_the_event_rate_rises_tenfold(require_bpf, go_build):

@@ -3,7 +3,8 @@
 //
 //	levels pingpong RATE SECONDS [RATE2 SECONDS2]   ping-pong ops per second, then RATE2
 //	levels grow PER_SECOND SECONDS                  start PER_SECOND goroutines a second that block
-//	levels quiet SECONDS                            one goroutine ticking every 100 ms
+//	levels quiet SECONDS                            one goroutine ticking every 100 ms (GC each tick)
+//	levels stuck N SECONDS                          N goroutines blocked for good (GC every 100 ms)
 //	levels window FLAGFILE TRACEFILE                 8 goroutines park; once FLAGFILE exists, each
 //	                                                is woken 5 times under runtime/trace`
 package main
@@ -12,6 +13,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/trace"
 	"strconv"
 	"time"
@@ -121,10 +123,23 @@ func main() {
 	case "window":
 		window(os.Args[2], os.Args[3])
 	case "quiet":
+		// GC stamps g.waitsince: with it, a quiet program's waits are short, not merely unstamped.
 		end := time.Now().Add(time.Duration(arg(2)) * time.Second)
 		for time.Now().Before(end) {
 			time.Sleep(100 * time.Millisecond)
+			runtime.GC()
 		}
 		fmt.Println("quiet")
+	case "stuck":
+		block := make(chan struct{})
+		for i := 0; i < arg(2); i++ {
+			go func() { <-block }()
+		}
+		end := time.Now().Add(time.Duration(arg(3)) * time.Second)
+		for time.Now().Before(end) {
+			time.Sleep(100 * time.Millisecond)
+			runtime.GC()
+		}
+		fmt.Println("stuck")
 	}
 }
