@@ -508,6 +508,7 @@ class LevelController:
                         "overhead": u.overhead, "cpu_rate": u.cpu_rate, "rates": dict(u.rates),
                         "windows": len(u.windows), "window_open": u.window is not None,
                         "cost_ns": u.cost_ns, "cpu_ns": u.cpu_ns,
+                        "opened_unix_ns": [w.opened_unix_ns for w in u.windows],
                         "window_reasons": [(w.reason, w.close_reason) for w in u.windows],
                         "window_s": sum(((w.closed_ns or self.clock()) - w.opened_ns)
                                         for w in u.windows) / 1e9})

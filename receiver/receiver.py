@@ -33,7 +33,7 @@ import numpy as np
 from receiver import discovery as discovery_mod, existing, levels, platform, probes, targets
 from receiver.clock import MonotonicClock
 from receiver.errors import ConfigError, GotelError, TargetError
-from receiver.events import Kind
+from receiver.events import EVENT_DTYPE, Kind
 from receiver.processes import Process, Processes, start_time_ns
 from receiver.ringbuf import RingBufferReader
 
@@ -191,13 +191,14 @@ class GoroutineReceiver:
     def _on_window(self, unit, window, stage):
         """A window of full tracing opens or closes (controller thread).
 
-        Opening, just before the probe goes on: every goroutine alive is read from the process
-        (``existing.read_goroutines``) and handed to the pipeline with the next ring batch (the
-        decoder sorts by time): an EXISTING event per goroutine (ignored for those the decoder
-        knows from the level below) and a PARK, at the time of the read, for each one waiting,
-        with its wait reason, so that its wait, begun before the window, ends in a park span.
-        Where the goroutine list cannot be read (no runtime.allgs), goroutines first seen in the
-        window are read one by one as their events arrive instead (the lazy path)."""
+        Opening, just before the probe goes on: a census of the process (``receiver.census``, no
+        stacks) is handed to the pipeline with the next ring batch (the decoder sorts by time): an
+        EXISTING event per goroutine (ignored for those the decoder knows from the level below) and
+        a PARK for each one waiting, with its wait reason, dated when its wait began as far as the
+        runtime says (``g.waitsince``, stamped at GC cycles; else the census's time), so that a
+        wait begun before the window ends in a park span. Without a census (a binary whose
+        goroutine list cannot be located), goroutines first seen in the window are read one by
+        one as their events arrive instead (the lazy path)."""
         if not window.attached:
             return
         for pid in unit.pids():
@@ -205,7 +206,7 @@ class GoroutineReceiver:
             if stage == "opening" and proc is not None:
                 batch = None
                 try:
-                    batch = existing.read_goroutines(pid, proc.binary, self._memory(pid))
+                    batch = census_events(proc.binary, pid)
                 except GotelError as e:
                     log.info("process %d: goroutines at window %d not read: %s", pid,
                              window.number, e)
@@ -590,6 +591,31 @@ class GoroutineReceiver:
         level = logging.INFO if status in (None, 0) else logging.WARNING
         log.log(level, "process %d (%s) %s; still tracing %d other process(es)", proc.pid,
                 proc.exe, targets.describe_exit(status), len(self.registry.alive()))
+
+
+def census_events(binary, pid):
+    """EXISTING events of every goroutine of a process now, from a census (no stacks), each dated
+    when its wait began for the waiting ones (``g.waitsince``, when the runtime stamped it), else
+    at the census's time (CLOCK_MONOTONIC, like the kernel's events)."""
+    from receiver import census as census_mod
+
+    census = census_mod.CensusReader(binary, pid).read(stacks=False)
+    rows = census.goroutines
+    out = np.zeros(len(rows), dtype=EVENT_DTYPE)
+    waiting = rows["status"] == binary.layout.statuses["_Gwaiting"]
+    since = rows["waitsince"]
+    stamped = waiting & (since > 0) & (since <= census.mono_ns)
+    out["ts_ns"] = np.where(stamped, since, census.mono_ns).astype(np.uint64)
+    out["g"] = rows["g"]
+    out["goid"] = rows["goid"]
+    out["aux_goid"] = rows["parent_goid"]
+    out["pc_start"] = rows["startpc"]
+    out["pc_create"] = rows["gopc"]
+    out["pid"] = pid
+    out["kind"] = Kind.EXISTING
+    out["wait_reason"] = rows["wait_reason"]
+    out["new_status"] = out["old_status"] = rows["status"].astype(np.uint16)
+    return out
 
 
 def window_sync(existing_events, layout):

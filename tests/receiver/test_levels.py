@@ -244,6 +244,10 @@ def test_window_is_complete_for_goroutines_alive_at_its_start(require_bpf, go_bu
         first = parks_[0]
         assert first["start_ns"] - rx.clock.offset_ns < start <= first["end_ns"] - rx.clock.offset_ns
         assert names[first["wait_reason"]] == "chan receive"
+        # Dated from the census's g.waitsince (the program ran GCs while they waited), so from
+        # before the window opened, not from its opening.
+        opened = rx.levels.status()[0]["opened_unix_ns"][0]
+        assert first["start_ns"] < opened - 200_000_000, (first["start_ns"], opened)
 
 
 def test_trace_command_reports_the_level_and_its_estimated_overhead(require_bpf, go_build, tmp_path):

@@ -36,9 +36,12 @@ func window(flag, traceFile string) {
 			}
 		}(chans[i])
 	}
-	for {
+	for i := 0; ; i++ {
 		if _, err := os.Stat(flag); err == nil {
 			break
+		}
+		if i%10 == 0 {
+			runtime.GC() // stamps the parked goroutines' g.waitsince
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
