@@ -56,6 +56,39 @@ def estimated(text):
     return float(m.group(1)) / 100 if m else None
 
 
+def attach_times(rounds=10):
+    """(full attach, full detach, lifecycle attach, lifecycle detach) seconds per round, on a
+    running Go program: what opening and closing a window costs gotel (the program is not
+    stopped)."""
+    from receiver import probes
+    from receiver.binary import GoBinary
+
+    server, _addr = start_server()
+    p = probes.Probes()
+    out = ([], [], [], [])
+    try:
+        binary = GoBinary.open(server.pid)
+        for _ in range(rounds):
+            t = time.perf_counter()
+            a = p.attach(binary, server.pid)
+            out[0].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            p.detach(a)
+            out[1].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            life = p.attach_lifecycle(binary, server.pid)
+            out[2].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for a in life:
+                p.detach(a)
+            out[3].append(time.perf_counter() - t)
+    finally:
+        p.close()
+        server.kill()
+        server.wait()
+    return out
+
+
 def one_run(variant, seconds, connections, warmup):
     server, addr = start_server()
     gotel = None
@@ -91,8 +124,17 @@ def run(quick=False):
     for i, variant in harness.interleaved(tuple(VARIANTS), repeats):
         runs[variant][i] = one_run(variant, seconds, connections, warmup)
     base = runs["untraced"]
-    figs = {"untraced.rps": harness.figure("untraced: requests/s", "req/s", [r["rps"] for r in base], 0),
-            "untraced.us_per_request": harness.figure(
+    times = attach_times(2 if quick else 10)
+    figs = {
+        "attach_full_ms": harness.figure("attaching the full probe (a window opens)", "ms",
+                                         [1e3 * t for t in times[0]], 1),
+        "detach_full_ms": harness.figure("detaching it (a window closes)", "ms",
+                                         [1e3 * t for t in times[1]], 1),
+        "attach_lifecycle_ms": harness.figure("attaching the two lifecycle probes", "ms",
+                                              [1e3 * t for t in times[2]], 1),
+        "detach_lifecycle_ms": harness.figure("detaching them", "ms", [1e3 * t for t in times[3]], 1),
+        "untraced.rps": harness.figure("untraced: requests/s", "req/s", [r["rps"] for r in base], 0),
+        "untraced.us_per_request": harness.figure(
                 "untraced: server CPU per request", "us", [r["us_per_request"] for r in base], 2)}
     goals = []
     for v in VARIANTS:
