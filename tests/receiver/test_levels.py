@@ -58,7 +58,10 @@ def test_lifecycle_level_sees_each_goroutine_once_with_parent(require_bpf, go_bu
     assert len(np.unique(workers["goid"])) >= 2000
     assert (workers["pc_start"] != 0).all() and (workers["pc_create"] != 0).all()
     exited = np.unique(ev["goid"][ev["kind"] == Kind.EXIT])
-    assert np.isin(workers["goid"], exited).sum() >= 2000   # the runtime's own helpers live on
+    # A worker signals its WaitGroup before it reaches goexit1, so main may print and exit before
+    # the last few exit: nearly all, not all, exits are seen (the runtime's own helpers live on).
+    assert np.isin(workers["goid"], exited).sum() >= 1900
+    assert np.isin(exited, created["goid"]).all()     # every exit is of a goroutine seen created
 
 
 def test_windows_trace_fully_and_introduce_goroutines_alive_at_their_start(require_bpf, go_build):
