@@ -6,8 +6,6 @@ cost of one hit calibrated at start / the process's CPU time per second), with t
 process is traced at now as ``gotel.level``.
 """
 
-from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
-
 NAME = "gotel.target.overhead"
 
 

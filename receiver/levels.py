@@ -23,9 +23,10 @@ the BPF side counts every hit, kept or dropped, per process and probe point (``P
 and one hit costs what ``receiver.calibrate`` measured at start. A token bucket per target holds
 the CPU time the probes may still spend: it fills at ``max_overhead`` x the target's CPU time
 (utime + stime of ``/proc/PID/stat``, which includes the traps) and drains by hits x cost. A window
-opens only when the bucket holds what the window is expected to cost and closes early when the
-bucket runs dry; the lifecycle probes come off when they alone overspend and go back on when the
-bucket refills. So the duty cycle follows the event rate, both ways. ``overhead`` is the estimate
+opens only when the bucket holds what the window is expected to cost (the first one, 0.25 s,
+measures that) and closes early when the bucket runs dry; full tracing stays on while it costs
+less than the budget; the lifecycle probes come off while they alone cost more than half of it
+(tried again after LIFECYCLE_RETRY_S). So the duty cycle follows the event rate, both ways. ``overhead`` is the estimate
 (cost over CPU time, smoothed over ~5 s), exported as ``gotel.target.overhead``.
 
 Thread-safety: one controller thread (``gotel-levels``) does every attach and detach after start;
@@ -84,12 +85,13 @@ def cpu_ns(pid):
 
 def allglen(pid, binary, mem):
     """len(runtime.allgs) of a process: the most goroutines it ever had at once (dead ones are
-    reused, never freed). None when unreadable (stripped of the symbol, or gone)."""
-    sym = binary.image.symbols(["runtime.allgs"], functions_only=False).get("runtime.allgs")
-    if sym is None:
-        return None
+    reused, never freed). Found in stripped binaries too (``receiver.globals``). None when
+    unreadable (no such global found, or the process is gone)."""
+    from receiver import globals as runtime_globals
+
     try:
-        raw = mem.read(sym[0] + binary.load_bias(pid) + 8, 8)
+        address = runtime_globals.global_address(binary, "runtime.allgs")
+        raw = mem.read(address + binary.load_bias(pid) + 8, 8)
     except (GotelError, OSError):
         return None
     return struct.unpack("<Q", raw)[0] if raw else None
@@ -528,13 +530,3 @@ class LevelController:
         return (np.array([w.number for w in windows], np.uint64),
                 np.array([w.opened_unix_ns for w in windows], np.uint64),
                 np.array([w.closed_unix_ns or np.iinfo(np.uint64).max for w in windows], np.uint64))
-
-    def overhead_by_pid(self):
-        """{pid: estimated overhead fraction} for the processes of every unit."""
-        out = {}
-        with self._lock:
-            units = list(self.units)
-        for u in units:
-            for pid in u.pids():
-                out[pid] = u.overhead
-        return out
