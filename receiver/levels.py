@@ -386,6 +386,9 @@ class LevelController:
                     dcpu += cpu[pid] - unit.cpu[pid]
             price = self.calibration.hit_ns
             cost = sum(rate * price.get(point, 0.0) for point, rate in rates.items()) * dt / 1e9
+            # The traps are charged to the target's own CPU time: they cannot have cost more than it
+            # used (a near-idle program, priced with factors fitted on a busy one, would say so).
+            cost = min(cost, max(dcpu, 0.0))
             unit.rates = rates
             unit.cpu_rate = dcpu / dt
             unit.cost_ns += cost
