@@ -241,6 +241,7 @@ _FLAG_ATTRIBUTES = (
     (SpanFlag.CONTINUED, "gotel.goroutine.continued"),
     (SpanFlag.ANOMALY, "gotel.sampler.anomaly"),
     (SpanFlag.SPLIT, "gotel.trace.split"),
+    (SpanFlag.UNWOUND, "gotel.function.unwound"),
 )
 
 
@@ -267,6 +268,8 @@ class TraceEncoder:
         # tracing (receiver.levels), or None: spans overlapping one carry gotel.window = its number.
         self.windows = lambda pid: None
         self._window_blob = {}
+        # span_id -> serialized attributes of a FUNCTION span (arguments; pipeline/funcspans.py)
+        self.extra_attributes = None
 
     # cached parts
     def _resource_bytes(self, pid):
@@ -449,7 +452,9 @@ class TraceEncoder:
         columns = [spans[c].tolist() for c in (
             "start_pc", "create_pc", "sample_threshold", "kind", "wait_reason", "flags",
             "link_span_id")]
-        span_ids = spans["span_id"].tolist() if events else None
+        extra = self.extra_attributes
+        span_ids = spans["span_id"].tolist() if events or extra else None
+        function = int(SpanKind.FUNCTION)
         window = self._window_numbers(pid, spans)
         memo = {}
         for i, (spc, cpc, threshold, kind, reason, flags, link) in enumerate(zip(*columns)):
@@ -460,9 +465,10 @@ class TraceEncoder:
                 blob = memo.get((spc, cpc))
                 if blob is None:
                     blob = memo[(spc, cpc)] = goroutine_bytes(pid, spc, cpc)
+            more = extra(span_ids[i]) if extra is not None and kind == function else b""
             w = window[i] if window is not None else 0
-            if flags or threshold or link or events or w:
-                parts = [head, blob]
+            if flags or threshold or link or events or more or w:
+                parts = [head, blob, more]
                 if w:
                     parts.append(self._window_attribute(w))
                 if flags:
