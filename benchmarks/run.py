@@ -38,6 +38,7 @@ ROWS = (
     (7, "benchmarks.bench_inspect", 300),
     (8, "benchmarks.bench_census", 300),
     (10, "benchmarks.bench_runtime_metrics", 180),
+    (12, "benchmarks.bench_levels", 500),
     (14, "benchmarks.bench_agent", 300),
     (16, "benchmarks.bench_funcs", 420),
 )

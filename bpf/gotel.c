@@ -53,6 +53,10 @@ struct gotel_layout {
     __u16 window_len[16];
     /* kinds[(old & 0xf) << 4 | (new & 0xf)] -> GOTEL_KIND_*, 0 drops; the _Gscan bit is ignored. */
     __u8  kinds[256];
+    /* Raw statuses the lifecycle probes write into their events (they see no status change). */
+    __u8  status_runnable;
+    __u8  status_running;
+    __u8  status_dead;
 };
 
 /* counters[GOTEL_COUNTER_*] */
@@ -60,7 +64,17 @@ struct gotel_layout {
 #define GOTEL_COUNTER_WAKEUPS  1   /* forced wakeups of the reader */
 #define GOTEL_COUNTER_HITS     2   /* probe hits that produced a kind (captured or lost) */
 #define GOTEL_COUNTER_HELD_FULL 3  /* CREATE not held (map full): sent with goid 0 */
-#define GOTEL_NUM_COUNTERS     4
+#define GOTEL_COUNTER_SUBMITTED 4  /* records submitted (paces the ring-fill queries of submit) */
+#define GOTEL_NUM_COUNTERS     5
+
+/* Probe points, for the hit counter: what the overhead budget prices (receiver/levels.py). */
+#define GOTEL_POINT_CASGSTATUS 0   /* full level: every status change */
+#define GOTEL_POINT_CREATE     1   /* lifecycle level: runtime.newproc.func1 at its call to runqput */
+#define GOTEL_POINT_EXIT       2   /* lifecycle level: runtime.goexit1 */
+#define GOTEL_NUM_POINTS       4
+#ifndef GOTEL_HIT_PIDS
+#define GOTEL_HIT_PIDS 1024        /* processes are told apart by tgid modulo this (a power of two) */
+#endif
 
 #ifndef GOTEL_MAX_HELD
 #define GOTEL_MAX_HELD 65536
@@ -73,6 +87,9 @@ BPF_RINGBUF_OUTPUT(events, GOTEL_RING_BYTES / 4096);
 #define GOTEL_EVENTS_MAP ((void *)bpf_pseudo_fd(1, -1))
 BPF_ARRAY(layouts, struct gotel_layout, GOTEL_MAX_LAYOUTS);
 BPF_PERCPU_ARRAY(counters, __u64, GOTEL_NUM_COUNTERS);
+/* hits[(tgid % GOTEL_HIT_PIDS) * GOTEL_NUM_POINTS + point]: every probe hit, kept or dropped. An
+ * array, not a hash keyed by pid: its lookup is inlined by the JIT, where a hash costs a call. */
+BPF_PERCPU_ARRAY(hits, __u64, GOTEL_HIT_PIDS * GOTEL_NUM_POINTS);
 /* (process, g address) -> held CREATE; g addresses repeat across processes. */
 struct gotel_held_key {
     __u64 g;
@@ -85,6 +102,14 @@ static __always_inline void count(int which)
     __u64 *n = counters.lookup(&which);
     if (n)
         *n += 1;   /* per-CPU: no atomic needed */
+}
+
+static __always_inline void count_hit(__u64 pid_tgid, int point)
+{
+    __u32 i = ((pid_tgid >> 32) & (GOTEL_HIT_PIDS - 1)) * GOTEL_NUM_POINTS + point;
+    __u64 *n = hits.lookup(&i);
+    if (n)
+        *n += 1;
 }
 
 static __always_inline __u64 read_u64(__u64 addr)
@@ -118,15 +143,25 @@ static __always_inline __u64 current_goid(struct pt_regs *ctx, struct gotel_layo
     return read_u64(curg + l->g_goid);
 }
 
-/* Submit a reserved record, waking the reader only when it takes the ring across the watermark.
- * The reader also polls on a timer, so a wakeup missed by a race costs latency, never data. */
+/* Submit a reserved record without waking the reader, except that every GOTEL_QUERY_EVERY-th
+ * event of a CPU asks how full the ring is (bpf_ringbuf_query costs a helper call: asking on every
+ * event was a tenth of the program's cost) and wakes the reader past the watermark. The reader
+ * also polls on a timer, so a wakeup missed costs latency, never data. */
+#ifndef GOTEL_QUERY_EVERY
+#define GOTEL_QUERY_EVERY 32   /* a power of two */
+#endif
 static __always_inline void submit(struct gotel_event *e)
 {
-    __u64 avail = bpf_ringbuf_query(GOTEL_EVENTS_MAP, BPF_RB_AVAIL_DATA);
     __u64 flags = BPF_RB_NO_WAKEUP;
-    if (avail >= GOTEL_WAKEUP_BYTES && avail < GOTEL_WAKEUP_BYTES + GOTEL_RECORD_BYTES) {
-        flags = BPF_RB_FORCE_WAKEUP;
-        count(GOTEL_COUNTER_WAKEUPS);
+    int which = GOTEL_COUNTER_SUBMITTED;
+    __u64 *n = counters.lookup(&which);
+    if (n) {
+        *n += 1;
+        if ((*n & (GOTEL_QUERY_EVERY - 1)) == 0 &&
+                bpf_ringbuf_query(GOTEL_EVENTS_MAP, BPF_RB_AVAIL_DATA) >= GOTEL_WAKEUP_BYTES) {
+            flags = BPF_RB_FORCE_WAKEUP;
+            count(GOTEL_COUNTER_WAKEUPS);
+        }
     }
     events.ringbuf_submit(e, flags);
 }
@@ -151,6 +186,8 @@ static __always_inline void release_held(__u64 gp, struct gotel_layout *l)
 
 static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)
 {
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    count_hit(pid_tgid, GOTEL_POINT_CASGSTATUS);
     struct gotel_layout *l = layouts.lookup(&slot);
     if (!l || !l->enabled)
         return 0;
@@ -167,11 +204,10 @@ static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)
     /* Built on the stack, then copied into the ring (a 64-byte copy is cheaper than the
      * verifier-proof juggling of a ring pointer that may also be a held record). */
     struct gotel_event e = {};
-    __u64 pid_tgid = bpf_get_current_pid_tgid();
     int hold = kind == GOTEL_KIND_CREATE && l->late_goid_olds;
     e.ts_ns = bpf_ktime_get_ns();
     e.g = gp;
-    __u8 window[GOTEL_G_WINDOW + 8] = {};
+    __u8 window[GOTEL_G_WINDOW + 8];
     __u32 len = l->window_len[kind & 0xf];
     if (len > GOTEL_G_WINDOW)
         len = GOTEL_G_WINDOW;
@@ -212,8 +248,64 @@ static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)
     return 0;
 }
 
+/* The lifecycle level: one event at a goroutine's creation and one at its exit, no other trap.
+ * CREATE: runtime.newproc.func1 (newproc's system-stack closure) at its `call runtime.runqput`,
+ * just after newproc1 returned the new g (receiver/lifecycle.py finds the register holding it there);
+ * every field is set by then, on every Go version. EXIT: runtime.goexit1, which runs on the exiting
+ * goroutine itself (R14) and always ends in goexit0. Both probes sit on instructions the kernel
+ * emulates (a call, a push or a jcc), so a hit is one trap. */
+static __always_inline int on_lifecycle(struct pt_regs *ctx, int slot, __u64 gp, __u8 kind, int point)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    count_hit(pid_tgid, point);
+    struct gotel_layout *l = layouts.lookup(&slot);
+    if (!l || !l->enabled || !gp)
+        return 0;
+    count(GOTEL_COUNTER_HITS);
+    __u8 window[GOTEL_G_WINDOW + 8];
+    __u32 len = l->window_len[kind & 0xf];
+    if (len > GOTEL_G_WINDOW)
+        len = GOTEL_G_WINDOW;
+    bpf_probe_read_user(window, len, (void *)(gp + l->g_window));
+    struct gotel_event *e = events.ringbuf_reserve(sizeof(struct gotel_event));
+    if (!e) {
+        count(GOTEL_COUNTER_LOST);
+        return 0;
+    }
+    e->ts_ns = bpf_ktime_get_ns();
+    e->g = gp;
+    e->goid = window_u64(window, l, l->g_goid);
+    e->pid = pid_tgid >> 32;
+    e->tid = (__u32)pid_tgid;
+    e->kind = kind;
+    e->wait_reason = 0;
+    e->cpu = bpf_get_smp_processor_id();
+    if (kind == GOTEL_KIND_CREATE) {
+        e->old_status = l->status_dead;
+        e->new_status = l->status_runnable;
+        e->pc_start = window_u64(window, l, l->g_startpc);
+        e->pc_create = window_u64(window, l, l->g_gopc);
+        /* Before Go 1.21 (no g.parentGoid): the creator is m.curg, R14 being g0 here. */
+        e->aux_goid = l->g_parent_goid ? window_u64(window, l, l->g_parent_goid) : current_goid(ctx, l);
+    } else {
+        e->old_status = l->status_running;
+        e->new_status = l->status_dead;
+        e->pc_start = 0;
+        e->pc_create = 0;
+        e->aux_goid = 0;
+    }
+    submit(e);
+    return 0;
+}
+
 #define GOTEL_PROBE(N) \
-    int probe_casgstatus_##N(struct pt_regs *ctx) { return on_casgstatus(ctx, N); }
+    int probe_casgstatus_##N(struct pt_regs *ctx) { return on_casgstatus(ctx, N); } \
+    int probe_create_ax_##N(struct pt_regs *ctx) { \
+        return on_lifecycle(ctx, N, ctx->ax, GOTEL_KIND_CREATE, GOTEL_POINT_CREATE); } \
+    int probe_create_bx_##N(struct pt_regs *ctx) { \
+        return on_lifecycle(ctx, N, ctx->bx, GOTEL_KIND_CREATE, GOTEL_POINT_CREATE); } \
+    int probe_exit_##N(struct pt_regs *ctx) { \
+        return on_lifecycle(ctx, N, ctx->r14, GOTEL_KIND_EXIT, GOTEL_POINT_EXIT); }
 
 GOTEL_PROBE(0)
 GOTEL_PROBE(1)

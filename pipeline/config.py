@@ -116,7 +116,8 @@ def loads(text, env=None, overrides=None, source="<config>", receiver_settings=N
                 settings = dict(settings or {}) if isinstance(settings, dict) or settings is None \
                     else settings
                 if isinstance(settings, dict):
-                    for key in ("pids", "paths", "command"):
+                    targets = ("pids", "paths", "command")
+                    for key in targets if set(targets) & set(receiver_settings) else ():
                         settings.pop(key, None)
                     settings.update(receiver_settings)
                 raw["receivers"][cid] = settings

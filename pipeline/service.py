@@ -64,6 +64,7 @@ class Service:
         self.processes.on_forget(self.resources.forget)
         self.encoder = TraceEncoder(self.resources, self.processes)
         self.processes.on_forget(self.encoder.forget)
+        self.encoder.windows = self.windows
         for pipeline in self.config.pipelines.values():
             for eid in pipeline.exporters:
                 if eid not in self.exporters:
@@ -173,6 +174,11 @@ class Service:
             for eid in self.metrics_exporters:
                 self.exporters[eid].export(payload)
 
+    def windows(self, pid):
+        """The receiver's windows of full tracing of process pid (receiver.levels), or None."""
+        levels = getattr(getattr(self.receiver, "source", None), "levels", None)
+        return levels.windows_of(pid) if levels is not None else None
+
     def shutdown(self, timeout=5.0):
         """Flush everything within timeout: receiver drain, decoder end-of-run spans, batches, last
         metrics, exporter queues. Idempotent."""
@@ -232,6 +238,7 @@ class Service:
         summary = Summary(self.tap, self.processes, lost_events=getattr(source, "lost", 0),
                           events=getattr(source, "events", 0), outputs=self.output_paths(),
                           exported={k: tuple(v) for k, v in sent.items()},
-                          processes=list(self.processes))
+                          processes=list(self.processes),
+                          levels=getattr(source, "levels", None))
         summary.census_lines = [line for c in self.census_receivers for line in c.summary_lines()]
         return summary

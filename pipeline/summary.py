@@ -80,7 +80,7 @@ class Summary:
     """The report: a SummaryTap's aggregates plus what the service knows (lost events, outputs)."""
 
     def __init__(self, tap, names=None, lost_events=0, events=0, outputs=(), exported=None,
-                 processes=(), top=10):
+                 processes=(), top=10, levels=None):
         self.tap = tap
         self.names = names
         self.lost_events = lost_events
@@ -89,6 +89,7 @@ class Summary:
         self.exported = dict(exported or {})
         self.processes = list(processes)
         self.top = top
+        self.levels = levels          # receiver.levels.LevelController, or None
         self.census_lines = []     # goruntime receivers: leaks and biggest groups
 
     def _function(self, pid, pc):
@@ -141,6 +142,14 @@ class Summary:
             for ns, pid, reason, pc, goid in sorted(t.longest, reverse=True):
                 lines.append(f"    {_fmt_ns(ns):>9}  {self._reason(pid, reason)}  goroutine {goid} "
                              f"({self._function(pid, pc)})")
+        if self.levels is not None:
+            from pipeline import overhead
+
+            for unit in self.levels.status():
+                lines.append(f"  cost        {overhead.describe(unit)}")
+            if self.levels.triggers:
+                lines.append("  triggers    " + ", ".join(
+                    f"{reason} x{n}" for reason, n in sorted(self.levels.triggers.items())))
         if self.census_lines:
             lines.append("  goroutine census (last one)")
             lines += self.census_lines

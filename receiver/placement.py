@@ -200,3 +200,62 @@ def ret_sites(code, address):
     which decodes, so a function's own code is covered completely.
     """
     return [i.address for i in _disassembler().disasm(bytes(code), address) if i.id == x86.X86_INS_RET]
+
+
+def after_call(code, address, callee, name="function"):
+    """Placement of a probe just after ``call callee`` in a function, and the argument register
+    that holds the callee's result (RAX) there: ``(Placement, register)``.
+
+    Not a return probe: the probe sits in the caller, on an instruction the linear sweep decoded.
+    From the return site it moves along straight-line code to the first instruction the kernel
+    emulates (often the next call), following the result through register-to-register moves
+    (``mov rbx, rax``), as long as one argument register still holds it and no instruction on the
+    way is a branch target; otherwise it stays on the return site (single-stepped, RAX).
+    Raises UnsupportedBinary when the function holds no such call, or more than one.
+    """
+    insns = decode(code, address)
+    sites = [i for i, insn in enumerate(insns) if insn.id == x86.X86_INS_CALL
+             and insn.operands and insn.operands[0].type == x86.X86_OP_IMM
+             and insn.operands[0].imm == callee]
+    if len(sites) != 1 or sites[0] + 1 >= len(insns):
+        raise UnsupportedBinary(f"{name}: expected one direct call to {callee:#x}, found {len(sites)}")
+    start = sites[0] + 1
+    targets = _branch_targets(code, address)
+    if insns[start].address in targets:
+        raise UnsupportedBinary(f"{name}: the return site {insns[start].address:#x} is also a branch "
+                                f"target; the result register is not known to hold the callee's result")
+    probe_index, holder = start, "rax"
+    holders = ["rax"]   # argument registers holding the result, in the order they got it
+    for k in range(start, min(len(insns), start + WALK_LIMIT)):
+        insn = insns[k]
+        if k > start and insn.address in targets:
+            break
+        if k > start and is_emulated(insn):
+            probe_index, holder = k, holders[0]
+            break
+        if any(g in insn.groups for g in _CONTROL_FLOW):
+            break
+        written = {_ARG_NAMES.get(n) for n in _written(insn)} - {None}
+        copied = _register_copy(insn)
+        holders = [r for r in holders if r not in written]
+        if copied is not None and copied[1] in holders and copied[0] in ARGUMENT_REGISTERS:
+            holders.append(copied[0])
+        if not holders:
+            break
+    probe = insns[probe_index]
+    return Placement(
+        function=name, address=address, probe_address=probe.address,
+        kind="after-call" if probe_index == start else "after-call-emulated",
+        instruction=f"{probe.mnemonic} {probe.op_str}".strip(), emulated=is_emulated(probe),
+        skipped=tuple(f"{i.mnemonic} {i.op_str}" for i in insns[start:probe_index]),
+    ), holder
+
+
+def _register_copy(insn):
+    """(destination, source) of a 64-bit ``mov reg, reg``, else None."""
+    if insn.id != x86.X86_INS_MOV or len(insn.operands) != 2:
+        return None
+    dst, src = insn.operands
+    if dst.type != x86.X86_OP_REG or src.type != x86.X86_OP_REG or dst.size != 8 or src.size != 8:
+        return None
+    return insn.reg_name(dst.reg), insn.reg_name(src.reg)

@@ -29,7 +29,12 @@ from receiver.events import BPF_DIR, Kind, check_statuses
 
 SOURCE = BPF_DIR / "gotel.c"
 MAX_LAYOUTS = 8
-COUNTERS = ("lost", "wakeups", "hits", "held_full")
+COUNTERS = ("lost", "wakeups", "hits", "held_full", "submitted")
+# Probe points of the hit counter (GOTEL_POINT_* of bpf/gotel.c) and the programs behind them.
+POINTS = ("casgstatus", "create", "exit")
+HIT_PIDS = 1024          # GOTEL_HIT_PIDS
+NUM_POINTS = 4           # GOTEL_NUM_POINTS
+LIFECYCLE_PROGRAMS = ("probe_create_ax", "probe_create_bx", "probe_exit")
 DEFAULT_KINDS = frozenset({Kind.CREATE, Kind.RUN, Kind.PARK, Kind.READY, Kind.EXIT})
 PROBED_FUNCTION = "runtime.casgstatus"
 
@@ -166,10 +171,14 @@ class Probes:
             self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=config.cflags())
             self._fns = [self.bpf.load_func(f"probe_casgstatus_{i}".encode(), BPF.KPROBE)
                          for i in range(MAX_LAYOUTS)]
+            self._lifecycle_fns = {
+                name: [self.bpf.load_func(f"{name}_{i}".encode(), BPF.KPROBE)
+                       for i in range(MAX_LAYOUTS)] for name in LIFECYCLE_PROGRAMS}
         except Exception as e:
             raise ProbeError(f"compiling or loading {SOURCE} failed: {e}") from e
         self._layouts = self.bpf["layouts"]
         self._counters = self.bpf["counters"]
+        self._hits = self.bpf["hits"]
         self._slots = {}
         self.attachments = {}
         self._lock = threading.Lock()
@@ -207,6 +216,10 @@ class Probes:
         leaf.g_window, lengths = read_window(layout)
         for kind, n in lengths.items():
             leaf.window_len[kind] = n
+        st = layout.statuses
+        leaf.status_runnable = st["_Grunnable"] & 0xFF
+        leaf.status_running = st["_Grunning"] & 0xFF
+        leaf.status_dead = st["_Gdead"] & 0xFF
         if late_goid(binary):
             s = layout.statuses
             leaf.late_goid_olds = (1 << (s["_Grunnable"] & 0xF)) | (1 << (s["_Gwaiting"] & 0xF))
@@ -223,18 +236,32 @@ class Probes:
             fn = binary.functions[PROBED_FUNCTION]
         except KeyError as e:
             raise ProbeError(f"{binary.path}: no {PROBED_FUNCTION} to probe") from e
-        path = os.path.realpath(binary.path) if pid == -1 else str(binary.path)
-        offset = binary.file_offset(fn.probe_address)
         slot = self.slot_for(binary)
+        return self._attach_at(binary, pid, fn.probe_address, self._fns[slot], slot)
+
+    def attach_lifecycle(self, binary, pid=-1):
+        """The lifecycle level's two probes (creation, exit: receiver/lifecycle.py) on binary for
+        one PID or every process: a list of two Attachments. Raises UnsupportedBinary when the
+        binary's code has another shape."""
+        from receiver import lifecycle
+
+        slot = self.slot_for(binary)
+        return [self._attach_at(binary, pid, point.placement.probe_address,
+                                self._lifecycle_fns[point.program][slot], slot)
+                for point in lifecycle.points(binary).values()]
+
+    def _attach_at(self, binary, pid, vaddr, fn, slot):
+        path = os.path.realpath(binary.path) if pid == -1 else str(binary.path)
+        offset = binary.file_offset(vaddr)
         st = os.stat(binary.path)
-        key = (st.st_dev, st.st_ino, pid)
+        key = (st.st_dev, st.st_ino, offset, pid)
         with self._lock:
             if key in self.attachments:
                 return self.attachments[key]
             ev_name = f"gotel_{os.getpid()}_{st.st_ino:x}_{offset:x}_{pid if pid >= 0 else 'all'}".encode()
             from bcc import lib
 
-            fd = lib.bpf_attach_uprobe(self._fns[slot].fd, 0, ev_name, path.encode(), offset, pid)
+            fd = lib.bpf_attach_uprobe(fn.fd, 0, ev_name, path.encode(), offset, pid)
             if fd < 0:
                 raise ProbeError(
                     f"attaching the uprobe to {path} at file offset {offset:#x} (pid {pid}) failed; "
@@ -269,9 +296,24 @@ class Probes:
                 pass
 
     def counters(self):
-        """{"lost", "wakeups", "hits", "held_full"}: sums over CPUs since load."""
+        """{"lost", "wakeups", "hits", "held_full", "submitted"}: sums over CPUs since load."""
         return {name: int(sum(self._counters[self._counters.Key(i)]))
                 for i, name in enumerate(COUNTERS)}
+
+    def calibrate(self):
+        """``receiver.calibrate.Calibration``: the cost of one hit of this program on this machine,
+        measured on the last layout slot while it is still unused (call before attaching)."""
+        from receiver import calibrate
+
+        if len(self._slots) >= MAX_LAYOUTS:
+            return calibrate.Calibration(calibrate.DEFAULT_FLOOR_NS, False)
+        return calibrate.calibrate(self._fns[MAX_LAYOUTS - 1].fd)
+
+    def hits(self, pid):
+        """{"casgstatus", "create", "exit"}: probe hits of process pid since load, kept or dropped
+        (summed over CPUs). Processes whose pids are equal modulo HIT_PIDS share their counts."""
+        base = (pid & (HIT_PIDS - 1)) * NUM_POINTS
+        return {name: int(sum(self._hits[self._hits.Key(base + i)])) for i, name in enumerate(POINTS)}
 
     def close(self):
         """Detach every uprobe and free the program and maps. Idempotent."""

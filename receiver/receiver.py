@@ -19,6 +19,7 @@ Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.c
 ``next.tick`` run on the poller thread only.
 """
 
+import collections
 import dataclasses
 import logging
 import os
@@ -29,10 +30,10 @@ import time
 
 import numpy as np
 
-from receiver import discovery as discovery_mod, existing, platform, probes, targets
+from receiver import discovery as discovery_mod, existing, levels, platform, probes, targets
 from receiver.clock import MonotonicClock
 from receiver.errors import ConfigError, GotelError, TargetError
-from receiver.events import Kind
+from receiver.events import EVENT_DTYPE, Kind
 from receiver.processes import Process, Processes, start_time_ns
 from receiver.ringbuf import RingBufferReader
 
@@ -54,6 +55,20 @@ class Config:
     poll_interval_s: float = dataclasses.field(default=0.05, metadata={"duration": "s"})
     check_interval_s: float = dataclasses.field(default=0.2, metadata={"duration": "s"})
     existing: bool = True                  # emit goroutines alive at attach, and read unknown ones
+    # What tracing costs (receiver/levels.py): census, lifecycle or full; windows of full tracing
+    # (`window` every `period`); a budget (`max_overhead: 2%` of each target's CPU time); triggers.
+    level: str = "full"
+    # window: 0 means 2s when a window is opened by a budget or a trigger; period: 0, no periodic ones
+    window_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
+    period_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
+    max_overhead: float | str = 0.0        # "2%" or 0.02; 0: no budget
+    trigger_port: int = 0                  # POST http://127.0.0.1:PORT/window opens a window; 0: off
+    trigger_goroutine_rate: float = 0.0    # goroutines/s of growth that open a window; 0: off
+    # a group's oldest wait (census, by start function, runtime's own excluded) beyond this opens a
+    # window when it crosses it; 0: off
+    trigger_oldest_wait_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
+    # at least this long between two anomaly triggers
+    trigger_cooldown_s: float = dataclasses.field(default=30.0, metadata={"duration": "s"})
     discovery: discovery_mod.Rules = dataclasses.field(default_factory=discovery_mod.Rules)
 
     def validate(self, path="receivers::goroutines"):
@@ -70,6 +85,21 @@ class Config:
         if self.poll_interval_s <= 0 or self.check_interval_s <= 0:
             problems.append(f"{path}: poll_interval_s and check_interval_s must be > 0")
         problems += [f"{path}: {p}" for p in self.probe_config().validate()] if not unknown else []
+        if self.level not in levels.LEVELS:
+            problems.append(f"{path}::level must be one of {', '.join(levels.LEVELS)}, not {self.level!r}")
+        try:
+            levels.parse_overhead(self.max_overhead)
+        except (TypeError, ValueError):
+            problems.append(f"{path}::max_overhead must be a percentage of the target's CPU time "
+                            f"below 100% (2%, or 0.02), not {self.max_overhead!r}")
+        if min(self.window_s, self.period_s, self.trigger_cooldown_s, self.trigger_oldest_wait_s) < 0:
+            problems.append(f"{path}: window, period, trigger_cooldown and trigger_oldest_wait "
+                            f"must be >= 0")
+        if self.period_s and self.period_s < (self.window_s or levels.DEFAULT_WINDOW_S):
+            problems.append(f"{path}::period must be at least window "
+                            f"({self.window_s or levels.DEFAULT_WINDOW_S}s), not {self.period_s}s")
+        if not 0 <= self.trigger_port < 65536:
+            problems.append(f"{path}::trigger_port must be a TCP port (0: off), not {self.trigger_port}")
         return problems
 
     def probe_config(self):
@@ -116,6 +146,9 @@ class GoroutineReceiver:
         self.discovery = None               # discovery_mod.Discovery when rules are given
         self._next_scan = 0.0
         self._shut = False
+        self.levels = None                  # levels.LevelController
+        self._window_lazy = set()           # pids read lazily only while a window is open
+        self._inject = collections.deque()  # event batches to deliver with the next ring batch
 
     # -- control path -----------------------------------------------------------------------------
 
@@ -127,6 +160,9 @@ class GoroutineReceiver:
             self.next.start()
         self.probes = probes.Probes(self.config.probe_config())
         try:
+            self.levels = levels.LevelController(self.config, self.probes, memory=self._memory,
+                                                 on_window=self._on_window)
+            self.levels.calibrate()
             self.reader = RingBufferReader(self.probes.events_fd)
             for pid in self.config.pids:
                 self._attach_pid(targets.Target.pid(pid), pid)
@@ -138,6 +174,7 @@ class GoroutineReceiver:
                 # The first scan is the watcher's, once the poller drains the ring: attaching a
                 # node's worth of processes takes seconds, their events must not wait for it.
                 self.discovery = discovery_mod.Discovery(self.config.discovery, self.registry.pods)
+            self.levels.start()
         except BaseException:
             self._teardown()
             raise
@@ -147,6 +184,42 @@ class GoroutineReceiver:
         self._watcher.start()
         return self
 
+    def open_window(self, reason="signal"):
+        """Open a window of full tracing on every target now (any thread, signal handlers too)."""
+        if self.levels is not None:
+            self.levels.open_window(reason)
+
+    def _on_window(self, unit, window, stage):
+        """A window of full tracing opens or closes (controller thread).
+
+        Opening, just before the probe goes on: a census of the process (``receiver.census``, no
+        stacks) is handed to the pipeline with the next ring batch (the decoder sorts by time): an
+        EXISTING event per goroutine (ignored for those the decoder knows from the level below) and
+        a PARK for each one waiting, with its wait reason, dated when its wait began as far as the
+        runtime says (``g.waitsince``, stamped at GC cycles; else the census's time), so that a
+        wait begun before the window ends in a park span. Without a census (a binary whose
+        goroutine list cannot be located), goroutines first seen in the window are read one by
+        one as their events arrive instead (the lazy path)."""
+        if not window.attached:
+            return
+        for pid in unit.pids():
+            proc = self.registry.get(pid)
+            if stage == "opening" and proc is not None:
+                batch = None
+                try:
+                    batch = census_events(proc.binary, pid)
+                except GotelError as e:
+                    log.info("process %d: goroutines at window %d not read: %s", pid,
+                             window.number, e)
+                if batch is not None:
+                    self._inject.append(window_sync(batch, proc.binary.layout))
+                elif pid not in self._lazy:
+                    self._window_lazy.add(pid)
+                    self._lazy[pid] = set()
+            elif stage == "closed" and pid in self._window_lazy:
+                self._window_lazy.discard(pid)
+                self._lazy.pop(pid, None)
+
     def _attach_pid(self, target, pid, binary=None, popen=None):
         if not targets.is_running(pid):
             raise TargetError(f"process {pid} does not exist (it exited?); give a running PID")
@@ -154,7 +227,8 @@ class GoroutineReceiver:
         proc = Process.found(pid, binary, target, popen=popen)
         if popen is not None:
             proc.exe = self.command.program   # the shell is about to become it
-        proc.attachment = self.probes.attach(binary, pid)
+        unit = self.levels.add(binary, pid)
+        proc.attachment = unit.full       # the casgstatus probe at start (None below full)
         if popen is None:
             proc.pc_bias()
         elif binary.pie:
@@ -167,7 +241,7 @@ class GoroutineReceiver:
 
     def _attach_path(self, target):
         binary = targets.open_binary(target.value)
-        att = self.probes.attach(binary, -1)
+        att = self._add_path_unit(binary)
         st = os.stat(target.value)
         self._path_targets.append((target, binary, att, (st.st_dev, st.st_ino)))
         for pid in targets.processes_running(target.value):
@@ -176,6 +250,11 @@ class GoroutineReceiver:
             if self.config.existing:
                 self._read_existing(proc)
         log.info("tracing every process running %s", target.value)
+
+    def _add_path_unit(self, binary):
+        """The probes of a binary target (every process running it), under the level controller."""
+        return self.levels.add(binary, -1, pids=lambda: [p.pid for p in self.registry.alive()
+                                                         if p.binary is binary])
 
     def _launch(self, target):
         self.command = targets.LaunchedCommand(list(target.value), **self._launch_options)
@@ -229,6 +308,8 @@ class GoroutineReceiver:
             self.next.shutdown(max(0.0, deadline - time.monotonic()))
 
     def _teardown(self):
+        if self.levels is not None:
+            self.levels.stop()
         for retire in self._retirements:
             retire.join()
         if self.reader is not None:
@@ -261,6 +342,11 @@ class GoroutineReceiver:
             self.finished.set()
 
     def _deliver(self, batch):
+        if self._inject:
+            injected = []
+            while self._inject:     # appended by the controller thread: popleft is atomic
+                injected.append(self._inject.popleft())
+            batch = np.concatenate(injected + [batch])
         if not len(batch):
             return
         pids = batch["pid"]
@@ -427,9 +513,8 @@ class GoroutineReceiver:
             now = targets.exe_identity(proc.pid)
             if now is None or proc.exe_id is None or now == proc.exe_id:
                 continue
-            if proc.attachment is not None:
-                self.probes.detach(proc.attachment)
-                proc.attachment = None
+            self.levels.remove(proc.pid)       # every probe of the old program, whatever its level
+            proc.attachment = None
             self.registry.mark_exited(proc.pid)
             try:
                 new = self._attach_pid(proc.target, proc.pid)
@@ -447,7 +532,7 @@ class GoroutineReceiver:
                 continue
             try:
                 binary = targets.open_binary(target.value)
-                att = self.probes.attach(binary, -1)
+                att = self._add_path_unit(binary)
             except GotelError as e:
                 log.warning("%s was replaced by a file gotel cannot trace: %s", target.value, e)
                 self._path_targets.append((target, None, None, now))
@@ -494,8 +579,7 @@ class GoroutineReceiver:
     def _retire(self, proc, status):
         """Detach an exited process's probe and mark it exited (on a thread of its own)."""
         try:
-            if proc.attachment is not None:
-                self.probes.detach(proc.attachment)
+            self.levels.remove(proc.pid)     # every probe of the process, whatever its level
             self.probes.forget(proc.pid)
         finally:
             self.registry.mark_exited(proc.pid, status)
@@ -508,6 +592,43 @@ class GoroutineReceiver:
         level = logging.INFO if status in (None, 0) else logging.WARNING
         log.log(level, "process %d (%s) %s; still tracing %d other process(es)", proc.pid,
                 proc.exe, targets.describe_exit(status), len(self.registry.alive()))
+
+
+def census_events(binary, pid):
+    """EXISTING events of every goroutine of a process now, from a census (no stacks), each dated
+    when its wait began for the waiting ones (``g.waitsince``, when the runtime stamped it), else
+    at the census's time (CLOCK_MONOTONIC, like the kernel's events)."""
+    from receiver import census as census_mod
+
+    census = census_mod.CensusReader(binary, pid).read(stacks=False)
+    rows = census.goroutines
+    out = np.zeros(len(rows), dtype=EVENT_DTYPE)
+    waiting = rows["status"] == binary.layout.statuses["_Gwaiting"]
+    since = rows["waitsince"]
+    stamped = waiting & (since > 0) & (since <= census.mono_ns)
+    out["ts_ns"] = np.where(stamped, since, census.mono_ns).astype(np.uint64)
+    out["g"] = rows["g"]
+    out["goid"] = rows["goid"]
+    out["aux_goid"] = rows["parent_goid"]
+    out["pc_start"] = rows["startpc"]
+    out["pc_create"] = rows["gopc"]
+    out["pid"] = pid
+    out["kind"] = Kind.EXISTING
+    out["wait_reason"] = rows["wait_reason"]
+    out["new_status"] = out["old_status"] = rows["status"].astype(np.uint16)
+    return out
+
+
+def window_sync(existing_events, layout):
+    """The events that start a window from the state of the goroutines alive at its opening:
+    the EXISTING events as read, then a PARK (running -> waiting, same time, same wait reason)
+    for each goroutine waiting."""
+    waiting = layout.statuses["_Gwaiting"]
+    parks = existing_events[(existing_events["new_status"] & 0xFFF) == waiting].copy()
+    parks["kind"] = Kind.PARK
+    parks["old_status"] = layout.statuses["_Grunning"]
+    parks["aux_goid"] = parks["pc_start"] = parks["pc_create"] = 0
+    return np.concatenate([existing_events, parks])
 
 
 def run_command(argv, next_stage=None, timeout=None, capture=True, **config):

@@ -8,6 +8,7 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 
 from pipeline import config
@@ -15,6 +16,11 @@ from pipeline.app import demo
 from pipeline.app.runner import Stopper, run_service
 from receiver import targets
 from receiver.errors import GotelError, TargetError
+
+# `gotel run` (an always-on agent) holds each target under this share of its CPU time unless the
+# file sets level or max_overhead (README, "Levels, windows, triggers and a budget").
+RUN_DEFAULT_BUDGET = "2%"
+
 
 class UsageError(GotelError):
     """A command line that cannot be run as given."""
@@ -58,6 +64,16 @@ def build_parser():
     p.set_defaults(func=_run)
 
     p = sub.add_parser(
+        "window", help="open a window of full tracing in a running gotel now",
+        description="Ask a running gotel to trace its targets at the full level for one window: "
+                    "over its trigger endpoint (receivers::goroutines::trigger_port, --trigger-port), "
+                    "or with SIGUSR1 to its PID.")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--port", type=int, help="the running gotel's trigger_port")
+    g.add_argument("--pid", type=int, help="the running gotel's PID (sends SIGUSR1)")
+    p.set_defaults(func=_window)
+
+    p = sub.add_parser(
         "trace", help="trace Go processes; without -c, write OTLP JSON to DIR and print a summary",
         usage="gotel trace [-c FILE] [--out DIR] [--duration S] "
               "(--pid PID ... | --binary PATH | -- COMMAND ARGS...)")
@@ -70,6 +86,7 @@ def build_parser():
                         "goroutine (glob, repeatable; receivers::goroutines::functions::patterns)")
     p.add_argument("--func-args", action="store_true",
                    help="record the probed functions' arguments and results as span attributes")
+    _level_arguments(p)
     _target_arguments(p)
     p.set_defaults(func=_trace)
 
@@ -127,6 +144,54 @@ def _target_arguments(p):
                    help="trace every process running this Go binary, now and later")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS...",
                    help="launch a command and trace it from its first instruction")
+
+
+def _level_arguments(p):
+    p.add_argument("--level", choices=("census", "lifecycle", "full"),
+                   help="what the probes see: census (no probe), lifecycle (creations and exits), "
+                        "full (every status change; the default)")
+    p.add_argument("--max-overhead", metavar="PCT",
+                   help="hold each target's probe cost under PCT of its CPU time (e.g. 2%%)")
+    p.add_argument("--window", type=float, metavar="S", help="length of a window of full tracing")
+    p.add_argument("--period", type=float, metavar="S", help="open a window every S seconds")
+    p.add_argument("--trigger-port", type=int, metavar="PORT",
+                   help="POST http://127.0.0.1:PORT/window opens a window (gotel window --port)")
+
+
+def level_settings(args):
+    """receivers::goroutines keys given by the level options of the command line."""
+    out = {}
+    if args.level:
+        out["level"] = args.level
+    if args.max_overhead:
+        out["max_overhead"] = args.max_overhead
+    if args.window:
+        out["window"] = f"{args.window}s"
+    if args.period:
+        out["period"] = f"{args.period}s"
+    if args.trigger_port is not None:
+        out["trigger_port"] = args.trigger_port
+    return out
+
+
+def _window(args):
+    if args.pid:
+        try:
+            os.kill(args.pid, signal.SIGUSR1)
+        except OSError as e:
+            raise UsageError(f"cannot signal gotel process {args.pid}: {e.strerror}") from None
+        print(f"window requested from process {args.pid}")
+        return 0
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{args.port}/window", method="POST"), timeout=5) as r:
+            print(r.read().decode().strip())
+    except OSError as e:
+        raise UsageError(f"no gotel trigger endpoint on 127.0.0.1:{args.port} ({e}); start gotel "
+                         f"with --trigger-port or receivers::goroutines::trigger_port") from None
+    return 0
 
 
 def _inspect(args):
@@ -230,6 +295,9 @@ def parse_targets(pids=(), binaries=(), argv=()):
 
 def _run(args):
     cfg = config.load(args.config)
+    rc = [c.config for c in cfg.receivers.values()]
+    if all(c.level == "full" and not c.max_overhead for c in rc):
+        cfg = config.load(args.config, receiver_settings={"max_overhead": RUN_DEFAULT_BUDGET})
     run_service(cfg, args.duration)
     return 0
 
@@ -238,6 +306,7 @@ def _trace(args):
     settings = parse_targets(args.pid, args.binary, args.argv)
     if args.functions:
         settings["functions"] = {"patterns": list(args.functions), "arguments": args.func_args}
+    settings.update(level_settings(args))
     cfg = config.load(args.config, overrides={"GOTEL_OUT": args.out}, receiver_settings=settings)
     run_service(cfg, args.duration)
     return 0

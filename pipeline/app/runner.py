@@ -1,6 +1,6 @@
 """Running a Service from the command line: until its targets exit, a signal or a duration, then
 flushing what was collected and printing the summary. SIGINT and SIGTERM stop tracing and flush;
-a second one exits at once."""
+a second one exits at once; SIGUSR1 opens a window of full tracing (receiver/levels.py)."""
 
 import os
 import signal
@@ -44,6 +44,11 @@ def run_service(cfg, duration=None, summary=True, out=sys.stdout, stopper=None):
     service = Service(cfg)
     with (stopper or Stopper()) as stop:
         service.start()
+        source = getattr(service.receiver, "source", None)
+        if hasattr(source, "open_window") and threading.current_thread() is threading.main_thread():
+            # SIGUSR1 opens a window of full tracing (`gotel window --pid`, or kill -USR1).
+            stop._old.setdefault(signal.SIGUSR1, signal.signal(
+                signal.SIGUSR1, lambda signum, frame: source.open_window("signal")))
         deadline = None if duration is None else time.monotonic() + duration
         try:
             while not stop.event.is_set() and not service.finished():

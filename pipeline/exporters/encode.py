@@ -264,6 +264,10 @@ class TraceEncoder:
         self._park_blob = {}        # (pid, wait_reason) -> name field + wait reason attribute
         self._flag_blob = {}
         self._state_blob = {}
+        # windows(pid) -> (numbers, opened, closed) Unix ns arrays of that process's windows of full
+        # tracing (receiver.levels), or None: spans overlapping one carry gotel.window = its number.
+        self.windows = lambda pid: None
+        self._window_blob = {}
         # span_id -> serialized attributes of a FUNCTION span (arguments; pipeline/funcspans.py)
         self.extra_attributes = None
 
@@ -451,6 +455,7 @@ class TraceEncoder:
         extra = self.extra_attributes
         span_ids = spans["span_id"].tolist() if events or extra else None
         function = int(SpanKind.FUNCTION)
+        window = self._window_numbers(pid, spans)
         memo = {}
         for i, (spc, cpc, threshold, kind, reason, flags, link) in enumerate(zip(*columns)):
             head = numeric[offsets[i]:offsets[i + 1]]
@@ -461,8 +466,11 @@ class TraceEncoder:
                 if blob is None:
                     blob = memo[(spc, cpc)] = goroutine_bytes(pid, spc, cpc)
             more = extra(span_ids[i]) if extra is not None and kind == function else b""
-            if flags or threshold or link or events or more:
+            w = window[i] if window is not None else 0
+            if flags or threshold or link or events or more or w:
                 parts = [head, blob, more]
+                if w:
+                    parts.append(self._window_attribute(w))
                 if flags:
                     parts.append(flags_bytes(flags))
                 if link:
@@ -481,6 +489,25 @@ class TraceEncoder:
                 body = head + blob
             append(b"\x12" + _v(len(body)) + body)
         return out
+
+    def _window_numbers(self, pid, spans):
+        """Per span, the number of the window of full tracing it overlaps (0: none), or None."""
+        found = self.windows(pid)
+        if found is None:
+            return None
+        numbers, opened, closed = found
+        i = np.searchsorted(opened, spans["end_ns"], side="right").astype(np.int64) - 1
+        ok = i >= 0
+        ok[ok] = closed[i[ok]] >= spans["start_ns"][ok]
+        out = np.zeros(len(spans), np.uint64)
+        out[ok] = numbers[i[ok]]
+        return out.tolist()
+
+    def _window_attribute(self, number):
+        blob = self._window_blob.get(number)
+        if blob is None:
+            blob = self._window_blob[number] = attribute("gotel.window", int(number))
+        return blob
 
     def _split_events(self, pid, spans, as_event):
         """Park rows flagged AS_EVENT become span events of their parent (Span field 11). A row whose

@@ -21,7 +21,7 @@ its metric series dropped here.
 import dataclasses
 import time
 
-from pipeline import decoder as span_decoder, funcspans, metrics as runtime_metrics
+from pipeline import decoder as span_decoder, funcspans, metrics as runtime_metrics, overhead
 from pipeline import runtime_metrics as memory_metrics
 from pipeline.stage import Stage
 from receiver import receiver
@@ -141,7 +141,8 @@ class GoroutinesReceiver:
             self.functions.close()
 
     def collect(self, resource_for, names):
-        """The Go runtime metrics now, as an ExportMetricsServiceRequest (any thread). The runtime's
+        """The Go runtime metrics now, and each target's estimated probe overhead
+        (``gotel.target.overhead``), as an ExportMetricsServiceRequest (any thread). The runtime's
         own metrics are read from each live target's memory here; for a target they cannot be read
         from, the event-derived go.goroutine.count and go.schedule.duration remain."""
         extra = {}
@@ -160,7 +161,7 @@ class GoroutinesReceiver:
                     keep = [m for m in sm.metrics if m.name not in self.disowned]
                     del sm.metrics[:]
                     sm.metrics.extend(keep)
-        return request
+        return overhead.add_to_request(request, self.source.levels, resource_for, time.time_ns())
 
     def disown(self, names):
         """Stop exporting these metric names: another component (the goruntime receiver, which

@@ -1,0 +1,3 @@
+module example.com/gotel/levels
+
+go 1.19
