@@ -50,6 +50,7 @@ COMPONENTS = {
     ("exporters", "otlp_grpc"): ("pipeline.exporters.otlp_grpc", "Config", SIGNALS),
     ("exporters", "file"): ("pipeline.exporters.file", "Config", SIGNALS),
     ("exporters", "debug"): ("pipeline.exporters.debug", "Config", SIGNALS),
+    ("exporters", "prometheus"): ("pipeline.exporters.prometheus", "Config", ("metrics",)),
 }
 ALIASES = {("exporters", "otlp"): "otlp_grpc"}
 
@@ -95,6 +96,8 @@ class Config:
     exporters: dict
     pipelines: dict
     telemetry: TelemetryConfig = TelemetryConfig()
+    extensions: dict = dataclasses.field(default_factory=dict)
+    service_extensions: tuple = ()      # the extension ids service::extensions enables
 
     def pipelines_for(self, signal):
         return [p for p in self.pipelines.values() if p.signal == signal]
@@ -429,7 +432,7 @@ def build(raw, problems):
     for key in raw:
         if key not in TOP_LEVEL:
             problems.append(f"{key}: unknown section (expected one of: {', '.join(TOP_LEVEL)})")
-        elif key in ("extensions", "connectors") and raw[key]:
+        elif key == "connectors" and raw[key]:
             problems.append(f"{key}: gotel has no {key}")
     sections = {}
     for kind in KINDS:
@@ -469,8 +472,8 @@ def build(raw, problems):
         if key not in ("pipelines", "telemetry", "extensions"):
             problems.append(f"service::{key}: unknown key (expected one of: extensions, pipelines, "
                             "telemetry)")
-    if service.get("extensions"):
-        problems.append("service::extensions: gotel has no extensions")
+    extensions, enabled = build_extensions(raw.get("extensions"), service.get("extensions"),
+                                           problems)
     tele = service.get("telemetry") or {}
     if not isinstance(tele, dict):
         problems.append("service::telemetry must be a mapping")
@@ -543,4 +546,37 @@ def build(raw, problems):
         problems.append(f"service::pipelines: gotel runs one receiver, and every pipeline takes its "
                         f"data from it; the pipelines use {len(used)} ({', '.join(used)})")
     return Config(sections["receivers"], sections["processors"], sections["exporters"], pipelines,
-                  telemetry)
+                  telemetry, extensions, enabled)
+
+
+# Extensions: (type) -> module. Like the Collector, an extension runs only when service::extensions
+# lists it.
+EXTENSIONS = {"health_check": "pipeline.extensions.health_check"}
+
+
+def build_extensions(section, enabled, problems):
+    """The extensions section and service::extensions: ({id: Component}, (enabled ids...))."""
+    out = {}
+    section = section or {}
+    if not isinstance(section, dict):
+        problems.append("extensions must be a mapping of extension id to settings")
+        section = {}
+    for cid, settings in section.items():
+        parsed = parse_id(cid)
+        if parsed is None or parsed[0] not in EXTENSIONS:
+            problems.append(f"extensions::{cid}: unknown extension type "
+                            f"(known: {', '.join(sorted(EXTENSIONS))})")
+            continue
+        cls = importlib.import_module(EXTENSIONS[parsed[0]]).Config
+        cfg = build_dataclass(cls, {} if settings is None else settings, ("extensions", cid),
+                              problems)
+        if cfg is not _MISSING:
+            out[str(cid)] = Component("extensions", str(cid), parsed[0], cfg)
+    enabled = enabled or []
+    if not isinstance(enabled, list):
+        problems.append("service::extensions must be a list of extension ids")
+        enabled = []
+    for cid in enabled:
+        if str(cid) not in section:
+            problems.append(f"service::extensions: {cid} is not defined in extensions")
+    return out, tuple(str(c) for c in enabled if str(c) in out)

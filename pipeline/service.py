@@ -34,6 +34,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from pipeline import batcher as batcher_mod
+from pipeline import config as config_mod
 from pipeline import decoder as decoder_mod
 from pipeline import metrics as metrics_mod
 from pipeline import encode
@@ -47,6 +48,7 @@ EXPORTER_MODULES = {
     "otlp_grpc": "pipeline.exporters.otlp_grpc",
     "file": "pipeline.exporters.file",
     "debug": "pipeline.exporters.debug",
+    "prometheus": "pipeline.exporters.prometheus",
 }
 PROCESSOR_MODULES = {
     "filter": "pipeline.filter",
@@ -275,6 +277,8 @@ class Service:
         self._shut = False
         self._next_collection = None
         self.collection_interval = 10.0
+        self.extensions = {}
+        self.attached = False
         self.build()
 
     # building
@@ -298,6 +302,10 @@ class Service:
         spans_head = chains[0] if len(chains) == 1 else Fork(chains) if chains else Discard()
         self.tap.next = spans_head
         self.metrics = self._make_metrics(rc)
+        for xid in self.config.service_extensions:
+            comp = self.config.extensions[xid]
+            module = importlib.import_module(config_mod.EXTENSIONS[comp.type])
+            self.extensions[xid] = module.create(comp.config, xid, self)
         self.decoder = self._make_decoder(rc, self.tap, self.metrics)
         self.head = Locked(self.decoder, self.lock, rest=self.tap)
 
@@ -384,6 +392,8 @@ class Service:
         ticker."""
         from receiver.receiver import GoroutineReceiver
 
+        for extension in self.extensions.values():     # first, as the Collector starts them
+            extension.start()
         self.start_exporters()
         self.receiver = GoroutineReceiver(receiver_part(self.receiver_config), self.head,
                                           self.registry)
@@ -391,7 +401,9 @@ class Service:
             self.receiver.start()
         except BaseException:
             self._shutdown_exporters(2.0)
+            self._shutdown_extensions()
             raise
+        self.attached = True
         self._next_collection = time.monotonic() + self.collection_interval
         self._ticker = threading.Thread(target=self._tick_loop, name="gotel-ticker", daemon=True)
         self._ticker.start()
@@ -465,6 +477,7 @@ class Service:
         if self._shut:
             return
         self._shut = True
+        self.attached = False
         deadline = time.monotonic() + timeout
         self._stop.set()
         if self._ticker is not None:
@@ -482,6 +495,18 @@ class Service:
         except Exception:  # noqa: BLE001
             log.exception("final metrics collection failed")
         self._shutdown_exporters(left())
+        self._shutdown_extensions()
+
+    def health_state(self):
+        """For the health check: receiver attached, and per exporter how long every send failed."""
+        now = time.monotonic()
+        return {"attached": self.attached and not self._shut,
+                "exporters": {eid: None if e.failing_since is None else now - e.failing_since
+                              for eid, e in self.exporters.items()}}
+
+    def _shutdown_extensions(self):
+        for extension in self.extensions.values():
+            extension.shutdown()
 
     def _shutdown_exporters(self, timeout):
         deadline = time.monotonic() + timeout

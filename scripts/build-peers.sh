@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds the real peers gotel's tests run against, from pinned versions on the Go module proxy:
+#   .cache/peers/otelcol-gotel  OpenTelemetry Collector core v0.165.0 + contrib v0.165.1 (peers/collector)
+#   .cache/peers/jaeger         Jaeger v2, github.com/jaegertracing/jaeger/cmd/jaeger v1.76.0
+# The Go module and build caches live under .cache/ (GOMODCACHE, GOCACHE), so later runs on the
+# same machine reuse them. Idempotent: a stamp records the inputs each binary was built from; when
+# they match, a second run does nothing (it does not even start the go command).
+# Usage: scripts/build-peers.sh GO   (GO: the go binary to build with; the Makefile passes its pinned one)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+go=${1:-go}
+out=$root/.cache/peers
+JAEGER_MODULE=github.com/jaegertracing/jaeger/cmd/jaeger
+JAEGER_VERSION=v1.76.0
+export GOMODCACHE=$root/.cache/gomod GOCACHE=$root/.cache/gobuild-peers GOTOOLCHAIN=local
+export GOFLAGS=-mod=readonly CGO_ENABLED=0
+mkdir -p "$out"
+
+goversion=$("$go" env GOVERSION)
+
+# build NAME INPUTS... -- COMMAND...: runs COMMAND unless the stamp of NAME matches INPUTS.
+build() {
+    local name=$1; shift
+    local inputs=()
+    while [ "$1" != "--" ]; do inputs+=("$1"); shift; done
+    shift
+    local want
+    want=$( { echo "$goversion"; printf '%s\n' "${inputs[@]}"; } | sha256sum | cut -d' ' -f1)
+    if [ -x "$out/$name" ] && [ "$(cat "$out/$name.stamp" 2>/dev/null)" = "$want" ]; then
+        return 0
+    fi
+    echo "peers: building $name (first build takes minutes; cached in .cache/)"
+    local t0=$SECONDS
+    "$@"
+    echo "$want" > "$out/$name.stamp"
+    echo "peers: built $out/$name in $((SECONDS - t0)) s"
+}
+
+col=$root/peers/collector
+build otelcol-gotel "$(cat "$col/go.mod" "$col/go.sum" "$col/main.go" | sha256sum)" -- \
+    bash -c "cd '$col' && '$go' build -trimpath -ldflags='-s -w' -o '$out/otelcol-gotel' ."
+build jaeger "$JAEGER_MODULE@$JAEGER_VERSION" -- \
+    env GOBIN="$out" GOFLAGS= "$go" install -trimpath -ldflags='-s -w' "$JAEGER_MODULE@$JAEGER_VERSION"

@@ -1,0 +1,187 @@
+"""The real peers the tests run gotel against: the OpenTelemetry Collector and Jaeger v2 (built by
+``make peers`` into .cache/peers from pinned versions), and Debian's Prometheus. Each runs as a
+child process on free loopback ports with a config the test writes, logs to a file in the test's
+directory, and is stopped with SIGTERM (which flushes the Collector's file exporter)."""
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERS = ROOT / ".cache" / "peers"
+
+
+def binary(name):
+    """Path of a peer binary; fails with what to run when set-up has not built it."""
+    if name == "prometheus":
+        path = shutil.which("prometheus")
+        if path is None:
+            pytest.fail("Debian's prometheus is not installed: run `make setup`")
+        return Path(path)
+    path = PEERS / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `make peers` (builds the pinned Collector and Jaeger)")
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, log, timeout=60.0):
+    """Wait until something accepts on 127.0.0.1:port; fail with the peer's log if it exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"peer exited with {proc.returncode}:\n{Path(log).read_text()[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.1)
+    pytest.fail(f"peer did not listen on {port} within {timeout}s:\n{Path(log).read_text()[-3000:]}")
+
+
+class Peer:
+    """A running peer process. ``stop()`` sends SIGTERM and waits (kills after a timeout)."""
+
+    def __init__(self, name, argv, directory, ports, wait_on):
+        self.name = name
+        self.directory = Path(directory)
+        self.ports = ports
+        self.log = self.directory / f"{name}.log"
+        self._log = open(self.log, "w")
+        self.proc = subprocess.Popen([str(a) for a in argv], stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=self.directory)
+        try:
+            for port in wait_on:
+                wait_port(port, self.proc, self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def url(self, key, path=""):
+        return f"http://127.0.0.1:{self.ports[key]}{path}"
+
+    def endpoint(self, key="grpc"):
+        return f"127.0.0.1:{self.ports[key]}"
+
+    def stop(self, timeout=20.0):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def write_yaml(path, tree):
+    Path(path).write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+QUIET_TELEMETRY = {"metrics": {"level": "none"}, "logs": {"level": "warn"}}
+
+
+def collector(directory, receiver_grpc=None, exporters=None, extensions=None, name="collector",
+              batch=True):
+    """Start the Collector: an OTLP/gRPC receiver (extra settings in ``receiver_grpc``), the batch
+    processor, file exporters writing ``traces.json``/``metrics.json`` in ``directory``, plus any
+    ``exporters`` (id -> settings) on the traces pipeline. Internal telemetry off, so no fixed port."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ports = {"grpc": free_port()}
+    grpc = {"endpoint": f"127.0.0.1:{ports['grpc']}", **(receiver_grpc or {})}
+    exporters = dict(exporters or {})
+    trace_exporters = ["file/traces", *exporters]
+    config = {
+        "receivers": {"otlp": {"protocols": {"grpc": grpc}}},
+        "processors": {"batch": {}} if batch else {},
+        "exporters": {"file/traces": {"path": str(directory / "traces.json")},
+                      "file/metrics": {"path": str(directory / "metrics.json")}, **exporters},
+        "extensions": dict(extensions or {}),
+        "service": {
+            "extensions": list(extensions or {}),
+            "telemetry": QUIET_TELEMETRY,
+            "pipelines": {
+                "traces": {"receivers": ["otlp"], "processors": ["batch"] if batch else [],
+                           "exporters": trace_exporters},
+                "metrics": {"receivers": ["otlp"], "processors": ["batch"] if batch else [],
+                            "exporters": ["file/metrics"]},
+            },
+        },
+    }
+    path = write_yaml(directory / f"{name}.yaml", config)
+    return Peer(name, [binary("otelcol-gotel"), "--config", path], directory, ports, [ports["grpc"]])
+
+
+def jaeger(directory, name="jaeger"):
+    """Start Jaeger v2 with in-memory storage: OTLP/gRPC in, the query HTTP API out."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ports = {"grpc": free_port(), "http": free_port(), "query_grpc": free_port()}
+    config = {
+        "service": {
+            "extensions": ["jaeger_storage", "jaeger_query"],
+            "telemetry": QUIET_TELEMETRY,
+            "pipelines": {"traces": {"receivers": ["otlp"], "processors": ["batch"],
+                                     "exporters": ["jaeger_storage_exporter"]}},
+        },
+        "extensions": {
+            "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": 1000000}}}},
+            "jaeger_query": {"storage": {"traces": "memstore"},
+                             "http": {"endpoint": f"127.0.0.1:{ports['http']}"},
+                             "grpc": {"endpoint": f"127.0.0.1:{ports['query_grpc']}"}},
+        },
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{ports['grpc']}"}}}},
+        "processors": {"batch": {}},
+        "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
+    }
+    path = write_yaml(directory / f"{name}.yaml", config)
+    return Peer(name, [binary("jaeger"), "--config", path], directory, ports,
+                [ports["grpc"], ports["http"]])
+
+
+def get_json(url, timeout=10.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def read_jsonl(path):
+    """Every line of an OTLP/JSON file as a dict (the Collector's file exporter writes one per batch)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for(predicate, timeout=30.0, interval=0.2):
+    """Poll predicate() until it returns something truthy; return its last value."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
+__all__ = ["Peer", "binary", "collector", "free_port", "get_json", "jaeger", "read_jsonl",
+           "wait_for", "urllib"]
