@@ -550,7 +550,8 @@ class Service:
         return out
 
     GAUGES = ("otelcol_exporter_queue_size", "otelcol_exporter_queue_capacity")
-    UNITS = {"events": "{event}", "spans": "{span}", "items": "{item}", "points": "{datapoint}"}
+    UNITS = {"events": "{event}", "spans": "{span}", "items": "{item}", "points": "{datapoint}",
+             "size": "{request}", "capacity": "{request}"}
 
     def telemetry_request(self):
         """gotel's own metrics as an ExportMetricsServiceRequest (Resource service.name=gotel)."""

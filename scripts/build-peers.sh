@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real peers gotel's tests run against, from pinned versions on the Go module proxy:
 #   .cache/peers/otelcol-gotel  OpenTelemetry Collector core v0.165.0 + contrib v0.165.1 (peers/collector)
-#   .cache/peers/jaeger         Jaeger v2, github.com/jaegertracing/jaeger/cmd/jaeger v1.76.0
+#   .cache/peers/jaeger         Jaeger v2, github.com/jaegertracing/jaeger/cmd/jaeger v1.76.0 (peers/jaeger)
 # The Go module and build caches live under .cache/ (GOMODCACHE, GOCACHE), so later runs on the
 # same machine reuse them. Idempotent: a stamp records the inputs each binary was built from; when
 # they match, a second run does nothing (it does not even start the go command).
@@ -10,8 +10,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 go=${1:-go}
 out=$root/.cache/peers
-JAEGER_MODULE=github.com/jaegertracing/jaeger/cmd/jaeger
-JAEGER_VERSION=v1.76.0
+# Jaeger's version is pinned in peers/jaeger/go.mod (v1.76.0): its own go.mod has a replace
+# directive, so `go install ...@v1.76.0` refuses it and a module of ours builds the package instead.
+JAEGER_PACKAGE=github.com/jaegertracing/jaeger/cmd/jaeger
 export GOMODCACHE=$root/.cache/gomod GOCACHE=$root/.cache/gobuild-peers GOTOOLCHAIN=local
 export GOFLAGS=-mod=readonly CGO_ENABLED=0
 mkdir -p "$out"
@@ -39,5 +40,6 @@ build() {
 col=$root/peers/collector
 build otelcol-gotel "$(cat "$col/go.mod" "$col/go.sum" "$col/main.go" | sha256sum)" -- \
     bash -c "cd '$col' && '$go' build -trimpath -ldflags='-s -w' -o '$out/otelcol-gotel' ."
-build jaeger "$JAEGER_MODULE@$JAEGER_VERSION" -- \
-    env GOBIN="$out" GOFLAGS= "$go" install -trimpath -ldflags='-s -w' "$JAEGER_MODULE@$JAEGER_VERSION"
+jae=$root/peers/jaeger
+build jaeger "$(cat "$jae/go.mod" "$jae/go.sum" | sha256sum)" -- \
+    bash -c "cd '$jae' && '$go' build -trimpath -ldflags='-s -w' -o '$out/jaeger' $JAEGER_PACKAGE"

@@ -160,6 +160,21 @@ def jaeger(directory, name="jaeger"):
                 [ports["grpc"], ports["http"]])
 
 
+def prometheus(directory, targets, interval="1s"):
+    """Start Debian's Prometheus scraping ``targets`` (host:port list) every ``interval``, with
+    ``honor_labels`` (as the README advises): ``job``/``instance`` are the traced service's."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ports = {"http": free_port()}
+    config = {"global": {"scrape_interval": interval, "scrape_timeout": interval},
+              "scrape_configs": [{"job_name": "gotel", "honor_labels": True, "static_configs": [{"targets": targets}]}]}
+    path = write_yaml(directory / "prometheus.yml", config)
+    return Peer("prometheus", [binary("prometheus"), f"--config.file={path}",
+                               f"--storage.tsdb.path={directory / 'data'}",
+                               f"--web.listen-address=127.0.0.1:{ports['http']}"],
+                directory, ports, [ports["http"]])
+
+
 def get_json(url, timeout=10.0):
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
