@@ -45,6 +45,9 @@ def go_env(go):
         GOFLAGS="-mod=mod",
         GOCACHE=str(CACHE / "gobuild" / Path(go).parents[2].name),
         GOPATH=str(CACHE / "gopath"),
+        # Programs with module dependencies (tests/go/grpcecho) build offline from the module
+        # cache that `make peers` fills (scripts/build-peers.sh).
+        GOMODCACHE=str(CACHE / "gomod"),
         CGO_ENABLED=env.get("CGO_ENABLED", "0"),
     )
     return env

@@ -193,6 +193,7 @@ class TraceFanout(Stage):
         self.batcher = batcher
         self.max_bytes = max_bytes or batcher_mod.Config().send_batch_max_bytes
         self.requests = 0
+        self.largest_request = 0      # bytes of the largest request made (under max_bytes)
         self.encode_errors = 0
 
     def consume(self, batch):
@@ -207,6 +208,7 @@ class TraceFanout(Stage):
             return
         for data, count in chunks:
             self.requests += 1
+            self.largest_request = max(self.largest_request, len(data))
             self.items_out += count
             if self.batcher is not None:
                 self.batcher.observe_size(count, len(data))
