@@ -36,7 +36,7 @@ receivers:
   goroutines:
     command: ["{binary}", -repeat, "2", all]
     collection_interval: 1s
-    spans: {{max_spans_per_trace: 40, max_trace_duration_s: 0.5, sweep_interval_s: 0.1}}
+    spans: {{max_spans_per_trace: 40, max_trace_duration: 500ms, sweep_interval: 100ms}}
 processors:
   batch: {{timeout: 100ms}}
 exporters:
