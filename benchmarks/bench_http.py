@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from benchmarks import harness
-from pipeline import gotool
+from pipeline.app import gotool
 
 GOTEL = harness.REPO / ".venv" / "bin" / "gotel"
 VARIANTS = ("untraced", "gotel")

@@ -5,15 +5,18 @@ processes, as numpy batches of ``EVENT_DTYPE``, handed to the next stage.
 until the probe is in place), attaches, emits the goroutines that already exist as ``Kind.EXISTING``
 events, and starts the one poller thread. That thread waits on the ring buffer (a wakeup past the
 watermark, or ``poll_interval_s``), converts timestamps to Unix ns in bulk, fills in goroutines it
-has never heard of (read from the process), and calls ``next.consume(batch)``; every
+has never heard of (read from the process), and calls ``next.consume(batch)``, then
+``next.tick()`` (if it has one) after every poll, so timers downstream fire on this thread; every
 ``check_interval_s`` it retires processes that exited (detaching their probe, after their last
-events came out) and reports lost events from the kernel's counter.
+events came out) and reports lost events from the kernel's counter. A PID that a retired process
+held and a new process of a traced binary now holds is registered afresh (``Processes.add``
+forgets the old one's facts).
 
 Errors: ``start()`` raises ``TargetError`` (no such PID, not a Go program, ...) or ``ProbeError``
 before anything runs; after that, nothing raises: a process that dies is logged and retired, and
 gotel keeps tracing the others. ``lost`` counts events the kernel could not store (ring full).
-Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.consume`` runs on the
-poller thread only.
+Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.consume`` and
+``next.tick`` run on the poller thread only.
 """
 
 import dataclasses
@@ -25,11 +28,11 @@ import time
 
 import numpy as np
 
-from pipeline.stage import Stage
 from receiver import existing, probes, targets
 from receiver.clock import MonotonicClock
 from receiver.errors import ConfigError, GotelError, TargetError
 from receiver.events import Kind
+from receiver.processes import Process, Processes, start_time_ns
 from receiver.ringbuf import RingBufferReader
 
 log = logging.getLogger("gotel.receiver")
@@ -47,8 +50,8 @@ class Config:
     kinds: tuple = ("create", "run", "park", "ready", "exit")
     ring_bytes: int = 8 << 20
     wakeup_bytes: int = 0                  # 0: a quarter of the ring
-    poll_interval_s: float = 0.05
-    check_interval_s: float = 0.2
+    poll_interval_s: float = dataclasses.field(default=0.05, metadata={"duration": "s"})
+    check_interval_s: float = dataclasses.field(default=0.2, metadata={"duration": "s"})
     existing: bool = True                  # emit goroutines alive at attach, and read unknown ones
 
     def validate(self, path="receivers::goroutines"):
@@ -72,22 +75,25 @@ class Config:
                              kinds=frozenset(KIND_NAMES[k] for k in self.kinds if k in KIND_NAMES))
 
 
-class GoroutineReceiver(Stage):
-    """Source stage: see the module docstring. ``registry`` is the ``ProcessRegistry`` consumers read."""
+class GoroutineReceiver:
+    """Source of event batches: see the module docstring. ``next_stage`` is anything with
+    ``start()``, ``consume(batch)`` and ``shutdown(timeout)``; ``registry`` is the ``Processes``
+    that owns every fact about the traced processes."""
 
     def __init__(self, config, next_stage=None, registry=None, launch_options=None):
-        super().__init__(next_stage)
+        self.next = next_stage
         problems = config.validate()
         if problems:
             raise ConfigError(problems)
         self.config = config
-        self.registry = registry if registry is not None else targets.ProcessRegistry()
+        self.registry = registry if registry is not None else Processes()
         self.probes = None
         self.reader = None
         self.clock = MonotonicClock()
         self.lost = 0
         self.events = 0
         self.failed_batches = 0             # batches the next stage raised on (dropped)
+        self.failed_events = 0              # the events in them
         self._next_error_log = 0.0
         self.finished = threading.Event()   # set when every target has exited (none left to trace)
         self.command = None                 # targets.LaunchedCommand
@@ -110,7 +116,8 @@ class GoroutineReceiver(Stage):
 
     def start(self):
         """Attach to every target and start polling. Raises TargetError / ProbeError up front."""
-        super().start()
+        if self.next is not None:
+            self.next.start()
         self.probes = probes.Probes(self.config.probe_config())
         try:
             self.reader = RingBufferReader(self.probes.events_fd)
@@ -131,7 +138,7 @@ class GoroutineReceiver(Stage):
         if not targets.is_running(pid):
             raise TargetError(f"process {pid} does not exist (it exited?); give a running PID")
         binary = binary or targets.open_binary(pid)
-        proc = targets.new_process(pid, binary, target, popen=popen)
+        proc = Process.found(pid, binary, target, popen=popen)
         if popen is not None:
             proc.exe = self.command.program   # the shell is about to become it
         proc.attachment = self.probes.attach(binary, pid)
@@ -151,7 +158,7 @@ class GoroutineReceiver(Stage):
         st = os.stat(target.value)
         self._path_targets.append((target, binary, att, (st.st_dev, st.st_ino)))
         for pid in targets.processes_running(target.value):
-            proc = self.registry.add(targets.new_process(pid, binary, target))
+            proc = self.registry.add(Process.found(pid, binary, target))
             proc.pc_bias()
             if self.config.existing:
                 self._read_existing(proc)
@@ -203,7 +210,8 @@ class GoroutineReceiver(Stage):
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         self._teardown()
-        super().shutdown(max(0.0, deadline - time.monotonic()))
+        if self.next is not None:
+            self.next.shutdown(max(0.0, deadline - time.monotonic()))
 
     def _teardown(self):
         for retire in self._retirements:
@@ -228,6 +236,7 @@ class GoroutineReceiver(Stage):
             self._pending.clear()
             while not self._stop.is_set():
                 self._deliver(self.reader.poll(self.config.poll_interval_s))
+                self._tick()
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + self.config.check_interval_s
@@ -251,16 +260,28 @@ class GoroutineReceiver(Stage):
         self.clock.to_unix(batch["ts_ns"])
         self.events += len(batch)
         try:
-            self.consume(batch)
+            if self.next is not None:
+                self.next.consume(batch)
         except Exception:
             # A failing stage must not stop the poller: the ring would fill and every process
             # would lose events. The batch is dropped, counted, and the error logged (rate-limited).
             self.failed_batches += 1
+            self.failed_events += len(batch)
             now = time.monotonic()
             if now >= self._next_error_log:
                 self._next_error_log = now + 10.0
                 log.exception("next stage failed on a batch of %d events (%d batches dropped so "
                               "far)", len(batch), self.failed_batches)
+
+    def _tick(self):
+        """Let the stages after this one fire their timers (between batches, on this thread)."""
+        tick = getattr(self.next, "tick", None)
+        if tick is None:
+            return
+        try:
+            tick()
+        except Exception:  # noqa: BLE001  (as for a batch: logged, never stops the poller)
+            log.exception("a stage failed on a tick")
 
     def _learn_biases(self, batch):
         """PIE load biases of processes traced from their first instruction (launched by gotel,
@@ -282,8 +303,11 @@ class GoroutineReceiver(Stage):
         for pid in np.unique(pids).tolist():
             if pid not in self._seen_pids:
                 self._seen_pids.add(pid)
-                if pid not in self.registry:
+                known = self.registry.get(pid)
+                if known is None:
                     self._adopt(pid)
+                elif not known.alive and start_time_ns(pid) not in (0, known.start_time_ns):
+                    self._adopt(pid)       # the PID of a process that exited, now another's
 
     def _with_unknown(self, batch):
         """Prefix EXISTING events for goroutines never seen created (read from the process), for
@@ -337,7 +361,7 @@ class GoroutineReceiver(Stage):
             if ident is None and len(self._path_targets) > 1:
                 break
             if ident is None or ident == path_ident:
-                proc = targets.new_process(pid, binary, target)
+                proc = Process.found(pid, binary, target)
                 proc.alive = ident is not None
                 if binary.pie:
                     self._unbiased.add(pid)    # started after the attach: traced from its start
@@ -367,6 +391,10 @@ class GoroutineReceiver(Stage):
                                       name=f"gotel-retire-{proc.pid}")
             self._retirements = [t for t in self._retirements if t.is_alive()] + [retire]
             retire.start()
+        # Events under the PID of a process that exited are looked at again: the PID may have
+        # been given to a new process of a traced binary.
+        self._seen_pids.difference_update(
+            [p.pid for p in self.registry if not p.alive and p.pid not in self._retiring])
         lost = self.probes.counters()["lost"]
         if lost > self.lost:
             log.warning("%d events lost: the ring buffer (%d bytes) was full; raise ring_bytes",
@@ -383,16 +411,15 @@ class GoroutineReceiver(Stage):
             self.probes.forget(proc.pid)
         finally:
             self.registry.mark_exited(proc.pid, status)
+            # Its PID may name another process next: let that one's events be adopted afresh.
+            self._lazy.pop(proc.pid, None)
+            self._unbiased.discard(proc.pid)
             self._retiring.discard(proc.pid)
         # Killed or failed is worth a warning; an ordinary end (or one gotel cannot know the
         # status of, not being the parent) is news.
         level = logging.INFO if status in (None, 0) else logging.WARNING
         log.log(level, "process %d (%s) %s; still tracing %d other process(es)", proc.pid,
                 proc.exe, targets.describe_exit(status), len(self.registry.alive()))
-
-
-def create(config, next_stage=None, registry=None, launch_options=None):
-    return GoroutineReceiver(config, next_stage, registry, launch_options)
 
 
 def run_command(argv, next_stage=None, timeout=None, capture=True, **config):

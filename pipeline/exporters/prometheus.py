@@ -390,5 +390,5 @@ class PrometheusExporter(Exporter):
             self._server = None
 
 
-def create(config, name="prometheus"):
-    return PrometheusExporter(name, config)
+def create(settings, config, next_stage=None):
+    return PrometheusExporter(settings.id, config)

@@ -19,6 +19,7 @@ import socketserver
 import threading
 
 TYPE = "health_check"
+SIGNALS = ()            # an extension serves no pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,10 +40,10 @@ class Config:
 class HealthCheck:
     """Serves /healthz and /readyz for a host that has ``health_state()``."""
 
-    def __init__(self, name, config, host):
+    def __init__(self, name, config):
         self.name = name
         self.config = config
-        self.host = host
+        self.host = None
         self._server = None
         self._thread = None
 
@@ -64,7 +65,9 @@ class HealthCheck:
                 problems.append(f"exporter {eid} failing for {failing:.0f}s")
         return not problems, problems
 
-    def start(self):
+    def start(self, host):
+        """Serve, asking ``host.health_state()`` (the Service) for readiness."""
+        self.host = host
         if self._server is not None:
             return
         check = self
@@ -111,5 +114,5 @@ class HealthCheck:
             self._server = None
 
 
-def create(config, name="health_check", host=None):
-    return HealthCheck(name, config, host)
+def create(settings, config, next_stage=None):
+    return HealthCheck(settings.id, config)

@@ -18,7 +18,7 @@ import pytest
 
 import realpeers as peers
 from pipeline import config
-from pipeline.cli import run_service
+from pipeline.app.runner import run_service
 
 pytestmark = [pytest.mark.bpf, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 
 import realpeers as peers
 from pipeline import config, decoder
-from pipeline.cli import run_service
+from pipeline.app.runner import run_service
 
 pytestmark = [pytest.mark.bpf, pytest.mark.slow]
 
@@ -116,7 +116,7 @@ def span_ids(path):
 def test_the_collector_receives_every_span_over_each_transport(run, name):
     service = run["service"]
     made = service.fanouts[0].items_out               # spans gotel encoded and handed over
-    assert service.receiver.lost == 0
+    assert service.receiver.source.lost == 0
     assert made > 80000
     received = span_ids(run["base"] / name / "traces.json")
     assert sum(received.values()) == made and set(received.values()) == {1}

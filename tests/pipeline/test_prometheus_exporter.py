@@ -14,6 +14,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 from pipeline import config as config_mod
 from pipeline.exporters import prometheus
 from pipeline.exporters.base import Payload
+from pipeline.stage import Settings
 
 
 def kv(key, value):
@@ -100,7 +101,7 @@ def scrape(exporter):
 @pytest.fixture
 def exporter():
     cfg = config_mod.build_dataclass(prometheus.Config, {"endpoint": "127.0.0.1:0"}, ("x",), [])
-    e = prometheus.create(cfg, "prometheus")
+    e = prometheus.create(Settings("prometheus"), cfg)
     e.start()
     yield e
     e.shutdown(2.0)
