@@ -2,9 +2,10 @@
 # Builds the real peers gotel's tests run against, from pinned versions on the Go module proxy:
 #   .cache/peers/otelcol-gotel  OpenTelemetry Collector core v0.165.0 + contrib v0.165.1 (peers/collector)
 #   .cache/peers/jaeger         Jaeger v2, github.com/jaegertracing/jaeger/cmd/jaeger v1.76.0 (peers/jaeger)
-# The Go module and build caches live under .cache/ (GOMODCACHE, GOCACHE), so later runs on the
-# same machine reuse them. Idempotent: a stamp records the inputs each binary was built from; when
-# they match, a second run does nothing (it does not even start the go command).
+# The Go module and build caches (GOMODCACHE, GOCACHE) live outside the checkout, in
+# $GOTEL_GO_CACHE (default ~/.cache/gotel-go), so a fresh clone on the same machine (CI) reuses them
+# and only links the binaries again. Idempotent: a stamp records the inputs each binary was built
+# from; when they match, a second run does nothing (it does not even start the go command).
 # Usage: scripts/build-peers.sh GO   (GO: the go binary to build with; the Makefile passes its pinned one)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,7 +14,8 @@ out=$root/.cache/peers
 # Jaeger's version is pinned in peers/jaeger/go.mod (v1.76.0): its own go.mod has a replace
 # directive, so `go install ...@v1.76.0` refuses it and a module of ours builds the package instead.
 JAEGER_PACKAGE=github.com/jaegertracing/jaeger/cmd/jaeger
-export GOMODCACHE=$root/.cache/gomod GOCACHE=$root/.cache/gobuild-peers GOTOOLCHAIN=local
+gocache=${GOTEL_GO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gotel-go}
+export GOMODCACHE=$gocache/mod GOCACHE=$gocache/build GOTOOLCHAIN=local
 export GOFLAGS="-mod=readonly -modcacherw" CGO_ENABLED=0
 mkdir -p "$out"
 
