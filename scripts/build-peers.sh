@@ -32,7 +32,7 @@ build() {
     if [ -e "$out/$name" ] && [ "$(cat "$out/$name.stamp" 2>/dev/null)" = "$want" ]; then
         return 0
     fi
-    echo "peers: building $name (first build takes minutes; cached in .cache/)"
+    echo "peers: building $name (the first time on a machine takes minutes; Go caches in $gocache)"
     local t0=$SECONDS
     "$@"
     echo "$want" > "$out/$name.stamp"
