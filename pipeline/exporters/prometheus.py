@@ -19,8 +19,9 @@ translated as the Collector translates OTLP (its ``add_metric_suffixes`` default
 Exponential histograms (gotel's durations) are rendered as classic histograms: one ``le`` bucket per
 power of two from 2^-24 s (~60 ns) to 2^16 s (~18 h), plus ``+Inf``. Powers of two are bucket
 boundaries of an exponential histogram at every scale >= 0, so these cumulative counts are exact
-(a scale < 0 is widened to the nearest power-of-two boundary below). Native histograms over the
-protobuf exposition are not offered.
+(a scale < 0 is widened to the nearest power-of-two boundary below). A scraper that negotiates the
+protobuf exposition (Prometheus with native histograms enabled) gets them as native histograms as
+well, bucket for bucket (``prometheus_proto``).
 
 Series not updated for ``metric_expiration`` (default 5m, as the Collector) are dropped, so an
 exited process's series disappear. Two metrics that translate to one name with different types keep
@@ -38,6 +39,7 @@ import socketserver
 import threading
 import time
 
+from pipeline.exporters import prometheus_proto
 from pipeline.exporters.base import Exporter, QueueConfig
 
 TYPE = "prometheus"
@@ -234,9 +236,12 @@ class PrometheusExporter(Exporter):
                     if self.path.split("?")[0] != "/metrics":
                         self.send_error(404, "gotel serves /metrics")
                         return
-                    body = exporter.render().encode()
+                    if prometheus_proto.wants_protobuf(self.headers.get("Accept")):
+                        body, content_type = exporter.render_protobuf(), prometheus_proto.CONTENT_TYPE
+                    else:
+                        body, content_type = exporter.render().encode(), CONTENT_TYPE
                     self.send_response(200)
-                    self.send_header("Content-Type", CONTENT_TYPE)
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
@@ -328,14 +333,14 @@ class PrometheusExporter(Exporter):
                 samples.append(("_bucket", (("le", "+Inf"),), dp.count))
                 samples += [("_sum", (), dp.sum), ("_count", (), dp.count)]
                 self._put(name, "histogram", m.description, {**base, **self._labels(dp)},
-                          samples, now)
+                          samples, now, dp)
         # delta histograms and summaries: not produced by gotel, and the Collector drops delta too
 
     @staticmethod
     def _labels(dp):
         return {label_name(kv.key): _any_value(kv.value) for kv in dp.attributes}
 
-    def _put(self, name, type_, help_, labels, samples, now):
+    def _put(self, name, type_, help_, labels, samples, now, native=None):
         family = self.families.get(name)
         if family is None:
             family = self.families[name] = _Family(name, type_, help_)
@@ -355,13 +360,21 @@ class PrometheusExporter(Exporter):
                 text = f"{label_text},{more}" if label_text else more
             braces = f"{{{text}}}" if text else ""
             lines.append(f"{name}{suffix}{braces} {_value(value)}")
-        family.samples[key] = (lines, now)
+        if type_ == "histogram":
+            tail = {suffix: value for suffix, _, value in samples if suffix != "_bucket"}
+            classic = [(float(extra[0][1]), value) for suffix, extra, value in samples
+                       if suffix == "_bucket" and extra[0][1] != "+Inf"]
+            proto = prometheus_proto.metric(key, "histogram", (tail["_count"], tail["_sum"]),
+                                            classic, native)
+        else:
+            proto = prometheus_proto.metric(key, type_, samples[0][2])
+        family.samples[key] = (lines, now, proto)
 
     def _expire(self, now):
         limit = now - self.config.metric_expiration
         for name in list(self.families):
             family = self.families[name]
-            for key in [k for k, (_, t) in family.samples.items() if t < limit]:
+            for key in [k for k, (_, t, _) in family.samples.items() if t < limit]:
                 del family.samples[key]
             if not family.samples:
                 del self.families[name]
@@ -378,10 +391,19 @@ class PrometheusExporter(Exporter):
                     help_ = family.help.replace("\\", "\\\\").replace("\n", "\\n")
                     out.append(f"# HELP {name} {help_}")
                 out.append(f"# TYPE {name} {family.type}")
-                for lines, _ in family.samples.values():
+                for lines, _, _ in family.samples.values():
                     out.extend(lines)
         out.append("")
         return "\n".join(out)
+
+    def render_protobuf(self):
+        """The delimited protobuf exposition of every live series (native histograms included)."""
+        with self.lock:
+            self.scrapes += 1
+            self._expire(self.clock())
+            return b"".join(
+                prometheus_proto.family(name, f.help, f.type, [p for _, _, p in f.samples.values()])
+                for name, f in sorted(self.families.items()))
 
     def close(self):
         if self._server is not None:

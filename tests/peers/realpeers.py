@@ -160,7 +160,7 @@ def jaeger(directory, name="jaeger"):
                 [ports["grpc"], ports["http"]])
 
 
-def prometheus(directory, targets, interval="1s"):
+def prometheus(directory, targets, interval="1s", flags=()):
     """Start Debian's Prometheus scraping ``targets`` (host:port list) every ``interval``, with
     ``honor_labels`` (as the README advises): ``job``/``instance`` are the traced service's."""
     directory = Path(directory)
@@ -171,7 +171,7 @@ def prometheus(directory, targets, interval="1s"):
     path = write_yaml(directory / "prometheus.yml", config)
     return Peer("prometheus", [binary("prometheus"), f"--config.file={path}",
                                f"--storage.tsdb.path={directory / 'data'}",
-                               f"--web.listen-address=127.0.0.1:{ports['http']}"],
+                               f"--web.listen-address=127.0.0.1:{ports['http']}", *flags],
                 directory, ports, [ports["http"]])
 
 
