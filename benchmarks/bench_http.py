@@ -205,6 +205,12 @@ def grpc_figures(seconds, repeats, warmup, streams=16):
         "grpc.gotel.server_us_per_request": harness.figure(
             "gRPC echo, traced: server CPU per request", "us",
             [r["server_us_per_request"] for r in traced], 1),
+        "grpc.untraced.server_cpu_pct": harness.figure(
+            "gRPC echo, untraced: server CPU use (its one CPU)", "%",
+            [r["server_cpu_pct"] for r in base], 1),
+        "grpc.gotel.server_cpu_pct": harness.figure(
+            "gRPC echo, traced: server CPU use (its one CPU)", "%",
+            [r["server_cpu_pct"] for r in traced], 1),
         "grpc.gotel.cpu_pct": harness.figure("gRPC echo: gotel's CPU use during the load",
                                              "% of a CPU", [r["gotel_cpu_pct"] for r in traced], 1),
         "grpc.gotel.events_per_request": harness.figure(
