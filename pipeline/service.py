@@ -100,10 +100,10 @@ class Service:
     def start(self):
         """Start exporters, then the receiver (attaches; raises TargetError/ProbeError), then the
         metrics thread. Extensions start first and stop last, as in the Collector."""
-        for extension in self.extensions.values():
-            extension.start(self)
-        self.start_exporters()
         try:
+            for extension in self.extensions.values():
+                extension.start(self)
+            self.start_exporters()
             self.receiver.start()
         except BaseException:
             self._shutdown_exporters(2.0)

@@ -41,6 +41,7 @@ import time
 
 from pipeline.exporters import prometheus_proto
 from pipeline.exporters.base import Exporter, QueueConfig
+from receiver.errors import ConfigError
 
 TYPE = "prometheus"
 SIGNALS = ("metrics",)
@@ -257,8 +258,9 @@ class PrometheusExporter(Exporter):
             try:
                 self._server = Server((host, port), Handler)
             except OSError as e:
-                raise OSError(f"exporters::{self.name}: cannot listen on {self.config.endpoint}: "
-                              f"{e.strerror or e}; choose another endpoint") from e
+                raise ConfigError([f"exporters::{self.name}::endpoint: cannot listen on "
+                                   f"{self.config.endpoint}: {e.strerror or e}; choose another "
+                                   "endpoint"]) from e
             self._thread = threading.Thread(target=self._server.serve_forever,
                                             name=f"gotel-prometheus-{self.name}", daemon=True)
             self._thread.start()

@@ -18,6 +18,8 @@ import json
 import socketserver
 import threading
 
+from receiver.errors import ConfigError
+
 TYPE = "health_check"
 SIGNALS = ()            # an extension serves no pipeline
 
@@ -101,8 +103,9 @@ class HealthCheck:
         try:
             self._server = Server((host.strip("[]") or "0.0.0.0", int(port)), Handler)
         except OSError as e:
-            raise OSError(f"extensions::{self.name}: cannot listen on {self.config.endpoint}: "
-                          f"{e.strerror or e}; choose another endpoint") from e
+            raise ConfigError([f"extensions::{self.name}::endpoint: cannot listen on "
+                               f"{self.config.endpoint}: {e.strerror or e}; choose another "
+                               "endpoint"]) from e
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name=f"gotel-health-{self.name}", daemon=True)
         self._thread.start()

@@ -215,3 +215,19 @@ def test_a_protobuf_scrape_gets_delimited_families_with_native_histograms(export
     hist = families["go_goroutine_park_duration_seconds"].metric[0].histogram
     assert (hist.schema, hist.sample_count) == (4, 3)
     assert sum(hist.positive_delta[:1]) == 1 and len(hist.bucket) == len(prometheus.BUCKET_EXPONENTS)
+
+
+def test_a_taken_port_is_one_clear_config_error():
+    import socket
+
+    from receiver.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        e = prometheus.create(Settings("prometheus/x"),
+                              prometheus.Config(endpoint=f"127.0.0.1:{port}"))
+        with pytest.raises(ConfigError, match=r"exporters::prometheus/x::endpoint: cannot listen on "
+                                              r"127\.0\.0\.1:\d+: .*; choose another endpoint"):
+            e.start()
