@@ -54,8 +54,9 @@ def wait_port(port, proc, log, timeout=60.0):
 class Peer:
     """A running peer process. ``stop()`` sends SIGTERM and waits (kills after a timeout)."""
 
-    def __init__(self, name, argv, directory, ports, wait_on):
+    def __init__(self, name, argv, directory, ports, wait_on, stop_timeout=20.0):
         self.name = name
+        self.stop_timeout = stop_timeout
         self.directory = Path(directory)
         self.ports = ports
         self.log = self.directory / f"{name}.log"
@@ -75,11 +76,11 @@ class Peer:
     def endpoint(self, key="grpc"):
         return f"127.0.0.1:{self.ports[key]}"
 
-    def stop(self, timeout=20.0):
+    def stop(self, timeout=None):
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(self.stop_timeout if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -156,8 +157,9 @@ def jaeger(directory, name="jaeger"):
         "exporters": {"jaeger_storage_exporter": {"trace_storage": "memstore"}},
     }
     path = write_yaml(directory / f"{name}.yaml", config)
+    # in-memory storage: nothing to flush, so a slow graceful stop is not waited for long
     return Peer(name, [binary("jaeger"), "--config", path], directory, ports,
-                [ports["grpc"], ports["http"]])
+                [ports["grpc"], ports["http"]], stop_timeout=3.0)
 
 
 def prometheus(directory, targets, interval="1s", flags=()):

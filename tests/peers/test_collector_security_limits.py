@@ -8,6 +8,7 @@ the exporters that lack the token or the client certificate must be refused.
 """
 
 import collections
+import functools
 import datetime
 import ipaddress
 
@@ -106,6 +107,7 @@ service:
     yield {"service": service, "base": base}
 
 
+@functools.lru_cache(maxsize=8)
 def span_ids(path):
     return collections.Counter((s["traceId"], s["spanId"]) for request in peers.read_jsonl(path)
                                for rs in request.get("resourceSpans", ())
