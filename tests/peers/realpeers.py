@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -199,6 +198,3 @@ def wait_for(predicate, timeout=30.0, interval=0.2):
         value = predicate()
     return value
 
-
-__all__ = ["Peer", "binary", "collector", "free_port", "get_json", "jaeger", "read_jsonl",
-           "wait_for", "urllib"]
