@@ -9,12 +9,12 @@ None for exporters). Adding a component is one module and one line here.
 from pipeline.exporters import debug, file, otlp_grpc, prometheus
 from pipeline.extensions import health_check
 from pipeline.processors import batch, filter as span_filter, sampler
-from pipeline.receivers import goroutines
+from pipeline.receivers import goroutines, goruntime
 
 KINDS = ("receivers", "processors", "exporters")
 
 REGISTRY = {
-    "receivers": (goroutines,),
+    "receivers": (goroutines, goruntime),
     "processors": (span_filter, sampler, batch),
     "exporters": (otlp_grpc, file, debug, prometheus),
     # Not in a pipeline: an extension runs when service::extensions lists it, and is started with
