@@ -46,6 +46,7 @@ receivers:
   goroutines:
     command: ["{binary}", -repeat, "0", pool, tree, chan, select, mutex, timer]
     collection_interval: 1s
+  goruntime: {{collection_interval: 1s}}
 processors:
   batch: {{timeout: 100ms}}
 exporters:
@@ -61,7 +62,7 @@ service:
   extensions: [health_check]
   pipelines:
     traces: {{receivers: [goroutines], processors: [batch], exporters: [otlp/dead]}}
-    metrics: {{receivers: [goroutines], exporters: [prometheus]}}
+    metrics: {{receivers: [goroutines, goruntime], exporters: [prometheus]}}
 """)
     service = Service(cfg)
     service.start()
@@ -111,6 +112,9 @@ def test_prometheus_scrapes_goroutine_scheduling_and_park_series(gotel):
     assert 0 < float(p50[0]["value"][1]) < 10
     info = wait_query(prom, 'target_info{job="example.com/gotel/oracle"}')
     assert info[0]["metric"]["process_runtime_name"] == "go"
+    states = {r["metric"]["gotel_goroutine_state"] for r in wait_query(
+        prom, 'gotel_goroutine_count{job="example.com/gotel/oracle"}')}
+    assert states, "the census's goroutines by state are scraped"
     sent = wait_query(prom, 'otelcol_exporter_send_failed_spans_total{exporter="otlp/dead"}')
     assert sent, "gotel's own telemetry is scraped too"
 
