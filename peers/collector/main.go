@@ -1,6 +1,7 @@
 // Command otelcol-gotel is the OpenTelemetry Collector gotel's tests run against: the OTLP
-// receiver, the batch processor, the debug, file and OTLP exporters, and the bearer-token
-// authenticator (it proves gotel's headers arrive), all at one pinned release.
+// receiver, the batch processor, the debug, file, OTLP and prometheus exporters (the last is the
+// oracle for gotel's own OTLP -> Prometheus translation), and the bearer-token authenticator (it
+// proves gotel's headers arrive), all at one pinned release.
 // It is what `ocb` would generate from a manifest, written by hand so set-up needs no builder.
 package main
 
@@ -24,6 +25,7 @@ import (
 	"go.opentelemetry.io/collector/service/telemetry/otelconftelemetry"
 
 	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter"
+	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/prometheusexporter"
 	"github.com/open-telemetry/opentelemetry-collector-contrib/extension/bearertokenauthextension"
 )
 
@@ -37,7 +39,8 @@ func factories() (otelcol.Factories, error) {
 		return f, err
 	}
 	if f.Exporters, err = otelcol.MakeFactoryMap[exporter.Factory](
-		debugexporter.NewFactory(), otlpexporter.NewFactory(), fileexporter.NewFactory()); err != nil {
+		debugexporter.NewFactory(), otlpexporter.NewFactory(), fileexporter.NewFactory(),
+		prometheusexporter.NewFactory()); err != nil {
 		return f, err
 	}
 	if f.Extensions, err = otelcol.MakeFactoryMap[extension.Factory](

@@ -11,7 +11,9 @@ translated as the Collector translates OTLP (its ``add_metric_suffixes`` default
   ``By`` -> ``_bytes``, ``ms`` -> ``_milliseconds``, ``1`` on a gauge -> ``_ratio``, ``%`` ->
   ``_percent``, ``X/Y`` -> ``_X_per_Y``; annotations in braces (``{goroutine}``) give no suffix;
 - a monotonic cumulative sum is a counter with ``_total``; a non-monotonic sum is a gauge;
-- attributes become labels with ``.`` and other invalid characters as ``_``;
+- attributes become labels with ``.`` and other invalid characters as ``_``; every series also
+  carries its instrumentation scope (``otel_scope_name``, ``otel_scope_version``,
+  ``otel_scope_schema_url``);
 - the Resource gives ``job`` (``service.namespace/service.name``) and ``instance``
   (``service.instance.id``) on every series, and its other attributes one ``target_info`` series
   per Resource; ``resource_to_telemetry_conversion::enabled`` puts them on every series instead.
@@ -30,8 +32,10 @@ the HTTP server threads share the series under one lock; a scrape copies nothing
 Cost: one protobuf parse per export request; a scrape renders every series (about 1 us per sample).
 """
 
+import base64
 import dataclasses
 import http.server
+import json
 import logging
 import math
 import re
@@ -163,6 +167,7 @@ def _value(v):
 
 
 def _any_value(v):
+    """An attribute value as the Collector's pdata ``AsString`` writes it (arrays and maps as JSON)."""
     kind = v.WhichOneof("value")
     if kind is None:
         return ""
@@ -171,7 +176,20 @@ def _any_value(v):
         return "true" if value else "false"
     if kind in ("string_value", "int_value", "double_value"):
         return str(value)
-    return str(value).replace("\n", " ")
+    if kind == "bytes_value":
+        return base64.b64encode(value).decode()
+    return json.dumps(_plain(v), separators=(",", ":"), ensure_ascii=False)
+
+
+def _plain(v):
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_plain(x) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _plain(kv.value) for kv in v.kvlist_value.values}
+    if kind == "bytes_value":
+        return base64.b64encode(v.bytes_value).decode()
+    return getattr(v, kind) if kind else None
 
 
 def _attributes(kvs):
@@ -297,8 +315,12 @@ class PrometheusExporter(Exporter):
                     self._put("target_info", "gauge", "Target metadata",
                               {**base, **rest}, [("", (), 1)], now)
                 for sm in rm.scope_metrics:
+                    # the instrumentation scope, as the Collector labels every series with it
+                    scoped = {**base, "otel_scope_name": sm.scope.name,
+                              "otel_scope_version": sm.scope.version,
+                              "otel_scope_schema_url": sm.schema_url}
                     for m in sm.metrics:
-                        self._metric(m, base, now)
+                        self._metric(m, scoped, now)
             self._expire(now)
 
     def _metric(self, m, base, now):

@@ -102,13 +102,19 @@ QUIET_TELEMETRY = {"metrics": {"level": "none"}, "logs": {"level": "warn"}}
 
 
 def collector(directory, receiver_grpc=None, exporters=None, extensions=None, name="collector",
-              batch=True):
+              batch=True, prometheus=False):
     """Start the Collector: an OTLP/gRPC receiver (extra settings in ``receiver_grpc``), the batch
     processor, file exporters writing ``traces.json``/``metrics.json`` in ``directory``, plus any
-    ``exporters`` (id -> settings) on the traces pipeline. Internal telemetry off, so no fixed port."""
+    ``exporters`` (id -> settings) on the traces pipeline; with ``prometheus``, its prometheus
+    exporter on the metrics pipeline (port ``ports["prometheus"]``). Internal telemetry off, so no
+    fixed port."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     ports = {"grpc": free_port()}
+    metrics_exporters = {}
+    if prometheus:
+        ports["prometheus"] = free_port()
+        metrics_exporters["prometheus"] = {"endpoint": f"127.0.0.1:{ports['prometheus']}"}
     grpc = {"endpoint": f"127.0.0.1:{ports['grpc']}", **(receiver_grpc or {})}
     exporters = dict(exporters or {})
     trace_exporters = ["file/traces", *exporters]
@@ -116,7 +122,8 @@ def collector(directory, receiver_grpc=None, exporters=None, extensions=None, na
         "receivers": {"otlp": {"protocols": {"grpc": grpc}}},
         "processors": {"batch": {}} if batch else {},
         "exporters": {"file/traces": {"path": str(directory / "traces.json")},
-                      "file/metrics": {"path": str(directory / "metrics.json")}, **exporters},
+                      "file/metrics": {"path": str(directory / "metrics.json")}, **exporters,
+                      **metrics_exporters},
         "extensions": dict(extensions or {}),
         "service": {
             "extensions": list(extensions or {}),
@@ -125,7 +132,7 @@ def collector(directory, receiver_grpc=None, exporters=None, extensions=None, na
                 "traces": {"receivers": ["otlp"], "processors": ["batch"] if batch else [],
                            "exporters": trace_exporters},
                 "metrics": {"receivers": ["otlp"], "processors": ["batch"] if batch else [],
-                            "exporters": ["file/metrics"]},
+                            "exporters": ["file/metrics", *metrics_exporters]},
             },
         },
     }

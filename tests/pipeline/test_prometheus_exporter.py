@@ -67,9 +67,15 @@ def test_exponential_buckets_become_exact_power_of_two_buckets(scale):
         assert cumulative == sum(v <= bound for v in values), (k, scale)
 
 
+SCOPE = 'otel_scope_name="gotel",otel_scope_schema_url="",otel_scope_version="1.0"'
+
+
 def request_of(resource, metrics):
+    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+
     return ExportMetricsServiceRequest(resource_metrics=[pb.ResourceMetrics(
-        resource=resource, scope_metrics=[pb.ScopeMetrics(metrics=metrics)])])
+        resource=resource, scope_metrics=[pb.ScopeMetrics(
+            scope=InstrumentationScope(name="gotel", version="1.0"), metrics=metrics)])])
 
 
 def sample_request(pid=42):
@@ -113,12 +119,13 @@ def test_serves_translated_series_over_http(exporter):
     text = scrape(exporter)
     lines = text.splitlines()
     assert "# TYPE go_goroutine_count gauge" in lines
-    assert 'go_goroutine_count{instance="i-1",job="shop"} 7' in lines
+    assert f'go_goroutine_count{{instance="i-1",job="shop",{SCOPE}}} 7' in lines
     assert "# TYPE go_goroutine_created_total counter" in lines
     assert ('go_goroutine_created_total{code_function_name="main.\\"quoted\\"\\\\fn",'
-            'instance="i-1",job="shop"} 3') in lines
+            f'instance="i-1",job="shop",{SCOPE}}} 3') in lines
     assert "# TYPE go_goroutine_park_duration_seconds histogram" in lines
-    park = 'go_goroutine_park_duration_seconds_bucket{gotel_wait_reason="chan receive",instance="i-1",job="shop",'
+    park = ('go_goroutine_park_duration_seconds_bucket{gotel_wait_reason="chan receive",'
+            f'instance="i-1",job="shop",{SCOPE},')
     assert park + 'le="9.5367431640625e-07"} 0' in lines       # 2**-20
     assert park + 'le="1.9073486328125e-06"} 1' in lines       # 2**-19
     assert park + 'le="3.814697265625e-06"} 2' in lines
@@ -142,8 +149,8 @@ def test_resource_to_telemetry_conversion_and_namespace():
     e = prometheus.PrometheusExporter("p", cfg)
     e.update(sample_request())
     text = e.render()
-    assert 'gotel_go_goroutine_count{host_name="h",instance="i-1",job="shop",process_pid="42"} 7' \
-        in text.splitlines()
+    assert ('gotel_go_goroutine_count{host_name="h",instance="i-1",job="shop",'
+            f'{SCOPE},process_pid="42"}} 7') in text.splitlines()
     assert "target_info" not in text
 
 
@@ -159,7 +166,7 @@ def test_series_expire_and_processes_stay_apart():
     assert e.render().count("go_goroutine_count{") == 2
     now[0] = 61.0
     text = e.render()
-    assert 'go_goroutine_count{instance="i-2",job="shop"} 7' in text
+    assert f'go_goroutine_count{{instance="i-2",job="shop",{SCOPE}}} 7' in text
     assert 'instance="i-1"' not in text
 
 
