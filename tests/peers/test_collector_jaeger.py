@@ -20,6 +20,7 @@ import pytest
 
 import realpeers as peers
 from pipeline import config
+from pipeline.exporters import prometheus_proto
 from pipeline.app.runner import run_service
 
 pytestmark = [pytest.mark.bpf, pytest.mark.slow]
@@ -66,11 +67,16 @@ service:
             while collector_metrics != last:
                 time.sleep(1.0)
                 last, collector_metrics = collector_metrics, scrape()
+            request = urllib.request.Request(col.url("prometheus", "/metrics"),
+                                             headers={"Accept": prometheus_proto.CONTENT_TYPE})
+            collector_protobuf = urllib.request.urlopen(request, timeout=10).read()
         finally:
             assert col.stop() == 0, col.log.read_text()[-3000:]   # SIGTERM flushes the file exporter
         yield {"service": service, "base": base, "jaeger": direct, "jaeger-gw": behind,
                "collector": col, "collector_metrics": collector_metrics,
-               "gotel_metrics": service.exporters["prometheus"].render()}
+               "gotel_metrics": service.exporters["prometheus"].render(),
+               "collector_protobuf": collector_protobuf,
+               "gotel_protobuf": service.exporters["prometheus"].render_protobuf()}
 
 
 # --- OTLP/JSON, flattened -----------------------------------------------------------------------
@@ -257,3 +263,57 @@ def test_prometheus_names_labels_and_values_match_the_collectors_exporter(run):
     # shows as _sum and _count: gotel's classic power-of-two buckets are its only extra samples
     assert all(name.endswith("_bucket") and my_types[name[:-len("_bucket")]] == "histogram"
                for name in extra), extra
+
+
+def families(body):
+    """{(family, frozenset(labels)): Metric} of a delimited protobuf exposition."""
+    out, pos = {}, 0
+    while pos < len(body):
+        length, shift = 0, 0
+        while True:
+            b = body[pos]
+            pos += 1
+            length |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        fam = prometheus_proto.MetricFamily.FromString(body[pos:pos + length])
+        pos += length
+        for m in fam.metric:
+            out[(fam.name, frozenset((lp.name, lp.value) for lp in m.label))] = m
+    return out
+
+
+def native_buckets(h):
+    """{native bucket index: count} of a Histogram's positive spans and deltas, empty ones left out."""
+    out, index, count, k = {}, None, 0, 0
+    for span in h.positive_span:
+        index = span.offset if index is None else index + span.offset
+        for _ in range(span.length):
+            count += h.positive_delta[k]
+            if count:
+                out[index] = count
+            index += 1
+            k += 1
+    return out
+
+
+def test_native_histograms_match_the_collectors(run):
+    """Asked for protobuf, the Collector's prometheus exporter sends gotel's exponential histograms
+    as native histograms; gotel's own exporter sends the same schema, zero bucket, buckets, count
+    and sum for every series (the Collector's spans also cover empty buckets, gotel's skip them:
+    the same histogram)."""
+    theirs = families(run["collector_protobuf"])
+    mine = families(run["gotel_protobuf"])
+    compared = 0
+    for key, m in theirs.items():
+        h = m.histogram
+        if not m.HasField("histogram") or not (h.positive_span or h.zero_count):
+            continue
+        g = mine[key].histogram
+        fields = ("schema", "zero_count", "sample_count", "sample_sum")
+        assert [getattr(g, f) for f in fields] == [getattr(h, f) for f in fields], key
+        assert native_buckets(g) == native_buckets(h), key
+        compared += 1
+    print("native histograms compared:", compared)
+    assert compared > 20
