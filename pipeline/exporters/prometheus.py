@@ -59,6 +59,8 @@ BUCKET_EXPONENTS = range(-24, 17)
 
 @dataclasses.dataclass(frozen=True)
 class ResourceToTelemetry:
+    """resource_to_telemetry_conversion: Resource attributes as labels on every series."""
+
     enabled: bool = False
 
     def validate(self):
@@ -67,6 +69,8 @@ class ResourceToTelemetry:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """exporters::prometheus: the Collector's keys (``add_metric_suffixes`` as its default)."""
+
     endpoint: str = "localhost:8889"
     namespace: str = ""
     const_labels: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -225,7 +229,7 @@ class _Family:
         self.name = name
         self.type = type_
         self.help = help_
-        self.samples = {}          # label tuple -> (lines, updated monotonic time)
+        self.samples = {}          # label tuple -> (text lines, updated monotonic time, protobuf)
 
 
 class PrometheusExporter(Exporter):
