@@ -205,3 +205,55 @@ def wait_for(predicate, timeout=30.0, interval=0.2):
         value = predicate()
     return value
 
+
+
+class CountingProxy:
+    """A TCP pass-through on a free loopback port to ``target`` (host:port) that counts the bytes
+    clients send: what an exporter really puts on the wire. One thread per direction."""
+
+    def __init__(self, target):
+        import threading
+
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen()
+        self.endpoint = f"127.0.0.1:{self._server.getsockname()[1]}"
+        self._threads = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for src, dst, count in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(src, dst, count), daemon=True).start()
+
+    def _pipe(self, src, dst, count):
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                if count:
+                    with self._lock:
+                        self.sent += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self):
+        self._closed = True
+        self._server.close()

@@ -1,6 +1,6 @@
 """gotel's OTLP exporter against the real Collector's receiver settings: TLS (a CA and server
 certificate made here), mutual TLS, headers (the Collector's bearer-token authenticator checks
-them), gzip and no compression; and gotel's request-size cap against the Collector's default
+them), gzip and no compression (bytes counted on the wire by a pass-through proxy); and gotel's request-size cap against the Collector's default
 4 MiB gRPC message limit, with its trace bound.
 
 One traced run feeds every Collector at once; each must hold exactly the spans gotel encoded, and
@@ -71,6 +71,9 @@ def run(require_bpf, go_build, tmp_path_factory):
             started.append(peers.collector(base / name, receiver_grpc=grpc, extensions=extensions,
                                            name=name))
         tls, mtls, auth, plain = started
+        # what the gzip and the uncompressed exporter really send, counted on the wire
+        wire = {"auth": peers.CountingProxy(auth.endpoint()),
+                "plain": peers.CountingProxy(plain.endpoint())}
         no_retry = "retry_on_failure: {enabled: false}"
         cfg = config.loads(f"""
 receivers:
@@ -86,12 +89,12 @@ exporters:
     tls: {{ca_file: "{ca_crt}", cert_file: "{cli_crt}", key_file: "{cli_key}"}}
   otlp/mtls-no-cert: {{endpoint: "{mtls.endpoint()}", tls: {{ca_file: "{ca_crt}"}}, {no_retry}}}
   otlp/auth:
-    endpoint: "{auth.endpoint()}"
+    endpoint: "{wire['auth'].endpoint}"
     tls: {{insecure: true}}
     headers: {{authorization: "Bearer {TOKEN}"}}
     compression: none
   otlp/auth-no-token: {{endpoint: "{auth.endpoint()}", tls: {{insecure: true}}, {no_retry}}}
-  otlp/plain: {{endpoint: "{plain.endpoint()}", tls: {{insecure: true}}, compression: gzip}}
+  otlp/plain: {{endpoint: "{wire['plain'].endpoint}", tls: {{insecure: true}}, compression: gzip}}
 service:
   pipelines:
     traces:
@@ -104,7 +107,9 @@ service:
     finally:
         codes = {p.name: p.stop() for p in started}
     assert set(codes.values()) == {0}, codes
-    yield {"service": service, "base": base}
+    for proxy in wire.values():
+        proxy.close()
+    yield {"service": service, "base": base, "wire": {k: p.sent for k, p in wire.items()}}
 
 
 @functools.lru_cache(maxsize=8)
@@ -126,6 +131,13 @@ def test_the_collector_receives_every_span_over_each_transport(run, name):
     counters = service.exporters[f"otlp/{name}"].counters
     assert counters.get("sent_spans", "traces") == made
     assert counters.get("send_failed_spans", "traces") == 0
+
+
+def test_gzip_is_on_the_wire(run):
+    """The same spans cost the gzip exporter a fraction of the bytes of the uncompressed one."""
+    wire = run["wire"]
+    print("bytes sent:", wire)
+    assert wire["auth"] > 10 * 2**20 and wire["plain"] < wire["auth"] / 3, wire
 
 
 @pytest.mark.parametrize("name", ["mtls-no-cert", "auth-no-token"])
