@@ -126,9 +126,11 @@ def test_a_prometheus_with_native_histograms_gets_them_bucket_for_bucket(gotel):
     import math
 
     native = gotel["native"]
-    got = peers.wait_for(lambda: [r for r in query(native, "go_schedule_duration_seconds")
+    # park durations are gotel's own exponential histograms (go.schedule.duration comes from the
+    # runtime's explicit buckets when receivers::goruntime runs: a classic histogram)
+    got = peers.wait_for(lambda: [r for r in query(native, "go_goroutine_park_duration_seconds")
                                   if "histogram" in r], 60, 0.5)
-    assert got, query(native, "go_schedule_duration_seconds")
+    assert got, query(native, "go_goroutine_park_duration_seconds")
     _, hist = got[0]["histogram"]
     buckets = hist["buckets"]
     assert buckets and float(hist["count"]) > 0
@@ -138,8 +140,8 @@ def test_a_prometheus_with_native_histograms_gets_them_bucket_for_bucket(gotel):
         for bound in (float(left), float(right)):
             if bound > 0:
                 assert abs(math.log2(bound) * 16 - round(math.log2(bound) * 16)) < 1e-6, bound
-    # the classic scrape of the same series has no _bucket series in the native Prometheus
-    assert not query(native, "go_schedule_duration_seconds_bucket")
+    # the native Prometheus keeps them as native only: no _bucket series
+    assert not query(native, "go_goroutine_park_duration_seconds_bucket")
     park = wait_query(native, 'histogram_quantile(0.5, sum by (gotel_wait_reason) '
                               '(rate(go_goroutine_park_duration_seconds[1m])))')
     assert park and all(float(r["value"][1]) > 0 for r in park if r["value"][1] != "NaN")
