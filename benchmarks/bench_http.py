@@ -16,6 +16,11 @@ The server's own CPU time per request (from /proc/PID/stat, on its one CPU) sepa
 probes cost the server from what the load generator could drive: when the traced server's CPU is not
 saturated, the throughput it lost was lost to the load side (wrk sharing its CPU with gotel).
 
+A second service, the gRPC-go echo server of tests/go/grpcecho (google.golang.org/grpc v1.85.0,
+unary calls over HTTP/2, the case of opentelemetry-ebpf-instrumentation#2578), is measured the same
+way: its own Go load generator (``grpcecho load``: 2 connections, 16 concurrent callers) takes
+wrk's place on gotel's CPU; figures ``grpc.*``.
+
 Trust the per-pair ``throughput kept`` ratio: both runs of a pair see the same machine within
 seconds of each other. The absolute req/s depend on the CPU and on other tenants. gotel's CPU% is
 the cost the host pays besides the traced program's own slowdown; on this two-CPU machine it is
@@ -32,6 +37,7 @@ import time
 from pathlib import Path
 
 from benchmarks import harness
+from pipeline.app import gotool
 
 GOTEL = harness.REPO / ".venv" / "bin" / "gotel"
 VARIANTS = ("untraced", "gotel")
@@ -131,6 +137,90 @@ def one_run(variant, seconds, connections, warmup):
         server.wait()
 
 
+def grpc_binary():
+    """tests/go/grpcecho, built offline from the module cache `make peers` fills."""
+    return gotool.build(harness.REPO / "tests" / "go" / "grpcecho", harness.BUILD_DIR, version="1.26")
+
+
+def grpc_load(binary, addr, seconds, streams):
+    """Requests/s of ``grpcecho load`` (2 connections, ``streams`` callers), pinned with gotel."""
+    out = subprocess.run([str(binary), "load", addr, "2", str(streams), str(seconds)],
+                         capture_output=True, text=True, check=True,
+                         preexec_fn=harness.on_cpu(harness.GOTEL_CPU))
+    fields = out.stdout.split()
+    if int(fields[3]):
+        raise RuntimeError(f"grpcecho load had errors: {out.stdout.strip()}")
+    return float(fields[5])
+
+
+def grpc_one_run(variant, seconds, streams, warmup):
+    binary = grpc_binary()
+    server = subprocess.Popen([str(binary), "serve"], stdout=subprocess.PIPE, text=True,
+                              env=harness.go_env(1), preexec_fn=harness.on_cpu(harness.TARGET_CPU))
+    gotel = None
+    try:
+        addr = server.stdout.readline().strip()
+        grpc_load(binary, addr, warmup, streams)
+        result = {}
+        with tempfile.TemporaryDirectory(prefix="gotel-bench-") as out_dir:
+            if variant == "gotel":
+                gotel = start_gotel(server.pid, out_dir)
+                cpu0, t0 = harness.cpu_seconds(gotel.pid), time.monotonic()
+            server0, s0 = harness.cpu_seconds(server.pid), time.monotonic()
+            rps = grpc_load(binary, addr, seconds, streams)
+            server_cpu, elapsed = harness.cpu_seconds(server.pid) - server0, time.monotonic() - s0
+            result.update(rps=rps, server_cpu_pct=100.0 * server_cpu / elapsed,
+                          server_us_per_request=1e6 * server_cpu / (rps * seconds))
+            if gotel is not None:
+                cpu1, t1 = harness.cpu_seconds(gotel.pid), time.monotonic()
+                result["gotel_cpu_pct"] = 100.0 * (cpu1 - cpu0) / (t1 - t0)
+                text = stop_gotel(gotel)
+                gotel = None
+                result["events"], result["lost"] = summary_counts(text)
+        return result
+    finally:
+        if gotel is not None:
+            gotel.kill()
+            gotel.wait()
+        server.kill()
+        server.wait()
+
+
+def grpc_figures(seconds, repeats, warmup, streams=16):
+    runs = {v: [None] * repeats for v in VARIANTS}
+    for i, variant in harness.interleaved(VARIANTS, repeats):
+        runs[variant][i] = grpc_one_run(variant, seconds, streams, warmup)
+    base, traced = runs["untraced"], runs["gotel"]
+    kept = [t["rps"] / b["rps"] for b, t in zip(base, traced)]
+    return {
+        "grpc.untraced.rps": harness.figure("gRPC echo, untraced: requests/s", "req/s",
+                                            [r["rps"] for r in base], 0),
+        "grpc.gotel.rps": harness.figure("gRPC echo, traced by gotel: requests/s", "req/s",
+                                         [r["rps"] for r in traced], 0),
+        "grpc.ratio.throughput_kept": harness.figure(
+            "gRPC echo: traced / untraced requests/s (per pair)", "x", kept, 3),
+        "grpc.untraced.server_us_per_request": harness.figure(
+            "gRPC echo, untraced: server CPU per request", "us",
+            [r["server_us_per_request"] for r in base], 1),
+        "grpc.gotel.server_us_per_request": harness.figure(
+            "gRPC echo, traced: server CPU per request", "us",
+            [r["server_us_per_request"] for r in traced], 1),
+        "grpc.untraced.server_cpu_pct": harness.figure(
+            "gRPC echo, untraced: server CPU use (its one CPU)", "%",
+            [r["server_cpu_pct"] for r in base], 1),
+        "grpc.gotel.server_cpu_pct": harness.figure(
+            "gRPC echo, traced: server CPU use (its one CPU)", "%",
+            [r["server_cpu_pct"] for r in traced], 1),
+        "grpc.gotel.cpu_pct": harness.figure("gRPC echo: gotel's CPU use during the load",
+                                             "% of a CPU", [r["gotel_cpu_pct"] for r in traced], 1),
+        "grpc.gotel.events_per_request": harness.figure(
+            "gRPC echo: goroutine events per request", "events",
+            [r["events"] / (r["rps"] * seconds) if r["events"] else None for r in traced], 1),
+        "grpc.gotel.lost": harness.figure("gRPC echo: events lost", "events",
+                                          [r["lost"] for r in traced], 0),
+    }
+
+
 def run(quick=False):
     seconds, warmup, repeats, connections = (1, 1, 1, 4) if quick else (5, 1, 5, 8)
     started = time.monotonic()
@@ -169,6 +259,7 @@ def run(quick=False):
         "gotel.peak_rss_mb": harness.figure("gotel's peak RSS (VmHWM)", "MB",
                                             [r["gotel_peak_rss"] / 1e6 for r in traced], 1),
     }
+    figs.update(grpc_figures(seconds, repeats, warmup))
     loss = figs["throughput_loss_pct"]["median"]
     med = {k: figs[k]["median"] for k in ("untraced.server_us_per_request", "gotel.server_us_per_request",
                                            "gotel.server_cpu_pct", "gotel.cpu_pct", "gotel.events_per_request")}
@@ -183,6 +274,7 @@ def run(quick=False):
     notes = [f"wrk -t1 -c{connections} -d{seconds}s --latency after a {warmup}s warm-up, pinned to CPU "
              f"{harness.GOTEL_CPU} with gotel; server GOMAXPROCS=1 on CPU {harness.TARGET_CPU}; "
              f"{repeats} pairs; gotel = `gotel trace --pid PID` with the default configuration.",
+             f"gRPC echo: `grpcecho load ADDR 2 16 {seconds}` in wrk's place, same pinning and pairs.",
              f"Row wall time {time.monotonic() - started:.0f} s."]
     return harness.row(2, "net/http server under wrk, untraced vs traced", __doc__, figs, goals, notes,
                        {"seconds": seconds, "connections": connections, "repeats": repeats})

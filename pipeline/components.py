@@ -6,7 +6,8 @@ Every module listed here declares ``TYPE``, ``SIGNALS`` (the pipelines it can se
 None for exporters). Adding a component is one module and one line here.
 """
 
-from pipeline.exporters import debug, file, otlp_grpc
+from pipeline.exporters import debug, file, otlp_grpc, prometheus
+from pipeline.extensions import health_check
 from pipeline.processors import batch, filter as span_filter, sampler
 from pipeline.receivers import goroutines, goruntime
 
@@ -15,7 +16,10 @@ KINDS = ("receivers", "processors", "exporters")
 REGISTRY = {
     "receivers": (goroutines, goruntime),
     "processors": (span_filter, sampler, batch),
-    "exporters": (otlp_grpc, file, debug),
+    "exporters": (otlp_grpc, file, debug, prometheus),
+    # Not in a pipeline: an extension runs when service::extensions lists it, and is started with
+    # the Service as its host (``start(host)``), as a Collector extension's Start(ctx, host).
+    "extensions": (health_check,),
 }
 # Other names a type is known by, as in the Collector (``otlp`` is its gRPC exporter).
 ALIASES = {("exporters", "otlp"): "otlp_grpc"}

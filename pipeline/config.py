@@ -75,6 +75,8 @@ class Config:
     exporters: dict
     pipelines: dict
     telemetry: TelemetryConfig = TelemetryConfig()
+    extensions: dict = dataclasses.field(default_factory=dict)
+    service_extensions: tuple = ()      # the extension ids service::extensions enables, in order
 
     def pipelines_for(self, signal):
         return [p for p in self.pipelines.values() if p.signal == signal]
@@ -397,7 +399,7 @@ def build(raw, problems):
     for key in raw:
         if key not in TOP_LEVEL:
             problems.append(f"{key}: unknown section (expected one of: {', '.join(TOP_LEVEL)})")
-        elif key in ("extensions", "connectors") and raw[key]:
+        elif key == "connectors" and raw[key]:
             problems.append(f"{key}: gotel has no {key}")
     sections = {}
     for kind in KINDS:
@@ -431,8 +433,8 @@ def build(raw, problems):
         if key not in ("pipelines", "telemetry", "extensions"):
             problems.append(f"service::{key}: unknown key (expected one of: extensions, pipelines, "
                             "telemetry)")
-    if service.get("extensions"):
-        problems.append("service::extensions: gotel has no extensions")
+    extensions, enabled = build_extensions(raw.get("extensions"), service.get("extensions"),
+                                           problems)
     tele = service.get("telemetry") or {}
     if not isinstance(tele, dict):
         problems.append("service::telemetry must be a mapping")
@@ -506,4 +508,33 @@ def build(raw, problems):
         problems.append(f"service::pipelines: gotel runs one receiver, and every pipeline takes its "
                         f"data from it; the pipelines use {len(used)} ({', '.join(used)})")
     return Config(sections["receivers"], sections["processors"], sections["exporters"], pipelines,
-                  telemetry)
+                  telemetry, extensions, enabled)
+
+
+def build_extensions(section, enabled, problems):
+    """The extensions section and service::extensions: ({id: Component}, (enabled ids...)). As in
+    the Collector, an extension runs only when service::extensions lists it."""
+    out = {}
+    section = section or {}
+    if not isinstance(section, dict):
+        problems.append("extensions must be a mapping of extension id to settings")
+        section = {}
+    for cid, settings in section.items():
+        parsed = parse_id(cid)
+        module = components.module("extensions", parsed[0]) if parsed else None
+        if module is None:
+            problems.append(f"extensions::{cid}: unknown extension type "
+                            f"(known: {', '.join(components.known_types('extensions'))})")
+            continue
+        cfg = build_dataclass(module.Config, {} if settings is None else settings,
+                              ("extensions", cid), problems)
+        if cfg is not _MISSING:
+            out[str(cid)] = Component("extensions", str(cid), module.TYPE, cfg)
+    enabled = enabled or []
+    if not isinstance(enabled, list):
+        problems.append("service::extensions must be a list of extension ids")
+        enabled = []
+    for cid in enabled:
+        if str(cid) not in section:
+            problems.append(f"service::extensions: {cid} is not defined in extensions")
+    return out, tuple(str(c) for c in enabled if str(c) in out)

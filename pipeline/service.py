@@ -47,6 +47,8 @@ class Service:
         self._stop = threading.Event()
         self._metrics_thread = None
         self._shut = False
+        self.extensions = {}
+        self.attached = False         # the receiver's probes are in place (health_check readiness)
         self._build(launch_options)
 
     # building
@@ -84,6 +86,10 @@ class Service:
         owned = {n for c in self.census_receivers for n in getattr(c, "owned_metric_names", ())}
         if owned and self.receiver is not None:
             self.receiver.disown(owned)
+        for xid in self.config.service_extensions:
+            comp = self.config.extensions[xid]
+            self.extensions[xid] = components.module("extensions", comp.type).create(
+                self._settings(xid), comp.config, None)
 
     def _census_receiver(self, cid):
         """A goruntime receiver: its payloads go to the exporters of the pipelines naming it; it
@@ -117,9 +123,11 @@ class Service:
     # running
     def start(self):
         """Start exporters, then the receiver (attaches; raises TargetError/ProbeError), then the
-        metrics thread."""
-        self.start_exporters()
+        metrics thread. Extensions start first and stop last, as in the Collector."""
         try:
+            for extension in self.extensions.values():
+                extension.start(self)
+            self.start_exporters()
             if self.receiver is not None:
                 self.receiver.start()
                 # Arguments of function spans (receivers::goroutines::functions::arguments).
@@ -130,7 +138,9 @@ class Service:
             if self.receiver is not None:
                 self.receiver.shutdown(1.0)
             self._shutdown_exporters(2.0)
+            self._shutdown_extensions()
             raise
+        self.attached = True
         self._metrics_thread = threading.Thread(target=self._collect_loop, name="gotel-metrics",
                                                 daemon=True)
         self._metrics_thread.start()
@@ -185,6 +195,7 @@ class Service:
         if self._shut:
             return
         self._shut = True
+        self.attached = False
         deadline = time.monotonic() + timeout
         self._stop.set()
         if self._metrics_thread is not None:
@@ -205,6 +216,18 @@ class Service:
         except Exception:  # noqa: BLE001
             log.exception("final metrics collection failed")
         self._shutdown_exporters(left())
+        self._shutdown_extensions()
+
+    def health_state(self):
+        """For the health check: receiver attached, and per exporter how long every send failed."""
+        now = time.monotonic()
+        return {"attached": self.attached and not self._shut,
+                "exporters": {eid: None if e.failing_since is None else now - e.failing_since
+                              for eid, e in self.exporters.items()}}
+
+    def _shutdown_extensions(self):
+        for extension in self.extensions.values():
+            extension.shutdown()
 
     def _shutdown_exporters(self, timeout):
         deadline = time.monotonic() + timeout

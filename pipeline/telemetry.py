@@ -22,7 +22,8 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from pipeline.exporters.encode import GOTEL_VERSION, key_value
 
 GAUGES = ("otelcol_exporter_queue_size", "otelcol_exporter_queue_capacity")
-UNITS = {"events": "{event}", "spans": "{span}", "items": "{item}", "points": "{datapoint}"}
+UNITS = {"events": "{event}", "spans": "{span}", "items": "{item}", "points": "{datapoint}",
+         "size": "{request}", "capacity": "{request}"}
 
 
 def counters(service):

@@ -13,6 +13,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# Debian's Prometheus (2.42): the tests run it to scrape gotel's prometheus exporter. Without its
+# recommends (node exporter), and not started as a service (a policy-rc.d that refuses, only for
+# this install, where none exists): the tests start their own on a free port.
+if ! dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed"; then
+    echo "setup: installing prometheus"
+    apt-get update -qq
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    [ -z "$policy" ] || rm -f "$policy"
+fi
 
 # bcc compiles against /lib/modules/$(uname -r)/{build,source}. The running kernel ships no headers;
 # Debian's generic amd64 headers work because uprobe programs do not depend on kernel structs.

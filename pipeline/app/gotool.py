@@ -13,6 +13,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("GOTEL_CACHE", REPO / ".cache"))
+# Go module cache of scripts/build-peers.sh (outside the checkout, shared by fresh clones).
+GO_MODULE_CACHE = Path(os.environ.get("GOTEL_GO_CACHE") or Path(
+    os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gotel-go") / "mod"
 DEBIAN_GO = {"1.19": Path("/usr/lib/go-1.19/bin/go")}
 
 
@@ -45,6 +48,9 @@ def go_env(go):
         GOFLAGS="-mod=mod",
         GOCACHE=str(CACHE / "gobuild" / Path(go).parents[2].name),
         GOPATH=str(CACHE / "gopath"),
+        # Programs with module dependencies (tests/go/grpcecho) build offline from the module
+        # cache that `make peers` fills (scripts/build-peers.sh), shared by every checkout.
+        GOMODCACHE=str(GO_MODULE_CACHE),
         CGO_ENABLED=env.get("CGO_ENABLED", "0"),
     )
     return env

@@ -153,6 +153,7 @@ class Exporter:
         self._closed = False
         self._started = False
         self._shutdown_lock = threading.Lock()
+        self.failing_since = None
 
     # life cycle
     def start(self):
@@ -224,6 +225,11 @@ class Exporter:
                              type(e).__name__, e)
             ok = False
         self.counters.add(("sent_" if ok else "send_failed_") + item, payload.signal, payload.count)
+        # Since when every send has failed (None after a success): the health check's readiness.
+        if ok:
+            self.failing_since = None
+        elif self.failing_since is None:
+            self.failing_since = time.monotonic()
 
     def send(self, payload):
         raise NotImplementedError

@@ -25,6 +25,7 @@ class TraceFanout(Stage):
         self.encoder = encoder
         self.exporters = list(exporters)
         self.batcher = batcher
+        self.largest_request = 0      # bytes of the largest request made (at most max_bytes)
         self.max_bytes = batcher.config.send_batch_max_bytes if batcher is not None \
             else batch.Config().send_batch_max_bytes
 
@@ -38,6 +39,7 @@ class TraceFanout(Stage):
             return
         for data, count in chunks:
             self.requests += 1
+            self.largest_request = max(self.largest_request, len(data))
             self.items_out += count
             if self.batcher is not None:
                 self.batcher.observe_size(count, len(data))

@@ -137,7 +137,7 @@ file/traces: {}
     ("exporters", "otlp: {}\nfile/traces: {path: /etc/hostname/x.jsonl}",
      "exporters::file/traces::path: /etc/hostname is not a directory"),
     ("exporters", "otlp: {}\nfile/traces: {path: /tmp/x}\nzipkin: {}",
-     "exporters::zipkin: unknown exporter type 'zipkin' (known: debug, file, otlp, otlp_grpc)"),
+     "exporters::zipkin: unknown exporter type 'zipkin' (known: debug, file, otlp, otlp_grpc, prometheus)"),
 ])
 def test_component_errors(section, body, expected):
     found = problems(with_section(section, body))
@@ -175,7 +175,7 @@ def test_component_errors(section, body, expected):
     ("{pipelines: {traces: {receivers: [goroutines], exporters: [otlp]}}, telemetry: {logs: {}}}",
      "service::telemetry::logs: unknown key"),
     ("{pipelines: {traces: {receivers: [goroutines], exporters: [otlp]}}, extensions: [health]}",
-     "service::extensions: gotel has no extensions"),
+     "service::extensions: health is not defined in extensions"),
     ("{pipelines: {traces: {receivers: [goroutines], exporters: [otlp]}, "
      "metrics: {receivers: [goroutines/2], exporters: [otlp]}}}",
      "service::pipelines: gotel runs one receiver, and every pipeline takes its data from it; "
