@@ -168,7 +168,7 @@ class _Target:
 class GoRuntimeReceiver:
     """The goruntime receiver (see the module docstring)."""
 
-    def __init__(self, settings, config, next_consumer):
+    def __init__(self, settings, config, next_stage):
         problems = config.validate()
         if problems:
             from receiver.errors import ConfigError
@@ -176,7 +176,7 @@ class GoRuntimeReceiver:
             raise ConfigError(problems)
         self.id = getattr(settings, "id", TYPE)
         self.config = config
-        self.next = next_consumer
+        self.next = next_stage
         self.processes = getattr(settings, "processes", None)   # receiver.processes.Processes
         self.producers = [self._goroutine_metrics]
         self.targets = {}
@@ -297,5 +297,5 @@ def _host():
     return socket.gethostname()
 
 
-def create(settings, config, next_consumer):
-    return GoRuntimeReceiver(settings, config, next_consumer)
+def create(settings, config, next_stage):
+    return GoRuntimeReceiver(settings, config, next_stage)

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.exporters import file as file_exporter, otlp_grpc
 from pipeline.receivers import goruntime
+from pipeline.stage import Settings
 from tests.otlp_server import serve
 
 
@@ -100,9 +101,9 @@ def test_metrics_by_state_and_bounded_groups(program):
 def test_logs_go_through_the_file_and_otlp_exporters(program, tmp_path):
     proc = program("-leak")
     path = tmp_path / "logs.jsonl"
-    fexp = file_exporter.create(file_exporter.Config(path=str(path)), "file/logs")
+    fexp = file_exporter.create(Settings("file/logs"), file_exporter.Config(path=str(path)))
     with serve() as collector:
-        gexp = otlp_grpc.create(otlp_grpc.Config(endpoint=f"http://{collector.endpoint}"), "otlp")
+        gexp = otlp_grpc.create(Settings("otlp"), otlp_grpc.Config(endpoint=f"http://{collector.endpoint}"))
 
         class Fan:
             def consume(self, payload):
