@@ -1,6 +1,6 @@
 """What one goroutine census costs gotel: CPU time of ``CensusReader.read`` on a Go program with
-10 to 1,000,000 parked goroutines (tests/go/blocked -n N -depth 4: each parked on a channel six
-frames deep), without stacks (the goroutine table: allgs, every g, decoded) and with stacks
+10 to 1,000,000 parked goroutines (tests/go/blocked -n N -depth 4: each parked on a channel eight
+frames deep, runtime frames included), without stacks (the goroutine table: allgs, every g, decoded) and with stacks
 (frame-pointer unwinding of every goroutine), plus naming every frame (symbolization with inlined
 calls, per distinct PC).
 
@@ -83,7 +83,7 @@ def run(quick=False):
 
     repeat = 2 if quick else 5
     results = measure(QUICK_SIZES if quick else SIZES, repeat)
-    figures, goals, notes = {}, [], [f"{repeat} repetitions; Go 1.25 program, goroutines {DEPTH + 2} frames deep."]
+    figures, goals, notes = {}, [], [f"{repeat} repetitions; Go 1.25 program, goroutines {DEPTH + 4} frames deep."]
     for n, r in results.items():
         figures[f"n{n}.table_s"] = harness.figure(f"{n:,} goroutines: census without stacks (CPU)", "s",
                                                   r["table_s"], 4)
