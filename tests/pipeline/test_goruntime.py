@@ -33,7 +33,7 @@ def program(go_build, require_bpf):
     def start(*args, version="1.25"):
         p = subprocess.Popen([str(go_build("blocked", version)), *args], stdout=subprocess.PIPE, text=True)
         procs.append(p)
-        p.stdout.readline()
+        p.pprof = p.stdout.readline().strip()
         assert p.stdout.readline().strip() == "ready"
         return p
 
@@ -169,3 +169,25 @@ service:
     text = service.summary().render()
     assert "leak suspect pid" in text and "main.leakyHandler" in text
     assert "logs (file/logs)" in text
+
+
+def test_goroutines_the_runtime_marked_leaked_are_definite_leaks(program):
+    """Go 1.27's leak detector (run by a goroutineleak profile request) marks goroutines _Gleaked:
+    the census reports exactly the ones the runtime's own profile lists, as definite leaks."""
+    import re
+    import urllib.request
+
+    proc = program("-leak", version="1.27")
+    rx = goruntime.create(None, goruntime.Config(pids=(proc.pid,)), Sink())
+    time.sleep(0.5)
+    profile = urllib.request.urlopen(f"http://{proc.pprof}/debug/pprof/goroutineleak?debug=1",
+                                     timeout=30).read().decode()
+    rx.collect()
+    by_site = {}
+    for count, body in re.findall(r"^(\d+) @ [^\n]*\n((?:#[^\n]*\n?)+)", profile, re.M):
+        if "main.leakyWorker" in body:
+            by_site["main.leakyWorker"] = int(count)
+    definite = [lk for lk in rx.targets[proc.pid].last_leaks if lk.definite]
+    worker = [lk for lk in definite if any(f == "main.leakyWorker" for f, _, _ in lk.group.stack)]
+    assert sum(lk.group.leaked for lk in worker) == by_site["main.leakyWorker"] > 0
+    assert all(lk.group.wait_reason == "chan send" for lk in worker)
