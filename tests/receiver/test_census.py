@@ -275,3 +275,18 @@ def test_trace_starts_goroutines_blocked_at_attach_at_their_wait_start(blocked, 
     start = int(parks[0]["startTimeUnixNano"])
     assert start <= gc_done_ns            # from the stamped wait start, before gotel attached
     assert int(parks[0]["endTimeUnixNano"]) - start >= 2.5e9
+
+
+def test_dump_command_line(blocked):
+    import sys
+
+    proc, _ = blocked("1.25")
+    repo = Path(__file__).resolve().parents[2]
+    cli = [sys.executable, "-m", "pipeline.app.cli", "dump"]
+    ok = subprocess.run(cli + [str(proc.pid)], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("goroutine 1 [select (no cases)]:\nmain.main(...)\n")
+    gone = subprocess.run(cli + ["999999999"], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 2 and gone.stderr.count("\n") == 1 and "does not exist" in gone.stderr
+    notgo = subprocess.run(cli + [str(os.getpid())], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert notgo.returncode == 2 and notgo.stderr.startswith("gotel: ") and notgo.stderr.count("\n") == 1
