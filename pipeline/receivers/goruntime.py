@@ -24,6 +24,7 @@ exits is dropped from the census, logged once; nothing else stops collection.
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 
@@ -233,8 +234,10 @@ class GoRuntimeReceiver:
                 census = t.reader.read(stacks=self.config.stacks, max_depth=self.config.max_depth)
             except GotelError as e:
                 self.failures += 1
-                if self.targets.pop(pid, None) is not None:
-                    log.warning("goruntime: process %d: %s; no more censuses of it", pid, e)
+                if self.targets.pop(pid, None) is not None or pid in self.config.pids:
+                    gone = not os.path.exists(f"/proc/{pid}")
+                    log.log(logging.INFO if gone else logging.WARNING,
+                            "goruntime: process %d: %s; no census of it", pid, e)
                 continue
             self.censuses += 1
             for k, v in census.dropped.items():

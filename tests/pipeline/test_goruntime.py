@@ -191,3 +191,18 @@ def test_goroutines_the_runtime_marked_leaked_are_definite_leaks(program):
     worker = [lk for lk in definite if any(f == "main.leakyWorker" for f, _, _ in lk.group.stack)]
     assert sum(lk.group.leaked for lk in worker) == by_site["main.leakyWorker"] > 0
     assert all(lk.group.wait_reason == "chan send" for lk in worker)
+
+
+def test_the_debug_exporter_prints_leak_records(program):
+    from pipeline.exporters import debug
+
+    proc = program("-leak")
+    sink = Sink()
+    rx = goruntime.create(None, goruntime.Config(pids=(proc.pid,), leak_threshold=0.2), sink)
+    for _ in range(8):
+        time.sleep(0.4)
+        rx.collect()
+    logs = [p for p in sink.payloads if p.signal == "logs"]
+    lines = debug.describe(logs[-1], "normal")
+    assert lines[0] == "logs: 1 resource(s), 1 log record(s)"
+    assert lines[1].startswith("    WARN goroutine leak suspect: ") and "main.leakyHandler" in lines[1]
