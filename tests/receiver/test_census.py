@@ -24,7 +24,7 @@ from receiver import census as census_mod, dump
 from receiver.binary import GoBinary
 from receiver.errors import TargetError
 
-VERSIONS = ["1.21", "1.22", "1.23", "1.24", "1.25", "1.26", "1.27"]
+VERSIONS = ["1.19", "1.21", "1.22", "1.23", "1.24", "1.25", "1.26", "1.27"]
 VARIANTS = {"pie": (("-buildmode=pie",), False), "external": (("-ldflags=-linkmode=external",), True),
             "race": (("-race",), True)}
 BLOCKED_FUNCS = {"main.recvForever", "main.sendForever", "main.selectForever", "main.lockForever",
