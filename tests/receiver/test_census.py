@@ -247,6 +247,7 @@ def test_process_memory_checks_every_address(require_bpf):
         mem.read_many(np.array([base], np.uint64), 1 << 21)
 
 
+@pytest.mark.bpf
 def test_trace_starts_goroutines_blocked_at_attach_at_their_wait_start(blocked, tmp_path):
     """Trace mode takes a census at attach: a goroutine parked before gotel came gets a park span
     from its wait start (stamped by the GCs run here through /debug/pprof/heap?gc=1) to the end of
