@@ -291,3 +291,29 @@ def test_dump_command_line(blocked):
     assert gone.returncode == 2 and gone.stderr.count("\n") == 1 and "does not exist" in gone.stderr
     notgo = subprocess.run(cli + [str(os.getpid())], cwd=repo, capture_output=True, text=True, timeout=60)
     assert notgo.returncode == 2 and notgo.stderr.startswith("gotel: ") and notgo.stderr.count("\n") == 1
+
+
+def test_a_moving_target_gives_consistent_rows_or_drops_them(blocked):
+    """Censuses of a program whose goroutines come and go all the time (healthy churn and leaks):
+    every census is self-consistent (unique goids, every complete stack made of known functions
+    and ending at a goroutine's start), whatever moved while it was read."""
+    proc, _ = blocked("1.25", args=("-leak", "-n", "2000", "-depth", "3"))
+    binary = GoBinary.open(proc.pid)
+    reader = census_mod.CensusReader(binary, proc.pid)
+    sym = binary.symbolizer()
+    moved = 0
+    for _ in range(30):
+        c = reader.read()
+        rows = c.goroutines
+        assert len(np.unique(rows["goid"])) == len(rows)
+        assert c.pcs.size == rows["frames_len"].sum()
+        complete = np.flatnonzero(rows["unwind"] == census_mod.UNWIND_COMPLETE)
+        assert len(complete) >= 2000
+        names = sym.function_names(c.pcs, bias=c.bias)
+        starts = sym.function_names(rows["startpc"], bias=c.bias)
+        for i in complete[::50]:
+            s, n = int(rows["frames_start"][i]), int(rows["frames_len"][i])
+            assert "?" not in names[s:s + n].tolist()
+            assert names[s + n - 1] == starts[i]      # the outermost frame is its start function
+        moved += c.dropped["moved"]
+    assert moved < 30 * len(rows)
