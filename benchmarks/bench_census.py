@@ -15,7 +15,7 @@ traced program is never stopped, and pays nothing but the cache misses of being 
 per-pair ``throughput kept`` ratio for that. Goals (issue 10): 100,000 goroutines in <= 100 ms
 without stacks, <= 1 s with; <= 1% of the HTTP server's throughput lost to a 1 s census.
 
-Row 9 of ``make bench`` (``run(quick)``); ``--quick`` uses 10 and 1,000 goroutines.
+Row 8 of ``make bench`` (``run(quick)``); ``--quick`` uses 10 and 1,000 goroutines.
 """
 
 import subprocess
@@ -121,7 +121,7 @@ def http_with_census(repeat, seconds=8, connections=4, interval=1.0):
 
 
 def run(quick=False):
-    """Row 9 of ``make bench``, in the shape of benchmarks/harness.py."""
+    """Row 8 of ``make bench``, in the shape of benchmarks/harness.py."""
     from benchmarks import harness
 
     repeat = 2 if quick else 5
@@ -159,7 +159,7 @@ def run(quick=False):
                                       f"in <= {target} s", f"n100000.{key}", fig["median"], target,
                                       fig["median"] <= target,
                                       "Python-side decoding and one process_vm_readv per 1024 records"))
-    return harness.row(9, "Goroutine census", __doc__, figures, goals, notes, {"repeat": repeat})
+    return harness.row(8, "Goroutine census", __doc__, figures, goals, notes, {"repeat": repeat})
 
 
 if __name__ == "__main__" and len(sys.argv) > 1:   # run.py: --out FILE [--quick]

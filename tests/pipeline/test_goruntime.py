@@ -13,6 +13,7 @@ import time
 import pytest
 
 from pipeline.exporters import file as file_exporter, otlp_grpc
+from pipeline.stage import Settings
 from pipeline.receivers import goruntime
 from pipeline.stage import Settings
 from tests.otlp_server import serve
