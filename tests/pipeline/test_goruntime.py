@@ -7,13 +7,11 @@ report that group, with its stack, and nothing else.
 """
 
 import json
-import subprocess
 import time
 
 import pytest
 
 from pipeline.exporters import file as file_exporter, otlp_grpc
-from pipeline.stage import Settings
 from pipeline.receivers import goruntime
 from pipeline.stage import Settings
 from tests.otlp_server import serve
@@ -28,20 +26,8 @@ class Sink:
 
 
 @pytest.fixture
-def program(go_build, require_bpf):
-    procs = []
-
-    def start(*args, version="1.25"):
-        p = subprocess.Popen([str(go_build("blocked", version)), *args], stdout=subprocess.PIPE, text=True)
-        procs.append(p)
-        p.pprof = p.stdout.readline().strip()
-        assert p.stdout.readline().strip() == "ready"
-        return p
-
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
+def program(blocked_program):
+    return blocked_program
 
 
 def metric(payload, name):
