@@ -251,7 +251,8 @@ def test_process_memory_checks_every_address(require_bpf):
 def test_trace_starts_goroutines_blocked_at_attach_at_their_wait_start(blocked, tmp_path):
     """Trace mode takes a census at attach: a goroutine parked before gotel came gets a park span
     from its wait start (stamped by the GCs run here through /debug/pprof/heap?gc=1) to the end of
-    tracing, with its wait reason, not a zero-length one at the attach time."""
+    tracing, with its wait reason, not a zero-length one at the attach time; its goroutine's span
+    carries the stack it had then."""
     import json
     import sys
     import time
@@ -276,6 +277,10 @@ def test_trace_starts_goroutines_blocked_at_attach_at_their_wait_start(blocked, 
     start = int(parks[0]["startTimeUnixNano"])
     assert start <= gc_done_ns            # from the stamped wait start, before gotel attached
     assert int(parks[0]["endTimeUnixNano"]) - start >= 2.5e9
+    # ... and its goroutine's span carries the stack it had at attach
+    owner = next(s for s in spans if s["spanId"] == parks[0]["parentSpanId"])
+    stack = attrs(owner)["code.stacktrace"]
+    assert stack.startswith("main.sendForever(...)\n\t") and "main.spawn.func1(...)" in stack
 
 
 def test_dump_command_line(blocked):
