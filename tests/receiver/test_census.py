@@ -322,3 +322,24 @@ def test_a_moving_target_gives_consistent_rows_or_drops_them(blocked):
             assert names[s + n - 1] == starts[i]      # the outermost frame is its start function
         moved += c.dropped["moved"]
     assert moved < 30 * len(rows)
+
+
+def test_process_memory_survives_a_mapping_that_went_away(require_bpf):
+    """A mapping unmapped after the maps were read (a moving target): only its pieces fail, the
+    pieces around it in the same system call are read."""
+    import ctypes
+    import mmap
+
+    from receiver.procmem import ProcessMemory
+
+    keep = np.arange(4096, dtype=np.uint8)
+    region = mmap.mmap(-1, 1 << 16)
+    gone = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    mem = ProcessMemory(os.getpid())            # the maps now include the region
+    region.close()                              # ...which is unmapped before the read
+    base = keep.ctypes.data
+    addrs = np.array([base, gone, gone + 4096, base + 64, gone + 8192, base + 128], np.uint64)
+    assert mem.readable(addrs, 64).all()
+    recs, ok = mem.read_many(addrs, 64)
+    assert ok.tolist() == [True, False, False, True, False, True]
+    assert recs[3].tolist() == list(range(64, 128)) and recs[5].tolist() == list(range(128, 192))
