@@ -36,7 +36,7 @@ ROWS = (
     (5, "benchmarks.bench_memory", 240),
     (6, "benchmarks.bench_uprobe_floor", 120),
     (7, "benchmarks.bench_inspect", 300),
-    (8, "benchmarks.bench_census", 300),
+    (8, "benchmarks.bench_census", 420),
     (10, "benchmarks.bench_runtime_metrics", 180),
     (12, "benchmarks.bench_levels", 500),
     (14, "benchmarks.bench_agent", 300),

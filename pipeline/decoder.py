@@ -170,8 +170,7 @@ class EventDecoder(Stage):
         self.sites = SiteTable()
         self._held = []           # _HELD_DTYPE arrays (park_mode "events")
         self._n_held = 0
-        self._now = 0
-        self._stop_ns = 0           # when tracing stops (stop_at), for goroutines still open
+        self._now = self._stop_ns = 0    # last event's time; when tracing stops (stop_at)
         self._next_sweep = 0
         self._max_spans = config.max_spans_per_trace
         self._max_age = int(config.max_trace_duration_s * _NS)
@@ -650,9 +649,7 @@ class EventDecoder(Stage):
 
     # ---------------------------------------------------------------- shutdown
     def stop_at(self, now_ns):
-        """The time tracing stops (Unix ns), set from the control thread: goroutines still parked
-        then end at the stop, not at the last event seen (a program whose goroutines are all
-        blocked sends none). Read only by ``flush``."""
+        """When tracing stops (Unix ns; control thread): ``flush`` ends open goroutines then."""
         self._stop_ns = int(now_ns)
 
     def flush(self):

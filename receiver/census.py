@@ -208,9 +208,11 @@ class CensusReader:
             pcs = self._unwind(out, pc, sp, max_depth)
             # A goroutine whose status or saved context changed while we read moved: drop it.
             again, ok2 = self._read_rows(keep_addrs)
-            same = ok2 & (again["goid"] == out["goid"]) & (again["status"] == (out["status"] | np.where(out["scan"], SCAN_BIT, 0).astype(np.uint32)))
-            parked = out["status"] != self.s_running
-            same &= ~parked | ((again["sched_pc"] == out["sched_pc"]) & (again["sched_sp"] == out["sched_sp"]))
+            raw_status = out["status"] | np.where(out["scan"], SCAN_BIT, 0).astype(np.uint32)
+            same = ok2 & (again["goid"] == out["goid"]) & (again["status"] == raw_status)
+            saved = out["status"] != self.s_running     # a running one's saved context is stale
+            same &= ~saved | ((again["sched_pc"] == out["sched_pc"])
+                              & (again["sched_sp"] == out["sched_sp"]))
             dropped["moved"] = int((~same).sum())
             if not same.all():
                 out, pcs = _compact(out, pcs, same)

@@ -94,7 +94,27 @@ def events_from_gs(pid, addrs, blobs, layout):
     return out
 
 
-def read_goroutines(pid, binary, mem=None):
+def stack_texts(census, binary):
+    """{goid: its stack in Go's traceback text} of a census (one text per distinct stack)."""
+    from receiver import dump, groups
+
+    rows = census.goroutines
+    if len(rows) == 0 or len(census.pcs) == 0:
+        return {}
+    uniq, first, inverse = np.unique(groups.stack_hashes(census), return_index=True,
+                                     return_inverse=True)
+    sym = binary.symbolizer()
+    texts = []
+    for row in first.tolist():
+        fr = sym.frames(census.frames(row), bias=census.bias)
+        texts.append("\n".join(f"{f}(...)\n\t{file}:{line}" for f, file, line, wrapper in zip(
+            fr.function.tolist(), fr.file.tolist(), fr.line.tolist(), fr.wrapper.tolist())
+            if dump.shown(f, file, wrapper)))
+    return {goid: texts[k] for goid, k in zip(rows["goid"].tolist(), inverse.reshape(-1).tolist())
+            if texts[k]}
+
+
+def read_goroutines(pid, binary, mem=None, stacks_out=None):
     """EXISTING events for every live goroutine of process pid running binary (a GoBinary), from
     one census (``receiver.census``: the one reader of ``runtime.allgs``).
 
@@ -103,6 +123,7 @@ def read_goroutines(pid, binary, mem=None):
     marked as started before attach) begins when its wait began; the others get the attach time.
     Returns None when the binary's goroutine list cannot be located: unknown goroutines are then
     read one by one with ``read_g`` as their events arrive. ``mem`` is unused (kept for callers).
+    With ``stacks_out`` (a dict), the census unwinds stacks too and fills it with ``stack_texts``.
     """
     from receiver.census import CensusReader
 
@@ -112,7 +133,9 @@ def read_goroutines(pid, binary, mem=None):
         if not os.path.exists(f"/proc/{pid}"):
             raise
         return None
-    census = reader.read(stacks=False)
+    census = reader.read(stacks=stacks_out is not None)
+    if stacks_out is not None:
+        stacks_out.update(stack_texts(census, binary))
     rows = census.goroutines
     out = np.zeros(len(rows), dtype=EVENT_DTYPE)
     waiting = rows["status"] == binary.layout.statuses.get("_Gwaiting", 4)

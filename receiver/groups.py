@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from receiver.census import SCAN_BIT  # noqa: F401  (statuses in rows are already without it)
+from receiver.census import SCAN_BIT
 
 _MULT = np.array([(0x9E3779B97F4A7C15 * (2 * i + 1)) & ((1 << 64) - 1) for i in range(1024)], np.uint64)
 

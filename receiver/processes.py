@@ -52,6 +52,7 @@ class Process:
     attachment: object = None    # receiver.probes.Attachment owned by this process (pid-filtered)
     popen: object = None         # subprocess.Popen for launched commands
     load_bias: int = None        # what to subtract from its PCs to get the file's (PIE), once known
+    attach_stacks: dict = None   # goid -> stack text of the goroutines alive at attach (census)
     exe_id: tuple = None         # (device, inode) of the executable it ran when registered
     platform: dict = dataclasses.field(default_factory=dict)   # container, pod, own PID
 
@@ -206,6 +207,12 @@ class Processes:
                 fn = wrapped_function(proc.binary, pc) or fn
             out.append(("" if fn == "?" else fn, "" if file == "?" else file, int(line)))
         return out
+
+    def attach_stack(self, pid, goid):
+        """The stack (Go's traceback text) goroutine goid had when gotel attached, or ""."""
+        proc = self.get(pid)
+        stacks = proc.attach_stacks if proc is not None else None
+        return stacks.get(int(goid), "") if stacks else ""
 
     def wait_reasons(self, pid):
         """Go's wait reason names of the process's runtime (index = Go's number)."""

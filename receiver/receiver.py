@@ -268,7 +268,9 @@ class GoroutineReceiver:
 
     def _read_existing(self, proc):
         try:
-            batch = existing.read_goroutines(proc.pid, proc.binary, self._memory(proc.pid))
+            stacks = {}
+            batch = existing.read_goroutines(proc.pid, proc.binary, self._memory(proc.pid), stacks)
+            proc.attach_stacks = stacks
         except GotelError as e:
             log.warning("process %d: goroutines alive at attach not read: %s", proc.pid, e)
             batch = None

@@ -66,14 +66,14 @@ def inspectme(go_build):
 @pytest.fixture
 def blocked_program(go_build, require_bpf):
     """start(*args, version="1.25") -> a running tests/go/blocked, once every goroutine is parked
-    (it prints its pprof address, then "ready"); killed after the test."""
+    (it prints its pprof address, kept as ``.pprof``, then "ready"); killed after the test."""
     procs = []
 
     def start(*args, version="1.25"):
         p = subprocess.Popen([str(go_build("blocked", version)), *args], stdout=subprocess.PIPE,
                              text=True)
         procs.append(p)
-        p.stdout.readline()
+        p.pprof = p.stdout.readline().strip()
         assert p.stdout.readline().strip() == "ready"
         return p
 

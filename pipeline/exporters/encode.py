@@ -456,6 +456,8 @@ class TraceEncoder:
         span_ids = spans["span_id"].tolist() if events or extra else None
         function = int(SpanKind.FUNCTION)
         window = self._window_numbers(pid, spans)
+        before = int(SpanFlag.STARTED_BEFORE_ATTACH)
+        goids = spans["goid"].tolist() if (spans["flags"] & before).any() else None
         memo = {}
         for i, (spc, cpc, threshold, kind, reason, flags, link) in enumerate(zip(*columns)):
             head = numeric[offsets[i]:offsets[i + 1]]
@@ -473,6 +475,10 @@ class TraceEncoder:
                     parts.append(self._window_attribute(w))
                 if flags:
                     parts.append(flags_bytes(flags))
+                    if flags & before and kind != park:   # its stack when gotel attached
+                        stack = self.names_of.attach_stack(pid, goids[i])
+                        if stack:
+                            parts.append(attribute("code.stacktrace", stack))
                 if link:
                     # CONTINUED: the goroutine's previous part; SPLIT: the creator's span.
                     lh, ll = int(spans["link_trace_hi"][i]), int(spans["link_trace_lo"][i])

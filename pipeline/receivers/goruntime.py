@@ -26,6 +26,7 @@ exits is dropped from the census, logged once; nothing else stops collection.
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 
@@ -247,7 +248,9 @@ class GoRuntimeReceiver:
                 self.failures += 1
                 self.memory_metrics.forget(pid)
                 if self.targets.pop(pid, None) is not None:
-                    log.warning("goruntime: process %d: %s; no more censuses of it", pid, e)
+                    gone = not os.path.exists(f"/proc/{pid}")
+                    log.log(logging.INFO if gone else logging.WARNING,
+                            "goruntime: process %d: %s; no census of it", pid, e)
                 continue
             self.censuses += 1
             for k, v in census.dropped.items():

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from pipeline.exporters import file as file_exporter, otlp_grpc
-from pipeline.stage import Settings
 from pipeline.receivers import goruntime
+from pipeline.stage import Settings
 from tests.otlp_server import serve
 
 
@@ -156,3 +156,40 @@ service:
     text = service.summary().render()
     assert "leak suspect pid" in text and "main.leakyHandler" in text
     assert "logs (file/logs)" in text
+
+
+def test_goroutines_the_runtime_marked_leaked_are_definite_leaks(program):
+    """Go 1.27's leak detector (run by a goroutineleak profile request) marks goroutines _Gleaked:
+    the census reports exactly the ones the runtime's own profile lists, as definite leaks."""
+    import re
+    import urllib.request
+
+    proc = program("-leak", version="1.27")
+    rx = goruntime.create(None, goruntime.Config(pids=(proc.pid,)), Sink())
+    time.sleep(0.5)
+    profile = urllib.request.urlopen(f"http://{proc.pprof}/debug/pprof/goroutineleak?debug=1",
+                                     timeout=30).read().decode()
+    rx.collect()
+    by_site = {}
+    for count, body in re.findall(r"^(\d+) @ [^\n]*\n((?:#[^\n]*\n?)+)", profile, re.M):
+        if "main.leakyWorker" in body:
+            by_site["main.leakyWorker"] = int(count)
+    definite = [lk for lk in rx.targets[proc.pid].last_leaks if lk.definite]
+    worker = [lk for lk in definite if any(f == "main.leakyWorker" for f, _, _ in lk.group.stack)]
+    assert sum(lk.group.leaked for lk in worker) == by_site["main.leakyWorker"] > 0
+    assert all(lk.group.wait_reason == "chan send" for lk in worker)
+
+
+def test_the_debug_exporter_prints_leak_records(program):
+    from pipeline.exporters import debug
+
+    proc = program("-leak")
+    sink = Sink()
+    rx = goruntime.create(None, goruntime.Config(pids=(proc.pid,), leak_threshold=0.2), sink)
+    for _ in range(8):
+        time.sleep(0.4)
+        rx.collect()
+    logs = [p for p in sink.payloads if p.signal == "logs"]
+    lines = debug.describe(logs[-1], "normal")
+    assert lines[0] == "logs: 1 resource(s), 1 log record(s)"
+    assert lines[1].startswith("    WARN goroutine leak suspect: ") and "main.leakyHandler" in lines[1]

@@ -24,7 +24,7 @@ from receiver import census as census_mod, dump
 from receiver.binary import GoBinary
 from receiver.errors import TargetError
 
-VERSIONS = ["1.21", "1.22", "1.23", "1.24", "1.25", "1.26", "1.27"]
+VERSIONS = ["1.19", "1.21", "1.22", "1.23", "1.24", "1.25", "1.26", "1.27"]
 VARIANTS = {"pie": (("-buildmode=pie",), False), "external": (("-ldflags=-linkmode=external",), True),
             "race": (("-race",), True)}
 BLOCKED_FUNCS = {"main.recvForever", "main.sendForever", "main.selectForever", "main.lockForever",
@@ -247,10 +247,12 @@ def test_process_memory_checks_every_address(require_bpf):
         mem.read_many(np.array([base], np.uint64), 1 << 21)
 
 
+@pytest.mark.bpf
 def test_trace_starts_goroutines_blocked_at_attach_at_their_wait_start(blocked, tmp_path):
     """Trace mode takes a census at attach: a goroutine parked before gotel came gets a park span
     from its wait start (stamped by the GCs run here through /debug/pprof/heap?gc=1) to the end of
-    tracing, with its wait reason, not a zero-length one at the attach time."""
+    tracing, with its wait reason, not a zero-length one at the attach time; its goroutine's span
+    carries the stack it had then."""
     import json
     import sys
     import time
@@ -275,3 +277,69 @@ def test_trace_starts_goroutines_blocked_at_attach_at_their_wait_start(blocked, 
     start = int(parks[0]["startTimeUnixNano"])
     assert start <= gc_done_ns            # from the stamped wait start, before gotel attached
     assert int(parks[0]["endTimeUnixNano"]) - start >= 2.5e9
+    # ... and its goroutine's span carries the stack it had at attach
+    owner = next(s for s in spans if s["spanId"] == parks[0]["parentSpanId"])
+    stack = attrs(owner)["code.stacktrace"]
+    assert stack.startswith("main.sendForever(...)\n\t") and "main.spawn.func1(...)" in stack
+
+
+def test_dump_command_line(blocked):
+    import sys
+
+    proc, _ = blocked("1.25")
+    repo = Path(__file__).resolve().parents[2]
+    cli = [sys.executable, "-m", "pipeline.app.cli", "dump"]
+    ok = subprocess.run(cli + [str(proc.pid)], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("goroutine 1 [select (no cases)]:\nmain.main(...)\n")
+    gone = subprocess.run(cli + ["999999999"], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 2 and gone.stderr.count("\n") == 1 and "does not exist" in gone.stderr
+    notgo = subprocess.run(cli + [str(os.getpid())], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert notgo.returncode == 2 and notgo.stderr.startswith("gotel: ") and notgo.stderr.count("\n") == 1
+
+
+def test_a_moving_target_gives_consistent_rows_or_drops_them(blocked):
+    """Censuses of a program whose goroutines come and go all the time (healthy churn and leaks):
+    every census is self-consistent (unique goids, every complete stack made of known functions
+    and ending at a goroutine's start), whatever moved while it was read."""
+    proc, _ = blocked("1.25", args=("-leak", "-n", "2000", "-depth", "3"))
+    binary = GoBinary.open(proc.pid)
+    reader = census_mod.CensusReader(binary, proc.pid)
+    sym = binary.symbolizer()
+    moved = 0
+    for _ in range(30):
+        c = reader.read()
+        rows = c.goroutines
+        assert len(np.unique(rows["goid"])) == len(rows)
+        assert c.pcs.size == rows["frames_len"].sum()
+        complete = np.flatnonzero(rows["unwind"] == census_mod.UNWIND_COMPLETE)
+        assert len(complete) >= 2000
+        names = sym.function_names(c.pcs, bias=c.bias)
+        starts = sym.function_names(rows["startpc"], bias=c.bias)
+        for i in complete[::50]:
+            s, n = int(rows["frames_start"][i]), int(rows["frames_len"][i])
+            assert "?" not in names[s:s + n].tolist()
+            assert names[s + n - 1] == starts[i]      # the outermost frame is its start function
+        moved += c.dropped["moved"]
+    assert moved < 30 * len(rows)
+
+
+def test_process_memory_survives_a_mapping_that_went_away(require_bpf):
+    """A mapping unmapped after the maps were read (a moving target): only its pieces fail, the
+    pieces around it in the same system call are read."""
+    import ctypes
+    import mmap
+
+    from receiver.procmem import ProcessMemory
+
+    keep = np.arange(4096, dtype=np.uint8)
+    region = mmap.mmap(-1, 1 << 16)
+    gone = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    mem = ProcessMemory(os.getpid())            # the maps now include the region
+    region.close()                              # ...which is unmapped before the read
+    base = keep.ctypes.data
+    addrs = np.array([base, gone, gone + 4096, base + 64, gone + 8192, base + 128], np.uint64)
+    assert mem.readable(addrs, 64).all()
+    recs, ok = mem.read_many(addrs, 64)
+    assert ok.tolist() == [True, False, False, True, False, True]
+    assert recs[3].tolist() == list(range(64, 128)) and recs[5].tolist() == list(range(128, 192))
