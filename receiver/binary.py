@@ -35,6 +35,7 @@ from receiver.errors import (
 # goroutine); the others are the naive reference set the benchmarks compare against.
 PROBED_FUNCTIONS = (
     "runtime.casgstatus",
+    "runtime.preemptPark",   # GC stack-scan stops, which bypass casgstatus (bpf/gotel.c)
     "runtime.newproc1",
     "runtime.gopark",
     "runtime.ready",
@@ -433,6 +434,53 @@ class GoBinary:
             code = self.image.read(address, size)
             where = placement.place(code, address, name)
             out[name] = Function(name, address, size, where.probe_address)
+        return out
+
+    @cached_property
+    def gofunc(self):
+        """Address of ``go:func.*`` (``runtime.moduledata.gofunc``), the base of funcdata offsets;
+        None when the moduledata is not found or the field does not point into read-only data."""
+        from receiver import pclntab as pcln
+
+        version = tuple(buildinfo.parse_go_version(self.go_version))[:2]
+        offset = next((off for since, off in pcln.MODULEDATA_GOFUNC if version >= since), None)
+        try:
+            md = pcln.find_moduledata(self.image, self.pclntab.vaddr)
+            if md is None or offset is None:
+                return None
+            addr = self.image.read_pointer(md + offset)
+        except GotelError:
+            return None
+        if not any(not seg.flags & (PF_W | PF_X) and seg.vaddr <= addr < seg.vaddr + seg.filesz
+                   for seg in self.image.segments):
+            return None
+        return addr
+
+    def start_pcs(self, pcs):
+        """The PC Go's tracer and profiles name a goroutine by, for each start PC (file addresses):
+        where a start PC is the entry of a compiler-made wrapper (``go f(x)`` starts
+        ``caller.gowrapN`` or, before Go 1.22, ``caller.funcN``), the entry of the function it
+        wraps, from the wrapper's FUNCDATA_WrapInfo, as ``runtime.startPCforTrace`` does; otherwise
+        the PC itself. Works on stripped binaries; a bad table leaves the PC as it is."""
+        from receiver import pclntab as pcln
+
+        pcs = np.asarray(pcs, np.uint64).reshape(-1)
+        out = pcs.copy()
+        base = self.gofunc
+        if base is None or pcs.size == 0:
+            return out
+        try:
+            tab = self.pclntab
+            idx = tab.find(pcs)
+            entry = (idx >= 0) & (tab.entries[np.maximum(idx, 0)] == pcs)
+            offs = tab.funcdata_offsets(np.where(entry, idx, -1), pcln.FUNCDATA_WRAPINFO)
+            for k in np.flatnonzero(offs != 0xFFFFFFFF).tolist():
+                text_off = int.from_bytes(self.image.read(base + int(offs[k]), 4), "little")
+                target = tab.text_start + text_off
+                if tab.entries[0] <= target < tab.entries[-1]:
+                    out[k] = target
+        except GotelError:
+            pass
         return out
 
     def function(self, name):
