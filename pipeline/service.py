@@ -20,7 +20,6 @@ import functools
 import importlib
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -532,8 +531,17 @@ class Service:
                 s = sent.setdefault(f"{signal} ({eid})", [0, 0])
                 s[0] += c.get(f"sent_{item}", signal)
                 s[1] += c.get(f"send_failed_{item}", signal) + c.get(f"enqueue_failed_{item}", signal)
+        # What processors dropped on purpose, per processor (pipeline/processor id), and the
+        # anomalies the samplers kept although their traces were dropped.
+        dropped, anomalies = {}, 0
+        for pipeline_id, pid, stage in self.processors:
+            n = stage.items_in - stage.items_out
+            if n > 0:
+                dropped[f"{pipeline_id}/{pid}"] = n
+            anomalies += getattr(stage, "anomalies_kept", 0)
         return Summary(self.tap, self.encoder, lost_events=getattr(self.receiver, "lost", 0),
                        events=getattr(self.receiver, "events", 0), outputs=self.output_paths(),
                        exported={k: tuple(v) for k, v in sent.items()},
-                       processes=list(self.registry))
+                       processes=list(self.registry), dropped=dropped, anomalies_kept=anomalies,
+                       runtime_work=getattr(self.decoder, "runtime_work_by", {}))
 

@@ -53,7 +53,9 @@ class SummaryTap(Stage):
             goroutine & ((flags & SpanFlag.ENDED_AT_SHUTDOWN) != 0) & ((flags & SpanFlag.EXITED) == 0)))
         parks = batch[kind == SpanKind.PARK]
         if len(parks):
-            dur = (parks["end_ns"].astype(np.int64) - parks["start_ns"].astype(np.int64)).clip(0)
+            # A park's length is blocked + runnable: its span may be a piece of it only when its
+            # trace rolled over while it was open (then the piece is all that is new).
+            dur = (parks["blocked_ns"] + parks["runnable_ns"]).astype(np.int64)
             self._count(self.park_count, parks["pid"], parks["wait_reason"], np.ones(len(parks), np.int64))
             self._count(self.park_ns, parks["pid"], parks["wait_reason"], dur)
             top = np.argsort(dur)[-LONGEST:]
@@ -80,7 +82,7 @@ class Summary:
     """The report: a SummaryTap's aggregates plus what the service knows (lost events, outputs)."""
 
     def __init__(self, tap, encoder=None, lost_events=0, events=0, outputs=(), exported=None,
-                 processes=(), top=10):
+                 processes=(), top=10, dropped=None, anomalies_kept=0, runtime_work=None):
         self.tap = tap
         self.encoder = encoder
         self.lost_events = lost_events
@@ -89,6 +91,9 @@ class Summary:
         self.exported = dict(exported or {})
         self.processes = list(processes)
         self.top = top
+        self.dropped = dict(dropped or {})            # processor -> spans dropped on purpose
+        self.anomalies_kept = anomalies_kept
+        self.runtime_work = dict(runtime_work or {})  # (pid, wait reason) -> (count, ns)
 
     def _function(self, pid, pc):
         if self.encoder is None or not pc:
@@ -110,6 +115,14 @@ class Summary:
             name = self._reason(pid, reason)
             count[name] += n
             total[name] += self.tap.park_ns[(pid, reason)]
+        return [(name, count[name], ns) for name, ns in total.most_common(self.top)]
+
+    def top_runtime_work(self):
+        count, total = collections.Counter(), collections.Counter()
+        for (pid, reason), (n, ns) in self.runtime_work.items():
+            name = self._reason(pid, reason)
+            count[name] += n
+            total[name] += ns
         return [(name, count[name], ns) for name, ns in total.most_common(self.top)]
 
     def render(self):
@@ -135,11 +148,23 @@ class Summary:
             lines.append("  parks by wait reason (count, total time parked)")
             width = max(len(str(n)) for _, n, _ in reasons)
             lines += [f"    {n:>{width}}  {_fmt_ns(ns):>9}  {name}" for name, n, ns in reasons]
+        work = self.top_runtime_work()
+        if work:
+            lines.append("  runtime work that is not waiting (count, total time; no park spans)")
+            width = max(len(str(n)) for _, n, _ in work)
+            lines += [f"    {n:>{width}}  {_fmt_ns(ns):>9}  {name}" for name, n, ns in work]
         if t.longest:
             lines.append("  longest parks")
             for ns, pid, reason, pc, goid in sorted(t.longest, reverse=True):
-                lines.append(f"    {_fmt_ns(ns):>9}  {self._reason(pid, reason)}  goroutine {goid} "
-                             f"({self._function(pid, pc)})")
+                lines.append(f"    {_fmt_ns(ns):>9}  {self._reason(pid, reason)}  pid {pid} goroutine "
+                             f"{goid} ({self._function(pid, pc)})")
+        spans = f"  spans       {t.spans} made"
+        if self.dropped:
+            spans += ", " + ", ".join(f"{n} dropped by {name}" for name, n in sorted(self.dropped.items()))
+            spans += f" ({self.anomalies_kept} anomalies kept from dropped traces)"
+        else:
+            spans += ", none sampled or filtered away"
+        lines.append(spans)
         for signal, (sent, failed) in sorted(self.exported.items()):
             lines.append(f"  exported    {signal}: {sent} sent" + (f", {failed} failed" if failed else ""))
         for path in self.outputs:

@@ -139,10 +139,19 @@ def test_anomalies_of_dropped_traces_are_kept_as_standalone_roots():
     rows["born_ns"] = 1
     rows["end_ns"] = [2, 3 * NS, NS, 100 * NS]
     out = sampler.process(rows)
-    assert sorted(out["span_id"].tolist()) == [12, 14]
+    # The long park (12) brings its goroutine (11); the long-lived goroutine (14) keeps 11 as its
+    # parent, exported with it.
+    assert sorted(out["span_id"].tolist()) == [11, 12, 14]
     assert (out["flags"] & SpanFlag.ANOMALY).all()
+    assert (out["parent_span_id"] == [0, 11, 11]).all()
+    assert (out["sample_threshold"] == 0).all() and sampler.anomalies_kept == 3
+    # Without its parent in the batch, an anomaly becomes a root linked to that parent.
+    rows["span_id"][0] = 10
+    sampler = AdaptiveSampler(Config(anomaly_park_s=1.0, anomaly_lifetime_s=60), clock=clock)
+    sampler.threshold = (1 << 56) - (1 << 40)
+    out = sampler.process(rows)
+    assert sorted(out["span_id"].tolist()) == [12, 14]
     assert (out["parent_span_id"] == 0).all() and (out["link_span_id"] == 11).all()
-    assert (out["sample_threshold"] == 0).all() and sampler.anomalies_kept == 2
 
 
 def test_anomalous_park_event_brings_its_goroutine_span():
