@@ -653,9 +653,14 @@ class EventDecoder(Stage):
         chosen[slots] = True
         live = g.live_rows()
         rows = live[chosen[g["trace"][live]]]
-        if active_only and rows.size:
-            last = np.maximum(g["t_park"][rows], g["t_other"][rows])
-            rows = rows[last >= self._part_start(rows)]
+        if rows.size:
+            # A part that began at ``now`` (a goroutine created by the batch's last event) would
+            # end with no length: it stays, and rolls next time.
+            begun = self._part_start(rows)
+            keep = begun < np.uint64(now)
+            if active_only:
+                keep &= np.maximum(g["t_park"][rows], g["t_other"][rows]) >= begun
+            rows = rows[keep]
             slots = np.unique(g["trace"][rows])
         if rows.size == 0:
             return empty_spans()
