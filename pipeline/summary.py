@@ -120,7 +120,8 @@ class Summary:
     def top_runtime_work(self):
         count, total = collections.Counter(), collections.Counter()
         for (pid, reason), (n, ns) in self.runtime_work.items():
-            name = self._reason(pid, reason)
+            # Go 1.19 sets no reason for some of this work (stop-the-world): the g's last one shows.
+            name = self._reason(pid, reason) or "(no reason set)"
             count[name] += n
             total[name] += ns
         return [(name, count[name], ns) for name, ns in total.most_common(self.top)]

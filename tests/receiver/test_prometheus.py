@@ -1,0 +1,116 @@
+"""A real program from Debian against the execution trace it serves: Debian's prometheus (stripped
+go1.19.8, cgo) serves ``/debug/pprof/trace?seconds=N``. gotel attaches to the running server first
+(attaching takes 2-3 s), then the trace is taken while HTTP clients query the server, and the same
+figures as tests/receiver/test_fidelity.py are computed over the goroutines created inside the
+trace window, printed and asserted."""
+
+import http.client
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+import oracle
+from collect import Collect
+from pipeline.decoder import Config as DecoderConfig, EventDecoder
+from receiver.receiver import Config, GoroutineReceiver
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+TRACE_SECONDS = 3
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port, timeout=30):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("prometheus did not become ready")
+
+
+def load(port, stop):
+    """Queries over new and kept-alive connections: net/http's conn goroutines, background reads."""
+    paths = ["/metrics", "/api/v1/query?query=up", "/api/v1/query?query=rate(prometheus_http_requests_total[1m])",
+             "/api/v1/labels"]
+    i = 0
+    while not stop.is_set():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            for _ in range(5):
+                conn.request("GET", paths[i % len(paths)])
+                conn.getresponse().read()
+                i += 1
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+@pytest.mark.bpf
+@pytest.mark.slow
+def test_gotel_agrees_with_prometheus_own_trace(require_bpf, tmp_path):
+    if not shutil.which("prometheus"):
+        pytest.fail("prometheus is not installed: run make setup (scripts/setup-system.sh installs it)")
+    port = free_port()
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: self\n"
+                   f"    static_configs:\n      - targets: ['127.0.0.1:{port}']\n")
+    server = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sink, rx, stop = Collect(), None, threading.Event()
+    clients = [threading.Thread(target=load, args=(port, stop), daemon=True) for _ in range(2)]
+    try:
+        wait_ready(port)
+        rx = GoroutineReceiver(Config(pids=(server.pid,)), sink).start()   # attached on return
+        for c in clients:
+            c.start()
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/debug/pprof/trace?seconds={TRACE_SECONDS}",
+                timeout=TRACE_SECONDS + 30) as r:
+            (tmp_path / "trace.out").write_bytes(r.read())
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for c in clients:
+            c.join(timeout=10)
+        if rx is not None:
+            rx.shutdown()
+        server.terminate()
+        server.wait(timeout=30)
+    proc = rx.registry.get(server.pid)
+    assert proc.binary.go_version.startswith("go1.19") and rx.lost == 0
+    events = sink.events
+    decoder = EventDecoder(DecoderConfig())
+    spans = np.concatenate([decoder.process(b[b["pid"] == server.pid].copy()) for b in sink.batches]
+                           + [decoder.flush()])
+
+    pcs = np.unique(events["pc_start"][events["kind"] == 1])
+    names = proc.binary.symbolizer().function_names(
+        proc.binary.start_pcs(pcs - np.uint64(proc.pc_bias())))
+    trace = oracle.go_tool_trace(tmp_path / "trace.out")
+    view = oracle.from_events(events, proc.binary.layout, server.pid, dict(zip(pcs.tolist(), names.tolist())))
+    f = oracle.fidelity(trace, view, rx.clock.offset_ns, spans)
+    print(f"\nprometheus {proc.binary.go_version}: {f.line()}")
+    assert len(trace.goroutines) >= 100, f.line()
+    assert f.recall >= 0.99 and f.extra <= 0.01 * f.tracer_parks, f.line()
+    assert f.reason_agreement >= 0.99, f.reason_mismatches.most_common(5)
+    assert f.median_duration_diff_ns <= 50_000, f.line()
+    assert abs(f.schedule_ratio - 1) <= 0.05, f.line()
+    assert f.name_agreement >= 0.99, f.name_mismatches.most_common(5)
+    assert f.zero_length == 0, f.line()
