@@ -1,7 +1,8 @@
 /* gotel's kernel side: one uprobe on runtime.casgstatus(gp, oldval, newval) of each traced Go binary.
  *
- * casgstatus sees every status change of every goroutine (creation, run, park, ready including
- * netpoll wakeups, exit, syscalls, preemption, stack copies), and it is nosplit, so its first
+ * casgstatus sees every status change of every goroutine made through it (creation, run, park, ready
+ * including netpoll wakeups, exit, syscalls, preemption, stack copies; not the GC's stack-scan stops,
+ * which probe_preemptpark_N below sees), and it is nosplit, so its first
  * instruction is `push %rbp`, which the kernel emulates instead of single-stepping (a probe on a Go
  * stack-check prologue takes a second trap). The trap is paid by every status change, wanted or
  * not: benchmarks/probe_cost.py measures it, and what this program adds per captured event, on the

@@ -13,8 +13,12 @@ Per batch, with no per-event Python loop:
 4. The state machine runs as shifts and forward fills inside groups: for each event, the state,
    last park time, last other-transition time and wait reason *before* it come from the previous
    event of its goroutine, or from the table for the group's first event. A RUN that follows an open
-   park (``_Grunning -> _Gwaiting``, optionally ``-> _Grunnable``) closes a park span; RUN straight
-   from waiting (GC paths resume without ``ready``) gives a park with no runnable time.
+   park and its ready (``_Grunning -> _Gwaiting -> _Grunnable``) closes a park span. A RUN straight
+   from waiting is RUNTIME WORK, not a wait: the runtime lets the GC treat a goroutine running
+   runtime code on the system stack as stopped (stop-the-world, GC assists and mark work, the
+   tracer's status dumps) and sets it back to running itself; Go's tracer shows it Running. It
+   makes no park span and no park metric point; it is counted by the reason its RUN read
+   (``runtime_work_by``: Go 1.19 sets the reason only after the status change).
 5. Goroutine spans are emitted at exit, when their trace is rolled over, and at ``flush()``.
 
 Spans: one per goroutine, parent = its creator's span in the creator's trace. A creator that gotel
@@ -36,8 +40,11 @@ one new trace, parent relations among them kept, each linked to its previous par
 over by span count only once its emitted spans are at least its open parts, so a trace holds at most
 about twice the bound (plus one batch of overshoot, since bounds are checked once per batch); by
 age, checked every ``sweep_interval_s`` of event time, a trace lives at most the duration plus the
-interval. A park still open at a roll-over ends up in the new part, its start clipped to the part's
-start; ``blocked_ns``/``runnable_ns`` keep its true length. A roll-over happens at the latest time
+interval. A roll by span count moves only the parts that had an event since they began: an idle
+goroutine adds nothing to a full trace and is not re-emitted at every roll (a roll by age moves
+all). A park still open at a roll-over ends up in the new part with its real start (before the
+part's), so its span and ``blocked_ns``/``runnable_ns`` give its true length. A goroutine span
+starts at its creation; only a CONTINUED part starts at its roll-over. A roll-over happens at the latest time
 of its batch; an event of a rolled goroutine that comes later but carries an earlier time (records
 of different CPUs interleave) is dated to the new part's start, off by at most that interleaving.
 

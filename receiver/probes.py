@@ -1,7 +1,9 @@
 """Probes: gotel's BPF program (bpf/gotel.c) compiled with bcc, its per-layout slots, its uprobes.
 
-One uprobe per traced binary (and per PID, or for every process running the binary) on
-``runtime.casgstatus`` at ``GoBinary.functions["runtime.casgstatus"].probe_address``. The program
+Two uprobes per traced binary (and per PID, or for every process running the binary): on
+``runtime.casgstatus`` at ``GoBinary.functions["runtime.casgstatus"].probe_address``, and on
+``runtime.preemptPark`` (GC stack-scan stops, which bypass casgstatus; hit once per stop, see
+benchmarks/preempt_park_cost.py). The program
 knows no Go version: each distinct Go layout gets a slot of the ``layouts`` map holding its g/m
 offsets and a 16x16 table (old status, new status) -> kind, built here from the binary's own status
 constants; kinds that are not wanted are written as DROP, so they never reach the ring buffer.

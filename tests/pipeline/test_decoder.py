@@ -235,6 +235,37 @@ def test_long_lived_goroutine_continues_in_linked_traces():
     assert parts["n_parks"].sum() == 60
 
 
+def test_count_roll_overs_move_only_busy_goroutines_and_parks_keep_their_start():
+    """A trace full by span count rolls over only the goroutines that did something since their
+    part began: 10 idle waiters (one 5 s park each) are emitted once, not at every roll, while a
+    busy goroutine (goid 90) parks 300 times; each waiter's park keeps its real start and length."""
+    rows = [(0, 1, E, 0)]
+    for w in range(10):
+        rows += [(10 + w, 60 + w, C, 1), (20 + w, 60 + w, R), (30 + w, 60 + w, P, 0, CHAN_RECEIVE)]
+    rows += [(40, 90, C, 1), (50, 90, R)]
+    t = MS
+    for i in range(300):
+        rows += [(t, 90, P, 0, SELECT), (t + 1000, 90, Y), (t + 2000, 90, R)]
+        t += 10_000
+    end = 5000 * MS
+    for w in range(10):
+        rows += [(end + w, 60 + w, Y), (end + 100 + w, 60 + w, R), (end + 200 + w, 60 + w, X)]
+    rows += [(end + 300, 90, X)]
+    d, spans = run(events(rows), Config(max_spans_per_trace=20), batch=30)
+    assert_tree(spans)
+    assert d.traces_rolled >= 5
+    g = spans[spans["kind"] == SpanKind.GOROUTINE]
+    waiters = g[(g["goid"] >= 60) & (g["goid"] < 70)]
+    assert waiters.size <= 20                      # each at most its first part and one roll
+    assert (g[g["goid"] == 90].size) >= 5          # the busy one rolls with its trace
+    parks = spans[(spans["kind"] == SpanKind.PARK) & (spans["goid"] >= 60) & (spans["goid"] < 70)]
+    assert parks.size == 10
+    assert ((parks["start_ns"] - gosim.T0) == 30 + parks["goid"] - 60).all()
+    assert (parks["end_ns"] - parks["start_ns"] == parks["blocked_ns"] + parks["runnable_ns"]).all()
+    first = g[(g["flags"] & SpanFlag.CONTINUED) == 0]
+    assert (first["start_ns"] == first["born_ns"]).all()
+
+
 def test_goroutines_open_at_shutdown_are_ended_then():
     ev = events([(0, 1, E, 0), (10, 60, C, 1), (20, 60, R), (30, 60, P, 0, CHAN_RECEIVE)])
     d, spans = run(ev)
