@@ -5,31 +5,35 @@ processes, as numpy batches of ``EVENT_DTYPE``, handed to the next stage.
 until the probe is in place), attaches, emits the goroutines that already exist as ``Kind.EXISTING``
 events, and starts the one poller thread. That thread waits on the ring buffer (a wakeup past the
 watermark, or ``poll_interval_s``), converts timestamps to Unix ns in bulk, fills in goroutines it
-has never heard of (read from the process), and calls ``next.consume(batch)``; every
+has never heard of (read from the process), and calls ``next.consume(batch)``, then
+``next.tick()`` (if it has one) after every poll, so timers downstream fire on this thread; every
 ``check_interval_s`` it retires processes that exited (detaching their probe, after their last
-events came out) and reports lost events from the kernel's counter.
+events came out) and reports lost events from the kernel's counter. A PID that a retired process
+held and a new process of a traced binary now holds is registered afresh (``Processes.add``
+forgets the old one's facts).
 
 Errors: ``start()`` raises ``TargetError`` (no such PID, not a Go program, ...) or ``ProbeError``
 before anything runs; after that, nothing raises: a process that dies is logged and retired, and
 gotel keeps tracing the others. ``lost`` counts events the kernel could not store (ring full).
-Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.consume`` runs on the
-poller thread only.
+Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.consume`` and
+``next.tick`` run on the poller thread only.
 """
 
 import dataclasses
 import logging
 import os
+import queue
 import subprocess
 import threading
 import time
 
 import numpy as np
 
-from pipeline.stage import Stage
-from receiver import existing, probes, targets
+from receiver import discovery as discovery_mod, existing, platform, probes, targets
 from receiver.clock import MonotonicClock
 from receiver.errors import ConfigError, GotelError, TargetError
 from receiver.events import Kind
+from receiver.processes import Process, Processes, start_time_ns
 from receiver.ringbuf import RingBufferReader
 
 log = logging.getLogger("gotel.receiver")
@@ -48,15 +52,16 @@ class Config:
     kinds: tuple = ("create", "run", "park", "ready", "exit", "preempt")
     ring_bytes: int = 8 << 20
     wakeup_bytes: int = 0                  # 0: a quarter of the ring
-    poll_interval_s: float = 0.05
-    check_interval_s: float = 0.2
+    poll_interval_s: float = dataclasses.field(default=0.05, metadata={"duration": "s"})
+    check_interval_s: float = dataclasses.field(default=0.2, metadata={"duration": "s"})
     existing: bool = True                  # emit goroutines alive at attach, and read unknown ones
+    discovery: discovery_mod.Rules = dataclasses.field(default_factory=discovery_mod.Rules)
 
     def validate(self, path="receivers::goroutines"):
         problems = []
-        if not (self.pids or self.paths or self.command):
-            problems.append(f"{path}: give at least one of pids, paths, command (or the targets "
-                            f"on the command line: --pid, --binary or -- COMMAND)")
+        if not (self.pids or self.paths or self.command or self.discovery.enabled):
+            problems.append(f"{path}: give at least one of pids, paths, command, discovery (or the "
+                            f"targets on the command line: --pid, --binary or -- COMMAND)")
         for pid in self.pids:
             if not isinstance(pid, int) or pid <= 0:
                 problems.append(f"{path}::pids: {pid!r} is not a process id")
@@ -73,22 +78,25 @@ class Config:
                              kinds=frozenset(KIND_NAMES[k] for k in self.kinds if k in KIND_NAMES))
 
 
-class GoroutineReceiver(Stage):
-    """Source stage: see the module docstring. ``registry`` is the ``ProcessRegistry`` consumers read."""
+class GoroutineReceiver:
+    """Source of event batches: see the module docstring. ``next_stage`` is anything with
+    ``start()``, ``consume(batch)`` and ``shutdown(timeout)``; ``registry`` is the ``Processes``
+    that owns every fact about the traced processes."""
 
     def __init__(self, config, next_stage=None, registry=None, launch_options=None):
-        super().__init__(next_stage)
+        self.next = next_stage
         problems = config.validate()
         if problems:
             raise ConfigError(problems)
         self.config = config
-        self.registry = registry if registry is not None else targets.ProcessRegistry()
+        self.registry = registry if registry is not None else Processes()
         self.probes = None
         self.reader = None
         self.clock = MonotonicClock()
         self.lost = 0
         self.events = 0
         self.failed_batches = 0             # batches the next stage raised on (dropped)
+        self.failed_events = 0              # the events in them
         self._next_error_log = 0.0
         self.finished = threading.Event()   # set when every target has exited (none left to trace)
         self.command = None                 # targets.LaunchedCommand
@@ -101,17 +109,23 @@ class GoroutineReceiver(Stage):
         # at once (no runtime.allgs symbol): their unknown goroutines are read one by one.
         self._lazy = {}
         self._mem = {}                      # pid -> existing.ProcessMemory
-        self._pending = []                  # EXISTING batches to emit before the first poll
+        self._pending = queue.SimpleQueue()  # EXISTING batches of processes attached since
+        self._watcher = None                # follows execs, replaced binaries, discovery
         self._retiring = set()              # pids whose probes are being detached
         self._unbiased = set()              # pids of PIE load bias to learn from their events
         self._retirements = []              # the threads that detach them
+        self.discovery = None               # discovery_mod.Discovery when rules are given
+        self._next_scan = 0.0
         self._shut = False
 
     # -- control path -----------------------------------------------------------------------------
 
     def start(self):
         """Attach to every target and start polling. Raises TargetError / ProbeError up front."""
-        super().start()
+        if self.registry.pods is None:
+            self.registry.pods = platform.PodIndex.from_environment()
+        if self.next is not None:
+            self.next.start()
         self.probes = probes.Probes(self.config.probe_config())
         try:
             self.reader = RingBufferReader(self.probes.events_fd)
@@ -121,18 +135,23 @@ class GoroutineReceiver(Stage):
                 self._attach_path(targets.Target.path(path))
             if self.config.command:
                 self._launch(targets.Target.command(self.config.command))
+            if self.config.discovery.enabled:
+                self.discovery = discovery_mod.Discovery(self.config.discovery, self.registry.pods)
+                self._discover()
         except BaseException:
             self._teardown()
             raise
         self._thread = threading.Thread(target=self._run, name="gotel-receiver", daemon=True)
         self._thread.start()
+        self._watcher = threading.Thread(target=self._watch, name="gotel-watch", daemon=True)
+        self._watcher.start()
         return self
 
     def _attach_pid(self, target, pid, binary=None, popen=None):
         if not targets.is_running(pid):
             raise TargetError(f"process {pid} does not exist (it exited?); give a running PID")
         binary = binary or targets.open_binary(pid)
-        proc = targets.new_process(pid, binary, target, popen=popen)
+        proc = Process.found(pid, binary, target, popen=popen)
         if popen is not None:
             proc.exe = self.command.program   # the shell is about to become it
         proc.attachment = self.probes.attach(binary, pid)
@@ -152,7 +171,7 @@ class GoroutineReceiver(Stage):
         st = os.stat(target.value)
         self._path_targets.append((target, binary, att, (st.st_dev, st.st_ino)))
         for pid in targets.processes_running(target.value):
-            proc = self.registry.add(targets.new_process(pid, binary, target))
+            proc = self.registry.add(Process.found(pid, binary, target))
             proc.pc_bias()
             if self.config.existing:
                 self._read_existing(proc)
@@ -177,7 +196,7 @@ class GoroutineReceiver(Stage):
         if batch is None:
             self._lazy[proc.pid] = set()
         else:
-            self._pending.append(batch)
+            self._pending.put(batch)
 
     def _memory(self, pid):
         mem = self._mem.get(pid)
@@ -203,8 +222,11 @@ class GoroutineReceiver(Stage):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._watcher is not None:
+            self._watcher.join(max(0.0, deadline - time.monotonic()))
         self._teardown()
-        super().shutdown(max(0.0, deadline - time.monotonic()))
+        if self.next is not None:
+            self.next.shutdown(max(0.0, deadline - time.monotonic()))
 
     def _teardown(self):
         for retire in self._retirements:
@@ -224,11 +246,10 @@ class GoroutineReceiver(Stage):
     def _run(self):
         next_check = 0.0
         try:
-            for batch in self._pending:
-                self._deliver(batch)
-            self._pending.clear()
+            self._deliver_pending()
             while not self._stop.is_set():
                 self._deliver(self.reader.poll(self.config.poll_interval_s))
+                self._tick()
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + self.config.check_interval_s
@@ -247,21 +268,34 @@ class GoroutineReceiver(Stage):
             self._note_pids(pids)
         if self._unbiased:
             self._learn_biases(batch)
+        self.registry.settle()          # hooks of a PID given to a new process, before its events
         if self._lazy:
             batch = self._with_unknown(batch)
         self.clock.to_unix(batch["ts_ns"])
         self.events += len(batch)
         try:
-            self.consume(batch)
+            if self.next is not None:
+                self.next.consume(batch)
         except Exception:
             # A failing stage must not stop the poller: the ring would fill and every process
             # would lose events. The batch is dropped, counted, and the error logged (rate-limited).
             self.failed_batches += 1
+            self.failed_events += len(batch)
             now = time.monotonic()
             if now >= self._next_error_log:
                 self._next_error_log = now + 10.0
                 log.exception("next stage failed on a batch of %d events (%d batches dropped so "
                               "far)", len(batch), self.failed_batches)
+
+    def _tick(self):
+        """Let the stages after this one fire their timers (between batches, on this thread)."""
+        tick = getattr(self.next, "tick", None)
+        if tick is None:
+            return
+        try:
+            tick()
+        except Exception:  # noqa: BLE001  (as for a batch: logged, never stops the poller)
+            log.exception("a stage failed on a tick")
 
     def _learn_biases(self, batch):
         """PIE load biases of processes traced from their first instruction (launched by gotel,
@@ -283,8 +317,11 @@ class GoroutineReceiver(Stage):
         for pid in np.unique(pids).tolist():
             if pid not in self._seen_pids:
                 self._seen_pids.add(pid)
-                if pid not in self.registry:
+                known = self.registry.get(pid)
+                if known is None:
                     self._adopt(pid)
+                elif not known.alive and start_time_ns(pid) not in (0, known.start_time_ns):
+                    self._adopt(pid)       # the PID of a process that exited, now another's
 
     def _with_unknown(self, batch):
         """Prefix EXISTING events for goroutines never seen created (read from the process), for
@@ -337,8 +374,10 @@ class GoroutineReceiver(Stage):
         for target, binary, _att, path_ident in self._path_targets:
             if ident is None and len(self._path_targets) > 1:
                 break
+            if binary is None:
+                continue
             if ident is None or ident == path_ident:
-                proc = targets.new_process(pid, binary, target)
+                proc = Process.found(pid, binary, target)
                 proc.alive = ident is not None
                 if binary.pie:
                     self._unbiased.add(pid)    # started after the attach: traced from its start
@@ -346,10 +385,82 @@ class GoroutineReceiver(Stage):
                 log.info("tracing new %s", proc)
                 return
 
+    def _deliver_pending(self):
+        while True:
+            try:
+                batch = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            self._deliver(batch)
+
+    # -- watcher thread ---------------------------------------------------------------------------
+
+    def _watch(self):
+        """Every check interval: follow execs and replaced binaries; every discovery interval: scan
+        for new processes. Attaching takes tens of ms a process and detaching 0.1 s: done here,
+        the poller keeps draining the ring meanwhile."""
+        while not self._stop.wait(self.config.check_interval_s):
+            try:
+                self._follow()
+                if self.discovery is not None and time.monotonic() >= self._next_scan:
+                    self._discover()
+            except Exception:  # noqa: BLE001  (a bad /proc read must not end the watching)
+                log.exception("watching the targets failed; trying again")
+
+    def _discover(self):
+        """Attach to the processes the discovery rules select that are not traced yet."""
+        traced = {p.pid for p in self.registry.alive()} | self._retiring
+        for pid in self.discovery.scan(skip=traced):
+            try:
+                self._attach_pid(targets.Target("discovered", pid), pid)
+            except GotelError as e:          # gone, or refused: the others go on
+                log.info("discovered process %d not traced: %s", pid, e)
+        self._next_scan = time.monotonic() + self.config.discovery.interval_s
+
+    def _follow(self):
+        """Follow what changed under the targets: a process that exec'd another program is traced
+        as that program (or dropped, said, when it is not Go); a binary target whose file was
+        replaced (a deploy's ``mv``: a new inode) is traced in its new file too."""
+        for proc in self.registry.alive():
+            if proc.popen is not None or proc.pid in self._retiring:
+                continue
+            now = targets.exe_identity(proc.pid)
+            if now is None or proc.exe_id is None or now == proc.exe_id:
+                continue
+            if proc.attachment is not None:
+                self.probes.detach(proc.attachment)
+                proc.attachment = None
+            self.registry.mark_exited(proc.pid)
+            try:
+                new = self._attach_pid(proc.target, proc.pid)
+                log.info("process %d exec'd %s; tracing it as that program", proc.pid, new.exe)
+            except GotelError as e:
+                log.warning("process %d exec'd another program and is no longer traced: %s",
+                            proc.pid, e)
+        for target, _binary, _att, ident in list(self._path_targets):
+            try:
+                st = os.stat(target.value)
+            except OSError:
+                continue                               # removed: its running processes go on
+            now = (st.st_dev, st.st_ino)
+            if now == ident or any(t[3] == now for t in self._path_targets):
+                continue
+            try:
+                binary = targets.open_binary(target.value)
+                att = self.probes.attach(binary, -1)
+            except GotelError as e:
+                log.warning("%s was replaced by a file gotel cannot trace: %s", target.value, e)
+                self._path_targets.append((target, None, None, now))
+                continue
+            self._path_targets.append((target, binary, att, now))
+            log.info("%s was replaced (new inode); tracing the new file too", target.value)
+
     def _check(self):
-        """Retire exited processes and report lost events."""
+        """Retire exited processes, follow execs and replaced binaries, discover new processes,
+        report lost events."""
         if self.probes is None or self.reader is None:
             return
+        self._deliver_pending()
         for proc in self.registry.alive():
             if proc.pid in self._retiring:
                 continue
@@ -368,12 +479,16 @@ class GoroutineReceiver(Stage):
                                       name=f"gotel-retire-{proc.pid}")
             self._retirements = [t for t in self._retirements if t.is_alive()] + [retire]
             retire.start()
+        # Events under the PID of a process that exited are looked at again: the PID may have
+        # been given to a new process of a traced binary.
+        self._seen_pids.difference_update(
+            [p.pid for p in self.registry if not p.alive and p.pid not in self._retiring])
         lost = self.probes.counters()["lost"]
         if lost > self.lost:
             log.warning("%d events lost: the ring buffer (%d bytes) was full; raise ring_bytes",
                         lost - self.lost, self.config.ring_bytes)
             self.lost = lost
-        if not self._path_targets and not self.registry.alive():
+        if not self._path_targets and self.discovery is None and not self.registry.alive():
             self.finished.set()
 
     def _retire(self, proc, status):
@@ -384,16 +499,15 @@ class GoroutineReceiver(Stage):
             self.probes.forget(proc.pid)
         finally:
             self.registry.mark_exited(proc.pid, status)
+            # Its PID may name another process next: let that one's events be adopted afresh.
+            self._lazy.pop(proc.pid, None)
+            self._unbiased.discard(proc.pid)
             self._retiring.discard(proc.pid)
         # Killed or failed is worth a warning; an ordinary end (or one gotel cannot know the
         # status of, not being the parent) is news.
         level = logging.INFO if status in (None, 0) else logging.WARNING
         log.log(level, "process %d (%s) %s; still tracing %d other process(es)", proc.pid,
                 proc.exe, targets.describe_exit(status), len(self.registry.alive()))
-
-
-def create(config, next_stage=None, registry=None, launch_options=None):
-    return GoroutineReceiver(config, next_stage, registry, launch_options)
 
 
 def run_command(argv, next_stage=None, timeout=None, capture=True, **config):

@@ -35,7 +35,7 @@ import subprocess
 
 import numpy as np
 
-from pipeline import gotool
+from pipeline.app import gotool
 from receiver.events import Kind
 
 TRANSITION = re.compile(

@@ -144,8 +144,8 @@ class Exporter:
         self.log_limited = RateLimitedLog()
         self._queue = queue.Queue(maxsize=queue_config.queue_size) if queue_config.enabled else None
         self._workers = []
-        self._in_flight = 0
-        self._in_flight_lock = threading.Lock()
+        self._pending = 0                    # queued or being sent
+        self._idle = threading.Condition()   # notified when _pending drops to 0
         self._closed = False
         self._started = False
         self._shutdown_lock = threading.Lock()
@@ -178,10 +178,13 @@ class Exporter:
             return True
         if not self._started:
             self.start()
+        with self._idle:
+            self._pending += 1
         try:
             self._queue.put_nowait(payload)
             return True
         except queue.Full:
+            self._done()
             self.counters.add("enqueue_failed_" + item, payload.signal, payload.count)
             self.log_limited(logging.WARNING, "queue-full",
                              "exporter %s: sending queue is full (%d requests); dropping "
@@ -197,14 +200,16 @@ class Exporter:
                 if self.stop_event.is_set():
                     return
                 continue
-            with self._in_flight_lock:
-                self._in_flight += 1
             try:
                 self._deliver(payload)
             finally:
-                with self._in_flight_lock:
-                    self._in_flight -= 1
-                self._queue.task_done()
+                self._done()
+
+    def _done(self):
+        with self._idle:
+            self._pending -= 1
+            if not self._pending:
+                self._idle.notify_all()
 
     def _deliver(self, payload):
         item = ITEM_NAMES[payload.signal]
@@ -224,16 +229,10 @@ class Exporter:
 
     def flush(self, timeout=5.0):
         """Wait until everything queued was sent (or failed), at most timeout; True if it was."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        while self._queue is not None and self._workers:
-            with self._in_flight_lock:
-                busy = self._in_flight
-            if self._queue.empty() and not busy:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
+        if self._queue is None or not self._workers:
+            return True
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._pending, max(0.0, timeout))
 
     def shutdown(self, timeout=5.0):
         """Stop accepting, drain within timeout, then interrupt and count what is left. Idempotent."""
@@ -253,7 +252,7 @@ class Exporter:
                     break
                 self.counters.add("send_failed_" + ITEM_NAMES[payload.signal], payload.signal,
                                   payload.count)
-                self._queue.task_done()
+                self._done()
             for t in self._workers:
                 t.join(max(0.0, deadline - time.monotonic()) + 0.5)
         self.stop_event.set()

@@ -8,15 +8,12 @@ import argparse
 import logging
 import os
 import shutil
-import signal
 import sys
-import threading
-import time
 
+from pipeline import config
+from pipeline.app import demo
+from pipeline.app.runner import run_service
 from receiver.errors import GotelError, TargetError
-
-SHUTDOWN_TIMEOUT_S = 5.0
-
 
 class UsageError(GotelError):
     """A command line that cannot be run as given."""
@@ -82,8 +79,6 @@ def _inspect(args):
 
 
 def _validate(args):
-    from pipeline import config
-
     settings = None
     if args.pid or args.binary or args.argv:
         settings = parse_targets(args.pid, args.binary, args.argv)
@@ -135,70 +130,13 @@ def parse_targets(pids=(), binaries=(), argv=()):
     return {"command": argv}
 
 
-class Stopper:
-    """SIGINT/SIGTERM set an event; a second signal exits at once."""
-
-    def __init__(self):
-        self.event = threading.Event()
-        self.signal = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.event.is_set():
-            os._exit(128 + signum)
-        self.signal = signum
-        self.event.set()
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def run_service(cfg, duration=None, summary=True, out=sys.stdout, stopper=None):
-    """Start a Service, run until the targets exit, a signal, or duration; flush; print the summary.
-
-    Returns the Service (shut down)."""
-    from pipeline.service import Service
-
-    service = Service(cfg)
-    with (stopper or Stopper()) as stop:
-        service.start()
-        deadline = None if duration is None else time.monotonic() + duration
-        try:
-            while not stop.event.is_set() and not service.finished():
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                stop.event.wait(0.1)
-        finally:
-            command = getattr(service.receiver, "command", None)
-            service.shutdown(SHUTDOWN_TIMEOUT_S)
-            if command is not None and command.popen.poll() is None:
-                command.popen.terminate()
-                try:
-                    command.popen.wait(5)
-                except Exception:  # noqa: BLE001
-                    command.popen.kill()
-    if summary:
-        print(service.summary().render(), file=out)
-    return service
-
-
 def _run(args):
-    from pipeline import config
-
     cfg = config.load(args.config)
     run_service(cfg, args.duration)
     return 0
 
 
 def _trace(args):
-    from pipeline import config
-
     settings = parse_targets(args.pid, args.binary, args.argv)
     cfg = config.load(args.config, overrides={"GOTEL_OUT": args.out}, receiver_settings=settings)
     run_service(cfg, args.duration)
@@ -206,8 +144,6 @@ def _trace(args):
 
 
 def _demo(args):
-    from pipeline import demo
-
     return demo.run(out_dir=args.out, duration=args.duration)
 
 
