@@ -1,4 +1,4 @@
-"""Row 8: gotel as a node agent: discovery on a node of 50 Go processes, gotel's own CPU and memory.
+"""Row 14: gotel as a node agent: discovery on a node of 50 Go processes, gotel's own CPU and memory.
 
 The row starts 50 copies of benchmarks/go/paced (each a steady 2,000 goroutine events/s: a goroutine
 started, handed a value and exited every 3 ms), under a folder of their own, plus 20 non-Go
@@ -118,7 +118,7 @@ def run(quick=False):
     notes = [f"{n} copies of paced at {RATE} events/s each, 20 sleep processes, discovery by "
              f"exe_paths, default configuration otherwise; {repeats} runs of {seconds} s.",
              f"Row wall time {time.monotonic() - started:.0f} s."]
-    return harness.row(8, "Node agent: discovery over 50 Go processes", __doc__, figs, (), notes,
+    return harness.row(14, "Node agent: discovery over 50 Go processes", __doc__, figs, (), notes,
                        {"processes": n, "rate": RATE, "seconds": seconds})
 
 

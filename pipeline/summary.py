@@ -94,6 +94,7 @@ class Summary:
         self.dropped = dict(dropped or {})            # processor -> spans dropped on purpose
         self.anomalies_kept = anomalies_kept
         self.runtime_work = dict(runtime_work or {})  # (pid, wait reason) -> (count, ns)
+        self.census_lines = []     # goruntime receivers: leaks and biggest groups
 
     def _function(self, pid, pc):
         if self.names is None or not pc:
@@ -166,6 +167,9 @@ class Summary:
         else:
             spans += ", none sampled or filtered away"
         lines.append(spans)
+        if self.census_lines:
+            lines.append("  goroutine census (last one)")
+            lines += self.census_lines
         for signal, (sent, failed) in sorted(self.exported.items()):
             lines.append(f"  exported    {signal}: {sent} sent" + (f", {failed} failed" if failed else ""))
         for path in self.outputs:

@@ -20,7 +20,7 @@ from google.protobuf.descriptor import FieldDescriptor as FD
 from pipeline.exporters.base import Exporter, QueueConfig
 
 TYPE = "file"
-SIGNALS = ("traces", "metrics")
+SIGNALS = ("traces", "metrics", "logs")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -84,7 +84,7 @@ def test_components_come_from_the_one_registry_with_one_create_signature():
 
     for kind, modules in components.REGISTRY.items():
         for module in modules:
-            assert module.TYPE and set(module.SIGNALS) <= {"traces", "metrics"}, module
+            assert module.TYPE and set(module.SIGNALS) <= {"traces", "metrics", "logs"}, module
             params = list(inspect.signature(module.create).parameters)
             assert params[:3] == ["settings", "config", "next_stage"], (module, params)
             assert dataclasses.is_dataclass(module.Config)

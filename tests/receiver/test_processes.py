@@ -110,7 +110,7 @@ def test_a_recycled_pid_under_a_binary_target_is_traced_as_the_new_process(requi
 def test_command_args_come_from_proc():
     p = subprocess.Popen(["sleep", "5"])
     try:
-        assert processes.read_cmdline(p.pid) == ("sleep", "5")
+        assert wait_for(lambda: processes.read_cmdline(p.pid) == ("sleep", "5"), timeout=5)
     finally:
         p.kill()
         p.wait()
