@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import capstone
+import numpy as np
 
 from receiver import buildinfo, layout as layout_mod, placement, runtime_structs
 from receiver.elf import EM_AARCH64, EM_X86_64, ElfImage, map_file
@@ -170,26 +171,6 @@ class GoBinary:
             out[name] = Function(name, address, size, where.probe_address)
         return out
 
-    @cached_property
-    def gofunc(self):
-        """Address of ``go:func.*`` (``runtime.moduledata.gofunc``), the base of funcdata offsets;
-        None when the moduledata is not found or the field does not point into read-only data."""
-        from receiver import pclntab as pcln
-
-        version = tuple(buildinfo.parse_go_version(self.go_version))[:2]
-        offset = next((off for since, off in pcln.MODULEDATA_GOFUNC if version >= since), None)
-        try:
-            md = pcln.find_moduledata(self.image, self.pclntab.vaddr)
-            if md is None or offset is None:
-                return None
-            addr = self.image.read_pointer(md + offset)
-        except GotelError:
-            return None
-        if not any(not seg.flags & (PF_W | PF_X) and seg.vaddr <= addr < seg.vaddr + seg.filesz
-                   for seg in self.image.segments):
-            return None
-        return addr
-
     def start_pcs(self, pcs):
         """The PC Go's tracer and profiles name a goroutine by, for each start PC (file addresses):
         where a start PC is the entry of a compiler-made wrapper (``go f(x)`` starts
@@ -200,16 +181,17 @@ class GoBinary:
 
         pcs = np.asarray(pcs, np.uint64).reshape(-1)
         out = pcs.copy()
-        base = self.gofunc
-        if base is None or pcs.size == 0:
-            return out
         try:
             tab = self.pclntab
+            if tab.gofunc is None or pcs.size == 0:
+                return out
             idx = tab.find(pcs)
             entry = (idx >= 0) & (tab.entries[np.maximum(idx, 0)] == pcs)
-            offs = tab.funcdata_offsets(np.where(entry, idx, -1), pcln.FUNCDATA_WRAPINFO)
-            for k in np.flatnonzero(offs != 0xFFFFFFFF).tolist():
-                text_off = int.from_bytes(self.image.read(base + int(offs[k]), 4), "little")
+            for k in np.flatnonzero(entry).tolist():
+                off = tab.funcdata_offset(int(idx[k]), pcln.FUNCDATA_WRAPINFO)
+                if off is None:
+                    continue
+                text_off = int.from_bytes(self.image.read(tab.gofunc + off, 4), "little")
                 target = tab.text_start + text_off
                 if tab.entries[0] <= target < tab.entries[-1]:
                     out[k] = target

@@ -45,11 +45,6 @@ HEADER = struct.Struct("<IBBBBQQQQQQQQ")
 # six slices (funcnametab, cutab, filetab, pctab, pclntable, ftab), findfunctab, minpc, maxpc, text.
 MODULEDATA_TEXT = 8 + 6 * 24 + 8 + 8 + 8
 MODULEDATA_FUNCNAMETAB = 8
-# runtime.moduledata.gofunc (the base of funcdata offsets), by Go release: after text come 16
-# pointers through rodata in Go 1.18/1.19; Go 1.20 added covctrs/ecovctrs, Go 1.27 typedesclen,
-# itaboffset and itabsize (runtime/symtab.go of each release).
-MODULEDATA_GOFUNC = ((1, 27), MODULEDATA_TEXT + 8 * 21), ((1, 20), MODULEDATA_TEXT + 8 * 18), \
-    ((1, 18), MODULEDATA_TEXT + 8 * 16)
 FUNCDATA_WRAPINFO = 7   # a wrapper's wrapped function, as a u32 text offset (runtime.startPCforTrace)
 
 
@@ -152,29 +147,6 @@ class PcLnTab:
         idx = np.searchsorted(self.entries, pcs, side="right").astype(np.int64) - 1
         idx[(idx < 0) | (idx >= self.nfunc)] = -1
         return idx
-
-    def funcdata_offsets(self, func_index, which):
-        """The u32 offsets from ``moduledata.gofunc`` of funcdata slot ``which`` of each function in
-        ``func_index`` (an array); 0xFFFFFFFF where the function has no such funcdata. The record:
-        ``func_fields`` u32 words, the last holding funcID, flag, a pad and nfuncdata; then npcdata
-        u32 pcdata offsets, then nfuncdata u32 funcdata offsets (runtime/symtab.go ``funcdata``)."""
-        idx = np.asarray(func_index, np.int64)
-        out = np.full(idx.size, 0xFFFFFFFF, np.uint64)
-        ok = (idx >= 0) & (idx < self.nfunc)
-        i = idx[ok]
-        npcdata = self.field(7)[i].astype(np.int64)
-        nfuncdata = self.field(self.func_fields - 1)[i].astype(np.int64) >> 24
-        at = self.pcln_off + self.funcoffs[i] + 4 * (self.func_fields + npcdata + which)
-        has = (which < nfuncdata) & (npcdata < 1 << 16) & (at + 4 <= len(self.raw))
-        vals = np.full(i.size, 0xFFFFFFFF, np.uint64)
-        pos = at[has]
-        if pos.size:
-            b = self.data[pos[:, None] + np.arange(4)].astype(np.uint64)
-            vals[has] = b[:, 0] | b[:, 1] << np.uint64(8) | b[:, 2] << np.uint64(16) | b[:, 3] << np.uint64(24)
-        out[ok] = vals
-        return out
-
-    # --- pc-value tables -----------------------------------------------------------------------
 
     def pcvalue_table(self, func_index, word):
         """(end_pcs, values) of a function's pc-value table (``word`` 4 = pcsp, 5 = pcfile, 6 = pcln):
