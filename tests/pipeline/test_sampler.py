@@ -9,6 +9,7 @@ from pipeline.ids import IdGenerator, format_threshold, randomness
 from pipeline.metrics import GoRuntimeMetrics
 from pipeline.processors.sampler import AdaptiveSampler, Config, probability_of, threshold_for
 from pipeline.spans import SpanFlag, SpanKind, empty_spans
+from receiver.events import Kind
 
 NS = 1_000_000_000
 
@@ -209,3 +210,42 @@ def test_sampling_changes_no_metric_and_keeps_decoded_traces_whole():
     assert sampled_metrics == truth_metrics
     assert 0 < kept.size < everything.size
     assert_complete(everything, kept)
+
+
+def test_stuck_goroutines_survive_a_sampler_that_drops_almost_everything():
+    """20,000 goroutines, 2,000 of them stuck on a channel until tracing ends: with the default
+    configuration (anomaly_park 1 s) every stuck goroutine's open park and its span are exported,
+    however little of the rest the sampler keeps; the summary says how much was dropped."""
+    from gosim import CHAN_RECEIVE, events
+    from pipeline.summary import Summary, SummaryTap
+
+    C, R, P, X, E = Kind.CREATE, Kind.RUN, Kind.PARK, Kind.EXIT, Kind.EXISTING
+    rows = [(0, 1, E, 0)]
+    for i in range(20_000):
+        goid = 10 + i
+        rows += [(10 + i, goid, C, 1), (20 + i, goid, R), (30 + i, goid, P, 0, CHAN_RECEIVE)]
+        if i % 10:
+            rows += [(100_000 + i, goid, Kind.READY), (100_010 + i, goid, R), (100_020 + i, goid, X)]
+    rows += [(3 * NS, 1, R)]                        # tracing ends 3 s in
+    ev = events(rows)
+    ev = ev[np.argsort(ev["ts_ns"], kind="stable")]
+    tap = SummaryTap()
+    d = EventDecoder()
+    sampler = AdaptiveSampler(Config(), clock=Clock())
+    sampler.threshold = (1 << 56) - (1 << 44)       # keeps about 1 trace in 4096
+    out = []
+    for spans in (d.process(ev), d.flush()):
+        out.append(sampler.process(tap.process(spans)))
+    out = np.concatenate(out)
+    stuck = {10 + i for i in range(0, 20_000, 10)}
+    kept = out[np.isin(out["goid"], list(stuck))]
+    assert set(kept["goid"][kept["kind"] == SpanKind.GOROUTINE].tolist()) == stuck
+    assert set(kept["goid"][kept["kind"] == SpanKind.PARK].tolist()) == stuck
+    assert (kept["flags"] & SpanFlag.ANOMALY).all()
+    parks = kept[kept["kind"] == SpanKind.PARK]
+    assert (parks["parent_span_id"] != 0).all()       # each under its goroutine's span
+    assert sampler.spans_dropped > 30_000
+    text = Summary(tap, dropped={"traces/sampler": sampler.spans_dropped},
+                   anomalies_kept=sampler.anomalies_kept).render()
+    assert f"{sampler.spans_dropped} dropped by traces/sampler" in text
+    assert "longest parks" in text and "pid 100 goroutine" in text
