@@ -163,7 +163,8 @@ class Summary:
         spans = f"  spans       {t.spans} made"
         if self.dropped:
             spans += ", " + ", ".join(f"{n} dropped by {name}" for name, n in sorted(self.dropped.items()))
-            spans += f" ({self.anomalies_kept} anomalies kept from dropped traces)"
+            if self.anomalies_kept:
+                spans += f" ({self.anomalies_kept} anomalies kept from dropped traces)"
         else:
             spans += ", none sampled or filtered away"
         lines.append(spans)
