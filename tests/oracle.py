@@ -285,6 +285,7 @@ class Fidelity:
     name_mismatches: collections.Counter
     reason_mismatches: collections.Counter
     internal: collections.Counter
+    opaque_names: int = 0       # goroutines the tracer names by an opaque wrapper
 
     @property
     def recall(self):
@@ -313,15 +314,35 @@ class Fidelity:
                 f"{self.median_duration_diff_ns / 1000:.1f} us over {len(self.durations)}, "
                 f"schedules {self.gotel_schedules}/{self.tracer_schedules} "
                 f"({self.schedule_ratio:.3f}), start names {self.name_agreement:.4f} "
-                f"({self.same_name}/{self.named}), zero-length spans {self.zero_length}, "
+                f"({self.same_name}/{self.named}, {self.opaque_names} of them by an opaque wrapper), "
+                f"zero-length spans {self.zero_length}, "
                 f"runtime work {dict(self.internal)}")
 
 
-def fidelity(trace, view, offset_ns=0, spans=None):
+def opaque_wrappers(binary):
+    """Names of the binary's compiler-made wrappers (funcID wrapper) that carry no WrapInfo: Go
+    1.19-1.21 wrap a closure called with arguments (``go func(x T){...}(v)``) so, and call the
+    closure through its context, so what they wrap is known only at run time. Go's tracer of those
+    versions names such goroutines by the wrapper (``startPCforTrace`` has nothing to follow);
+    ``/debug/pprof/goroutine`` shows the closure, from the stack."""
+    from receiver import pclntab as pcln
+
+    tab, sym = binary.pclntab, binary.symbolizer()
+    ids = tab.func_ids()
+    out = set()
+    for i in np.flatnonzero(ids == sym.wrapper_func_id).tolist():
+        if tab.funcdata_offset(i, pcln.FUNCDATA_WRAPINFO) is None:
+            out.add(tab.name(i))
+    return out
+
+
+def fidelity(trace, view, offset_ns=0, spans=None, opaque=frozenset()):
     """Compare per goroutine created inside the trace window. gotel's parks and schedules after the
     window are cut: by time where the trace relates its clock to CLOCK_MONOTONIC (Go 1.22+), else
     by the tracer's count for goroutines still alive at its end (schedules are compared only for
-    goroutines that exited inside the window then). ``spans`` (SPAN_DTYPE, gotel's decoder output)
+    goroutines that exited inside the window then). Goroutines the tracer names by an ``opaque``
+    wrapper (see ``opaque_wrappers``) are counted in ``opaque_names``: gotel names them so too.
+    ``spans`` (SPAN_DTYPE, gotel's decoder output)
     adds the count of zero-length goroutine spans of goroutines that ran (first parts: a CONTINUED
     part begins at a roll-over, and one ended by the end of tracing at that instant has no length)."""
     f = Fidelity(0, 0, 0, 0, 0, [], 0, 0, 0, 0, 0, collections.Counter(), collections.Counter(),
@@ -354,6 +375,8 @@ def fidelity(trace, view, offset_ns=0, spans=None):
         if runs is not None:
             f.tracer_schedules += t.schedules
             f.gotel_schedules += runs
+        if t.start in opaque:
+            f.opaque_names += 1
         if t.start:
             f.named += 1
             if g.start == t.start:
@@ -368,3 +391,25 @@ def fidelity(trace, view, offset_ns=0, spans=None):
         zero = gs[(gs["start_ns"] == gs["end_ns"]) & np.isin(gs["goid"], list(lived) or [-1])]
         f.zero_length = int(zero.size)
     return f
+
+
+GOROUTINE_HEADER = re.compile(r"^goroutine (\d+) \[")
+
+
+def pprof_start_functions(text):
+    """{goid: start function} from ``/debug/pprof/goroutine?debug=2``: the bottom frame of each
+    goroutine's stack, as the runtime prints it (wrapper frames elided, inlined frames expanded)."""
+    out = {}
+    for block in text.split("\n\n"):
+        lines = block.strip("\n").splitlines()
+        m = GOROUTINE_HEADER.match(lines[0]) if lines else None
+        if m is None:
+            continue
+        frames = [line for line in lines[1:] if line and not line.startswith("\t")
+                  and not line.startswith("created by ") and not line.startswith("...")
+                  and not line.startswith("runtime.goexit(")]
+        if frames:
+            last = frames[-1]
+            cut = last.rfind("(")
+            out[int(m.group(1))] = last[:cut] if cut > 0 and last.endswith(")") else last
+    return out

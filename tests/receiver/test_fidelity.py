@@ -58,7 +58,8 @@ def test_gotel_reports_what_the_go_tracer_saw(require_bpf, go_build, tmp_path, b
 
     trace = oracle.go_tool_trace(trace_file)
     view = oracle.from_events(events, proc.binary.layout, proc.pid, start_names(proc, events))
-    f = oracle.fidelity(trace, view, rx.clock.offset_ns, spans)
+    f = oracle.fidelity(trace, view, rx.clock.offset_ns, spans,
+                         opaque=oracle.opaque_wrappers(proc.binary))
     print(f"\n{build}: {f.line()}")
     assert f.tracer_parks >= 1000, f.line()
     assert f.recall >= 0.99 and f.extra <= 0.01 * f.tracer_parks, f.line()

@@ -18,6 +18,7 @@ import pytest
 import oracle
 from collect import Collect
 from pipeline.decoder import Config as DecoderConfig, EventDecoder
+from pipeline.exporters.encode import span_name
 from receiver.receiver import Config, GoroutineReceiver
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -84,6 +85,11 @@ def test_gotel_agrees_with_prometheus_own_trace(require_bpf, tmp_path):
                 f"http://127.0.0.1:{port}/debug/pprof/trace?seconds={TRACE_SECONDS}",
                 timeout=TRACE_SECONDS + 30) as r:
             (tmp_path / "trace.out").write_bytes(r.read())
+        # The goroutine profile's stacks, while the load still runs: their bottom frames are the
+        # start functions pprof shows.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/debug/pprof/goroutine?debug=2",
+                                    timeout=30) as r:
+            profile = r.read().decode(errors="replace")
         time.sleep(0.2)
     finally:
         stop.set()
@@ -105,7 +111,8 @@ def test_gotel_agrees_with_prometheus_own_trace(require_bpf, tmp_path):
         proc.binary.start_pcs(pcs - np.uint64(proc.pc_bias())))
     trace = oracle.go_tool_trace(tmp_path / "trace.out")
     view = oracle.from_events(events, proc.binary.layout, server.pid, dict(zip(pcs.tolist(), names.tolist())))
-    f = oracle.fidelity(trace, view, rx.clock.offset_ns, spans)
+    f = oracle.fidelity(trace, view, rx.clock.offset_ns, spans,
+                         opaque=oracle.opaque_wrappers(proc.binary))
     print(f"\nprometheus {proc.binary.go_version}: {f.line()}")
     assert len(trace.goroutines) >= 100, f.line()
     assert f.recall >= 0.99 and f.extra <= 0.01 * f.tracer_parks, f.line()
@@ -114,3 +121,23 @@ def test_gotel_agrees_with_prometheus_own_trace(require_bpf, tmp_path):
     assert abs(f.schedule_ratio - 1) <= 0.05, f.line()
     assert f.name_agreement >= 0.99, f.name_mismatches.most_common(5)
     assert f.zero_length == 0, f.line()
+    # Names against /debug/pprof/goroutine, for every goroutine the profile shows that gotel named:
+    # created while traced, or alive at attach (read from the runtime's allgs then).
+    pprof = oracle.pprof_start_functions(profile)
+    mine = events[(events["pid"] == server.pid) & np.isin(events["kind"], [1, 10])
+                  & (events["pc_start"] != 0)]
+    pcs = np.unique(mine["pc_start"])
+    named = dict(zip(pcs.tolist(), proc.binary.symbolizer().function_names(
+        proc.binary.start_pcs(pcs - np.uint64(proc.pc_bias()))).tolist()))
+    gotel_names = {int(goid): named[int(pc)] for goid, pc in zip(mine["goid"], mine["pc_start"])}
+    # The span name, as the exporter gives it (runtime.main is main.main, as in pprof, which hides
+    # runtime frames); goroutines started by an opaque wrapper are named by it (as Go 1.19's tracer
+    # names them; pprof shows the closure from the stack): counted, not compared.
+    opaque = oracle.opaque_wrappers(proc.binary)
+    both = [(pprof[goid], span_name(gotel_names[goid], "")) for goid in pprof
+            if goid in gotel_names and gotel_names[goid] not in opaque]
+    n_opaque = sum(gotel_names.get(goid) in opaque for goid in pprof)
+    same = sum(a == b for a, b in both)
+    print(f"prometheus: start names equal to pprof's for {same}/{len(both)} "
+          f"({n_opaque} started by an opaque wrapper, not compared)")
+    assert len(both) >= 10 and same >= 0.99 * len(both), [x for x in both if x[0] != x[1]]
