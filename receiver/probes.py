@@ -93,6 +93,10 @@ def transition_table(statuses, kinds=DEFAULT_KINDS):
         (running, syscall, Kind.SYSCALL_ENTER),
         (syscall, running | runnable, Kind.SYSCALL_EXIT),
         (running, runnable | preempted, Kind.PREEMPT),
+        # A syscall that lost its P (sysmon retook it) ends runnable, waiting for one: with the
+        # syscall kinds off, that is reported as a preemption, so go.schedule.duration sees the
+        # wait that follows.
+        (syscall, runnable, Kind.PREEMPT),
         (copystack, running | waiting | runnable, Kind.STACK_COPY),
         (running | waiting | runnable, copystack, Kind.STACK_COPY),
     ]

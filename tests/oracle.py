@@ -319,6 +319,12 @@ class Fidelity:
                 f"runtime work {dict(self.internal)}")
 
 
+def wrappers(binary):
+    """Names of every compiler-made wrapper (funcID wrapper) of the binary."""
+    tab, sym = binary.pclntab, binary.symbolizer()
+    return {tab.name(i) for i in np.flatnonzero(tab.func_ids() == sym.wrapper_func_id).tolist()}
+
+
 def opaque_wrappers(binary):
     """Names of the binary's compiler-made wrappers (funcID wrapper) that carry no WrapInfo: Go
     1.19-1.21 wrap a closure called with arguments (``go func(x T){...}(v)``) so, and call the
