@@ -33,21 +33,8 @@ def wait_screen(session, predicate, timeout=30.0):
 
 
 @pytest.fixture
-def blocked(go_build):
-    procs = []
-
-    def start(*args, version="1.25"):
-        p = subprocess.Popen([str(go_build("blocked", version)), *args], stdout=subprocess.PIPE,
-                             text=True)
-        procs.append(p)
-        p.stdout.readline()
-        assert p.stdout.readline().strip() == "ready"
-        return p
-
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
+def blocked(blocked_program):
+    return blocked_program
 
 
 @pytest.mark.bpf

@@ -7,7 +7,6 @@ report that group, with its stack, and nothing else.
 """
 
 import json
-import subprocess
 import time
 
 import pytest
@@ -27,20 +26,8 @@ class Sink:
 
 
 @pytest.fixture
-def program(go_build, require_bpf):
-    procs = []
-
-    def start(*args, version="1.25"):
-        p = subprocess.Popen([str(go_build("blocked", version)), *args], stdout=subprocess.PIPE, text=True)
-        procs.append(p)
-        p.stdout.readline()
-        assert p.stdout.readline().strip() == "ready"
-        return p
-
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
+def program(blocked_program):
+    return blocked_program
 
 
 def metric(payload, name):

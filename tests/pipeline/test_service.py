@@ -152,9 +152,9 @@ service: {{pipelines: {{traces: {{receivers: [goroutines], processors: [truncate
              for ss in rs["scopeSpans"] for sp in ss["spans"]]
     assert len(spans) == 10
     with pytest.raises(ConfigError, match="processors::truncate::keep must be > 0"):
-        config.loads(f"""
-receivers: {{goroutines: {{pids: [1]}}}}
-processors: {{truncate: {{keep: 0}}}}
-exporters: {{debug: {{}}}}
-service: {{pipelines: {{traces: {{receivers: [goroutines], processors: [truncate], exporters: [debug]}}}}}}
+        config.loads("""
+receivers: {goroutines: {pids: [1]}}
+processors: {truncate: {keep: 0}}
+exporters: {debug: {}}
+service: {pipelines: {traces: {receivers: [goroutines], processors: [truncate], exporters: [debug]}}}
 """)

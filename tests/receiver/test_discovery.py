@@ -11,6 +11,8 @@ import uuid
 
 import pytest
 
+from conftest import wait_for
+
 from collect import Collect, untraced
 from receiver import discovery, platform
 from receiver.discovery import Candidate, Rules, selects
@@ -21,13 +23,6 @@ from receiver.receiver import Config, GoroutineReceiver
 CGROUP_ROOT = "/sys/fs/cgroup/pids"
 
 
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def held(argv, **kw):

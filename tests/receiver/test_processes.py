@@ -3,9 +3,10 @@ a new process takes over after a traced one exited (recycled for real with ns_la
 
 import os
 import subprocess
-import time
 
 import pytest
+
+from conftest import wait_for
 
 from collect import Collect, start_held, untraced
 from receiver import processes, targets
@@ -14,13 +15,6 @@ from receiver.processes import Process, Processes
 from receiver.receiver import Config, GoroutineReceiver
 
 
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_processes_are_kept_by_pid_and_a_new_one_under_an_old_pid_forgets_the_old():
