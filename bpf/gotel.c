@@ -1,7 +1,8 @@
 /* gotel's kernel side: one uprobe on runtime.casgstatus(gp, oldval, newval) of each traced Go binary.
  *
- * casgstatus sees every status change of every goroutine (creation, run, park, ready including
- * netpoll wakeups, exit, syscalls, preemption, stack copies), and it is nosplit, so its first
+ * casgstatus sees every status change of every goroutine made through it (creation, run, park, ready
+ * including netpoll wakeups, exit, syscalls, preemption, stack copies; not the GC's stack-scan stops,
+ * which probe_preemptpark_N below sees), and it is nosplit, so its first
  * instruction is `push %rbp`, which the kernel emulates instead of single-stepping (a probe on a Go
  * stack-check prologue takes a second trap). The trap is paid by every status change, wanted or
  * not: benchmarks/probe_cost.py measures it, and what this program adds per captured event, on the
@@ -51,12 +52,18 @@ struct gotel_layout {
      * here, so a creation's four fields cost one read instead of four). */
     __u16 g_window;
     __u16 window_len[16];
+    /* The stack-scan suspension probe (probe_preemptpark_N): the kind its event gets (PARK, or 0
+     * when parks are not wanted) and the number of the "preempted" wait reason in this version. */
+    __u8  preempt_kind;
+    __u8  preempted_reason;
+    /* Raw statuses the lifecycle and preemptPark probes write into their events (they see no
+     * status change). */
+    __u16 status_runnable;
+    __u16 status_running;
+    __u16 status_dead;
+    __u16 status_preempted;
     /* kinds[(old & 0xf) << 4 | (new & 0xf)] -> GOTEL_KIND_*, 0 drops; the _Gscan bit is ignored. */
     __u8  kinds[256];
-    /* Raw statuses the lifecycle probes write into their events (they see no status change). */
-    __u8  status_runnable;
-    __u8  status_running;
-    __u8  status_dead;
 };
 
 /* counters[GOTEL_COUNTER_*] */
@@ -71,6 +78,7 @@ struct gotel_layout {
 #define GOTEL_POINT_CASGSTATUS 0   /* full level: every status change */
 #define GOTEL_POINT_CREATE     1   /* lifecycle level: runtime.newproc.func1 at its call to runqput */
 #define GOTEL_POINT_EXIT       2   /* lifecycle level: runtime.goexit1 */
+#define GOTEL_POINT_PREEMPTPARK 3  /* full level: runtime.preemptPark (GC stack-scan stops) */
 #define GOTEL_NUM_POINTS       4
 #ifndef GOTEL_HIT_PIDS
 #define GOTEL_HIT_PIDS 1024        /* processes are told apart by tgid modulo this (a power of two) */
@@ -219,7 +227,10 @@ static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)
     e.old_status = oldval;
     e.new_status = newval;
     e.cpu = bpf_get_smp_processor_id();
-    if (kind == GOTEL_KIND_PARK)
+    /* A park's reason; a run's too: where the runtime sets g.waitreason only after the status
+     * change (Go 1.19's GC assists, mark termination, stack scans), the run that ends the wait
+     * reads the reason the park could not. */
+    if (kind == GOTEL_KIND_PARK || kind == GOTEL_KIND_RUN)
         e.wait_reason = window_u64(window, l, l->g_waitreason);
     /* The goroutine running on this M is only worth its three reads (~0.1 us each here) for a
      * wakeup (who made gp runnable) and for a creation before Go 1.21 (no g.parentGoid). For the
@@ -245,6 +256,43 @@ static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)
     }
     __builtin_memcpy(out, &e, sizeof(e));
     submit(out);
+    return 0;
+}
+
+/* runtime.preemptPark(gp): the GC (suspendG) stops a running goroutine to scan its stack. The
+ * runtime swaps the status itself (casGToPreemptScan, _Grunning -> _Gscan|_Gpreempted, then
+ * casGFromPreempted to _Gwaiting) without casgstatus; only its ready (_Gwaiting -> _Grunnable) and
+ * its next run pass through casgstatus. This probe reports the stop as a park with reason
+ * "preempted", as Go's tracer does. It runs on g0 (mcall) or on gp's stack (newstack): gp is the
+ * argument, in RAX. A hit per GC stop of a running goroutine, so its cost is rarely paid. */
+static __always_inline int on_preemptpark(struct pt_regs *ctx, int slot)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    count_hit(pid_tgid, GOTEL_POINT_PREEMPTPARK);
+    struct gotel_layout *l = layouts.lookup(&slot);
+    if (!l || !l->enabled || !l->preempt_kind)
+        return 0;
+    __u64 gp = ctx->ax;
+    if (!gp)
+        return 0;
+    count(GOTEL_COUNTER_HITS);
+    struct gotel_event *e = events.ringbuf_reserve(sizeof(struct gotel_event));
+    if (!e) {
+        count(GOTEL_COUNTER_LOST);
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    e->ts_ns = bpf_ktime_get_ns();
+    e->g = gp;
+    e->goid = read_u64(gp + l->g_goid);
+    e->pid = pid_tgid >> 32;
+    e->tid = (__u32)pid_tgid;
+    e->kind = l->preempt_kind;
+    e->wait_reason = l->preempted_reason;
+    e->old_status = l->status_running;
+    e->new_status = l->status_preempted;
+    e->cpu = bpf_get_smp_processor_id();
+    submit(e);
     return 0;
 }
 
@@ -305,7 +353,8 @@ static __always_inline int on_lifecycle(struct pt_regs *ctx, int slot, __u64 gp,
     int probe_create_bx_##N(struct pt_regs *ctx) { \
         return on_lifecycle(ctx, N, ctx->bx, GOTEL_KIND_CREATE, GOTEL_POINT_CREATE); } \
     int probe_exit_##N(struct pt_regs *ctx) { \
-        return on_lifecycle(ctx, N, ctx->r14, GOTEL_KIND_EXIT, GOTEL_POINT_EXIT); }
+        return on_lifecycle(ctx, N, ctx->r14, GOTEL_KIND_EXIT, GOTEL_POINT_EXIT); } \
+    int probe_preemptpark_##N(struct pt_regs *ctx) { return on_preemptpark(ctx, N); }
 
 GOTEL_PROBE(0)
 GOTEL_PROBE(1)

@@ -13,7 +13,8 @@
 #define GOTEL_KIND_DROP           0   /* not emitted */
 #define GOTEL_KIND_CREATE         1   /* _Gdead -> _Grunnable (or _Gwaiting / _Gsyscall) */
 #define GOTEL_KIND_RUN            2   /* -> _Grunning from runnable or waiting */
-#define GOTEL_KIND_PARK           3   /* _Grunning -> _Gwaiting, wait_reason set */
+#define GOTEL_KIND_PARK           3   /* _Grunning -> _Gwaiting, wait_reason set; also a GC stop
+                                         (runtime.preemptPark: -> _Gpreempted, "preempted") */
 #define GOTEL_KIND_READY          4   /* _Gwaiting -> _Grunnable (ready, netpoll, timers) */
 #define GOTEL_KIND_EXIT           5   /* -> _Gdead */
 #define GOTEL_KIND_SYSCALL_ENTER  6   /* _Grunning -> _Gsyscall */
@@ -35,7 +36,8 @@ struct gotel_event {
     __u32 pid;          /* thread group id */
     __u32 tid;          /* thread id */
     __u8  kind;         /* GOTEL_KIND_* */
-    __u8  wait_reason;  /* PARK: g.waitreason (numbering is per Go version) */
+    __u8  wait_reason;  /* PARK, RUN: g.waitreason (numbering is per Go version); a RUN's is what
+                           the runtime set by then (see the decoder's runtime work) */
     __u16 old_status;   /* raw runtime status, _Gscan bit included */
     __u16 new_status;
     __u16 cpu;

@@ -13,8 +13,12 @@ Per batch, with no per-event Python loop:
 4. The state machine runs as shifts and forward fills inside groups: for each event, the state,
    last park time, last other-transition time and wait reason *before* it come from the previous
    event of its goroutine, or from the table for the group's first event. A RUN that follows an open
-   park (``_Grunning -> _Gwaiting``, optionally ``-> _Grunnable``) closes a park span; RUN straight
-   from waiting (GC paths resume without ``ready``) gives a park with no runnable time.
+   park and its ready (``_Grunning -> _Gwaiting -> _Grunnable``) closes a park span. A RUN straight
+   from waiting is RUNTIME WORK, not a wait: the runtime lets the GC treat a goroutine running
+   runtime code on the system stack as stopped (stop-the-world, GC assists and mark work, the
+   tracer's status dumps) and sets it back to running itself; Go's tracer shows it Running. It
+   makes no park span and no park metric point; it is counted by the reason its RUN read
+   (``runtime_work_by``: Go 1.19 sets the reason only after the status change).
 5. Goroutine spans are emitted at exit, when their trace is rolled over, and at ``flush()``.
 
 Spans: one per goroutine, parent = its creator's span in the creator's trace. A creator that gotel
@@ -36,8 +40,11 @@ one new trace, parent relations among them kept, each linked to its previous par
 over by span count only once its emitted spans are at least its open parts, so a trace holds at most
 about twice the bound (plus one batch of overshoot, since bounds are checked once per batch); by
 age, checked every ``sweep_interval_s`` of event time, a trace lives at most the duration plus the
-interval. A park still open at a roll-over ends up in the new part, its start clipped to the part's
-start; ``blocked_ns``/``runnable_ns`` keep its true length. A roll-over happens at the latest time
+interval. A roll by span count moves only the parts that had an event since they began: an idle
+goroutine adds nothing to a full trace and is not re-emitted at every roll (a roll by age moves
+all). A park still open at a roll-over ends up in the new part with its real start (before the
+part's), so its span and ``blocked_ns``/``runnable_ns`` give its true length. A goroutine span
+starts at its creation; only a CONTINUED part starts at its roll-over. A roll-over happens at the latest time
 of its batch; an event of a rolled goroutine that comes later but carries an earlier time (records
 of different CPUs interleave) is dated to the new part's start, off by at most that interleaving.
 
@@ -159,7 +166,7 @@ class EventDecoder(Stage):
     COUNTERS = ("dropped_bad_kind", "dropped_bad_time", "dropped_out_of_order",
                 "dropped_duplicate_create", "dropped_after_exit", "ignored_stack_copy",
                 "park_events_dropped", "park_events_short", "lazily_created", "traces_split",
-                "traces_rolled")
+                "traces_rolled", "runtime_work")
 
     def __init__(self, config=Config(), next_stage=None, metrics=None, ids=None):
         super().__init__(next_stage, config)
@@ -168,6 +175,7 @@ class EventDecoder(Stage):
         self.goroutines = GoroutineTable(config.initial_capacity)
         self.traces = RowStore(TRACE_COLUMNS, 1024)
         self.sites = SiteTable()
+        self.runtime_work_by = {}  # (pid, wait reason) -> (count, ns): see RUNTIME_WORK
         self._held = []           # _HELD_DTYPE arrays (park_mode "events")
         self._n_held = 0
         self._now = self._stop_ns = 0    # last event's time; when tracing stops (stop_at)
@@ -311,13 +319,22 @@ class EventDecoder(Stage):
         sched = runs & ((prev_state == gt.RUNNABLE) | (prev_state == gt.READY)) & (other_before > 0)
         if metrics is not None and sched.any():
             metrics.record_schedule(e["pid"][sched], ts[sched] - other_before[sched])
-        # A run that ends an open park: one park interval.
+        # A run that ends an open park: one park interval. A park that ends by running again
+        # without a ready in between was runtime work, not a wait (see RUNTIME_WORK).
         closes = np.flatnonzero(runs & (open_before == 1) & (park_before > 0))
+        work_rows = closes
+        if closes.size:
+            readied = prev_state[closes] == gt.READY
+            work = closes[~readied]
+            work_rows = row[work]
+            if work.size:
+                self._runtime_work(e["pid"][work], e["wait_reason"][work],
+                                   ts[work] - park_before[work])
+            closes = closes[readied]
         if closes.size:
             start = park_before[closes]
             end = ts[closes]
-            readied = prev_state[closes] == gt.READY
-            ready = np.where(readied, other_before[closes], end)
+            ready = other_before[closes]
             blocked = ready - start
             reasons = reason_before[closes]
             if metrics is not None:
@@ -337,6 +354,9 @@ class EventDecoder(Stage):
         g["wait_reason"][rl] = reason_after[last]
         n_parks = np.add.reduceat((kind == Kind.PARK).astype(np.uint32), starts)
         g["n_parks"][rl] += n_parks
+        if work_rows.size:
+            wr, cnt = np.unique(work_rows, return_counts=True)
+            g["n_parks"][wr] = np.maximum(g["n_parks"][wr].astype(np.int64) - cnt, 0)
 
         exits = np.flatnonzero(kind == Kind.EXIT)
         if exits.size:
@@ -357,8 +377,19 @@ class EventDecoder(Stage):
             em, lv = t["n_emitted"][touched], t["n_live"][touched]
             full = touched[(em + lv >= self._max_spans) & (em >= lv) & (lv > 0)]
             if full.size:
-                out.append(self._roll(full, self._now))
+                out.append(self._roll(full, self._now, active_only=True))
         return out
+
+    def _runtime_work(self, pid, reasons, ns):
+        """Count runtime work that passed as a park: (pid, wait reason read at its end) -> count, ns."""
+        self.runtime_work += int(pid.size)
+        key = (pid.astype(np.uint64) << np.uint64(8)) | reasons.astype(np.uint64)
+        uk, inv = np.unique(key, return_inverse=True)
+        counts = np.bincount(inv, minlength=uk.size)
+        total = np.bincount(inv, weights=ns.astype(np.float64), minlength=uk.size)
+        for k, c, t in zip(uk.tolist(), counts.tolist(), total.tolist()):
+            n, sum_ns = self.runtime_work_by.get((k >> 8, k & 0xFF), (0, 0))
+            self.runtime_work_by[(k >> 8, k & 0xFF)] = (n + c, sum_ns + int(t))
 
     # ---------------------------------------------------------------- goroutines first seen
     def _new_goroutines(self, e, at):
@@ -495,8 +526,13 @@ class EventDecoder(Stage):
 
     # ---------------------------------------------------------------- span rows
     def _part_start(self, rows):
+        """A goroutine span's start: its creation, or for a CONTINUED part the roll-over that began
+        it (its trace's start). Never the trace's start otherwise: a goroutine joins a trace (a
+        split root its spill trace) at its creation, whatever the trace's first time."""
         g = self.goroutines
-        return np.maximum(g["born_ns"][rows], self.traces["start_ns"][g["trace"][rows]])
+        born = g["born_ns"][rows]
+        cont = (g["flags"][rows] & SpanFlag.CONTINUED) != 0
+        return np.where(cont, np.maximum(born, self.traces["start_ns"][g["trace"][rows]]), born)
 
     def _rows(self, rows, kind, span_ids, parent_span, start_ns, end_ns, flags):
         """Span rows for goroutines ``rows``: what goroutine and park rows share."""
@@ -542,9 +578,10 @@ class EventDecoder(Stage):
         return out
 
     def _park_rows(self, rows, start, end, blocked, runnable, reasons, flags=0):
+        # A park keeps its real start, also one that began before its goroutine's part (a park
+        # open across a roll-over): OTLP allows a child to start before its parent.
         out, _ = self._rows(rows, SpanKind.PARK, self.ids.span_ids(rows.size),
-                            self.goroutines["span_id"][rows],
-                            np.maximum(start, self._part_start(rows)), end, flags)
+                            self.goroutines["span_id"][rows], start, end, flags)
         out["blocked_ns"] = blocked
         out["runnable_ns"] = runnable
         out["wait_reason"] = reasons
@@ -614,18 +651,32 @@ class EventDecoder(Stage):
             t.release(done)
         return spans if held is None else np.concatenate([spans, held])
 
-    def _roll(self, slots, now):
-        """End every open goroutine part in traces ``slots`` and continue them in new traces."""
+    def _roll(self, slots, now, active_only=False):
+        """End open goroutine parts in traces ``slots`` and continue them in new traces: every part
+        (a roll by age), or only the parts that had an event since they began (a roll by span
+        count, ``active_only``): a goroutine idle since its part began adds nothing to its full
+        trace and stays there, so it is not re-emitted at every roll."""
         g, t = self.goroutines, self.traces
         slots = np.asarray(slots, np.int64)
-        self.traces_rolled += int(slots.size)
         chosen = np.zeros(t.capacity, bool)
         chosen[slots] = True
         live = g.live_rows()
         rows = live[chosen[g["trace"][live]]]
+        if rows.size:
+            # A part that began at ``now`` (a goroutine created by the batch's last event) would
+            # end with no length: it stays, and rolls next time.
+            begun = self._part_start(rows)
+            keep = begun < np.uint64(now)
+            if active_only:
+                keep &= np.maximum(g["t_park"][rows], g["t_other"][rows]) >= begun
+            rows = rows[keep]
+            slots = np.unique(g["trace"][rows])
+        if rows.size == 0:
+            return empty_spans()
+        self.traces_rolled += int(slots.size)
         spans = self._goroutine_spans(rows, now, 0)
-        # Open parts leave the old trace: n_live there drops to zero, so _close frees it.
-        n_live = t["n_live"][slots].copy()
+        # Moved parts leave the old trace: once its n_live drops to zero, _close frees it.
+        n_live = np.bincount(np.searchsorted(slots, g["trace"][rows]), minlength=slots.size)
         link_hi, link_lo = t["hi"][slots].copy(), t["lo"][slots].copy()
         spans = self._close(rows, spans)
         new = self._new_traces(slots.size, np.full(slots.size, now, np.uint64))

@@ -5,8 +5,8 @@ goroutine's creation (or, for a CONTINUED part, from the moment its previous par
 exit. Links: a CONTINUED span links to the goroutine's previous part, a SPLIT root to its creator's
 span (``link_*``, zero when there is no link). A PARK row with AS_EVENT is not a span: the encoder
 attaches it as a span event to the row whose ``span_id`` is its ``parent_span_id`` (always in the same
-batch). ``blocked_ns + runnable_ns`` is a park's true length even where the row's start was clipped to
-its goroutine part's start. IDs are split into unsigned
+batch). ``blocked_ns + runnable_ns`` is a park's true length, ``end_ns - start_ns`` too (a park open
+across a roll-over starts before its goroutine part). IDs are split into unsigned
 64-bit halves so that sampling decisions and joins stay vectorized. Names and source locations are
 not stored: exporters symbolize ``start_pc``/``create_pc`` per process (few distinct PCs, cached).
 """

@@ -14,6 +14,7 @@ import heapq
 
 import numpy as np
 
+from pipeline import overhead
 from pipeline.goroutines import unique_pairs
 from pipeline.spans import SpanFlag, SpanKind
 from pipeline.stage import Stage
@@ -53,7 +54,9 @@ class SummaryTap(Stage):
             goroutine & ((flags & SpanFlag.ENDED_AT_SHUTDOWN) != 0) & ((flags & SpanFlag.EXITED) == 0)))
         parks = batch[kind == SpanKind.PARK]
         if len(parks):
-            dur = (parks["end_ns"].astype(np.int64) - parks["start_ns"].astype(np.int64)).clip(0)
+            # A park's length is blocked + runnable: its span may be a piece of it only when its
+            # trace rolled over while it was open (then the piece is all that is new).
+            dur = (parks["blocked_ns"] + parks["runnable_ns"]).astype(np.int64)
             self._count(self.park_count, parks["pid"], parks["wait_reason"], np.ones(len(parks), np.int64))
             self._count(self.park_ns, parks["pid"], parks["wait_reason"], dur)
             top = np.argsort(dur)[-LONGEST:]
@@ -80,7 +83,8 @@ class Summary:
     """The report: a SummaryTap's aggregates plus what the service knows (lost events, outputs)."""
 
     def __init__(self, tap, names=None, lost_events=0, events=0, outputs=(), exported=None,
-                 processes=(), top=10, levels=None):
+                 processes=(), top=10, levels=None, dropped=None, anomalies_kept=0,
+                 runtime_work=None):
         self.tap = tap
         self.names = names
         self.lost_events = lost_events
@@ -90,6 +94,9 @@ class Summary:
         self.processes = list(processes)
         self.top = top
         self.levels = levels          # receiver.levels.LevelController, or None
+        self.dropped = dict(dropped or {})            # processor -> spans dropped on purpose
+        self.anomalies_kept = anomalies_kept
+        self.runtime_work = dict(runtime_work or {})  # (pid, wait reason) -> (count, ns)
         self.census_lines = []     # goruntime receivers: leaks and biggest groups
 
     def _function(self, pid, pc):
@@ -112,6 +119,15 @@ class Summary:
             name = self._reason(pid, reason)
             count[name] += n
             total[name] += self.tap.park_ns[(pid, reason)]
+        return [(name, count[name], ns) for name, ns in total.most_common(self.top)]
+
+    def top_runtime_work(self):
+        count, total = collections.Counter(), collections.Counter()
+        for (pid, reason), (n, ns) in self.runtime_work.items():
+            # Go 1.19 sets no reason for some of this work (stop-the-world): the g's last one shows.
+            name = self._reason(pid, reason) or "(no reason set)"
+            count[name] += n
+            total[name] += ns
         return [(name, count[name], ns) for name, ns in total.most_common(self.top)]
 
     def render(self):
@@ -137,14 +153,25 @@ class Summary:
             lines.append("  parks by wait reason (count, total time parked)")
             width = max(len(str(n)) for _, n, _ in reasons)
             lines += [f"    {n:>{width}}  {_fmt_ns(ns):>9}  {name}" for name, n, ns in reasons]
+        work = self.top_runtime_work()
+        if work:
+            lines.append("  runtime work that is not waiting (count, total time; no park spans)")
+            width = max(len(str(n)) for _, n, _ in work)
+            lines += [f"    {n:>{width}}  {_fmt_ns(ns):>9}  {name}" for name, n, ns in work]
         if t.longest:
             lines.append("  longest parks")
             for ns, pid, reason, pc, goid in sorted(t.longest, reverse=True):
-                lines.append(f"    {_fmt_ns(ns):>9}  {self._reason(pid, reason)}  goroutine {goid} "
-                             f"({self._function(pid, pc)})")
+                lines.append(f"    {_fmt_ns(ns):>9}  {self._reason(pid, reason)}  pid {pid} goroutine "
+                             f"{goid} ({self._function(pid, pc)})")
+        spans = f"  spans       {t.spans} made"
+        if self.dropped:
+            spans += ", " + ", ".join(f"{n} dropped by {name}" for name, n in sorted(self.dropped.items()))
+            if self.anomalies_kept:
+                spans += f" ({self.anomalies_kept} anomalies kept from dropped traces)"
+        else:
+            spans += ", none sampled or filtered away"
+        lines.append(spans)
         if self.levels is not None:
-            from pipeline import overhead
-
             for unit in self.levels.status():
                 lines.append(f"  cost        {overhead.describe(unit)}")
             if self.levels.triggers:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import capstone
+import numpy as np
 
 from receiver import buildinfo, layout as layout_mod, placement, runtime_structs
 from receiver.elf import EM_AARCH64, EM_X86_64, ElfImage, map_file
@@ -34,6 +35,7 @@ from receiver.errors import (
 # goroutine); the others are the naive reference set the benchmarks compare against.
 PROBED_FUNCTIONS = (
     "runtime.casgstatus",
+    "runtime.preemptPark",   # GC stack-scan stops, which bypass casgstatus (bpf/gotel.c)
     "runtime.newproc1",
     "runtime.gopark",
     "runtime.ready",
@@ -168,6 +170,68 @@ class GoBinary:
             where = placement.place(code, address, name)
             out[name] = Function(name, address, size, where.probe_address)
         return out
+
+    def start_pcs(self, pcs):
+        """The PC a goroutine is named by, for each start PC (file addresses), as the runtime's own
+        tracebacks (``/debug/pprof/goroutine``) name it: where a start PC is the entry of a
+        compiler-made wrapper (``go f(x)`` starts ``caller.gowrapN`` or, before Go 1.22,
+        ``caller.funcN``; funcID wrapper, elided from tracebacks), the entry of the function it
+        wraps. From the wrapper's FUNCDATA_WrapInfo where it has one (``runtime.startPCforTrace``
+        does the same); else (Go 1.19-1.21 closures called with arguments) from its code: the
+        outermost function inlined at one of its calls, or the function it calls, the first that
+        is neither runtime code nor a wrapper. Otherwise the PC itself. Works on stripped binaries;
+        a bad table leaves the PC as it is."""
+        from receiver import pclntab as pcln
+
+        pcs = np.asarray(pcs, np.uint64).reshape(-1)
+        out = pcs.copy()
+        try:
+            tab = self.pclntab
+            if pcs.size == 0:
+                return out
+            idx = tab.find(pcs)
+            entry = (idx >= 0) & (tab.entries[np.maximum(idx, 0)] == pcs)
+            wrapper_id = self.symbolizer().wrapper_func_id
+            for k in np.flatnonzero(entry).tolist():
+                i = int(idx[k])
+                off = tab.funcdata_offset(i, pcln.FUNCDATA_WRAPINFO) if tab.gofunc else None
+                if off is not None:
+                    text_off = int.from_bytes(self.image.read(tab.gofunc + off, 4), "little")
+                    target = tab.text_start + text_off
+                    if tab.entries[0] <= target < tab.entries[-1]:
+                        out[k] = target
+                elif int(tab.func_ids()[i]) == wrapper_id:
+                    out[k] = self._wrapped_by_code(i) or out[k]
+        except GotelError:
+            pass
+        return out
+
+    def _wrapped_by_code(self, i):
+        """Entry of what wrapper function i (no WrapInfo) wraps, from its calls, or None."""
+        tab, sym = self.pclntab, self.symbolizer()
+        entry, end = int(tab.entries[i]), int(tab.entries[i + 1])
+        code = self.image.read(entry, min(end - entry, 4096))
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        calls = [(insn.address + insn.size, insn.op_str) for insn in md.disasm(code, entry)
+                 if insn.mnemonic == "call"]
+        if not calls:
+            return None
+        frames = sym.frames(np.array([ret for ret, _ in calls], np.uint64))
+        wrapper_id = sym.wrapper_func_id
+        for k, (_, target) in enumerate(calls):
+            sel = np.flatnonzero((frames.index == k) & frames.inlined & ~frames.wrapper)
+            if sel.size:                      # innermost first: the outermost inlined call is last
+                name = frames.function[sel[-1]]
+                if not name.startswith("runtime."):
+                    found = tab.lookup([name])
+                    return found[name][0] if name in found else None
+            if target.startswith("0x"):
+                t = int(target, 16)
+                f = int(tab.find(np.array([t], np.uint64))[0])
+                if f >= 0 and int(tab.entries[f]) == t and int(tab.func_ids()[f]) != wrapper_id \
+                        and not tab.name(f).startswith("runtime."):
+                    return t
+        return None
 
     def function(self, name):
         """The Function called name; UnsupportedBinary naming the functions available when it is

@@ -45,6 +45,7 @@ HEADER = struct.Struct("<IBBBBQQQQQQQQ")
 # six slices (funcnametab, cutab, filetab, pctab, pclntable, ftab), findfunctab, minpc, maxpc, text.
 MODULEDATA_TEXT = 8 + 6 * 24 + 8 + 8 + 8
 MODULEDATA_FUNCNAMETAB = 8
+FUNCDATA_WRAPINFO = 7   # a wrapper's wrapped function, as a u32 text offset (runtime.startPCforTrace)
 
 
 class PcLnTab:
@@ -146,8 +147,6 @@ class PcLnTab:
         idx = np.searchsorted(self.entries, pcs, side="right").astype(np.int64) - 1
         idx[(idx < 0) | (idx >= self.nfunc)] = -1
         return idx
-
-    # --- pc-value tables -----------------------------------------------------------------------
 
     def pcvalue_table(self, func_index, word):
         """(end_pcs, values) of a function's pc-value table (``word`` 4 = pcsp, 5 = pcfile, 6 = pcln):

@@ -49,6 +49,7 @@ ARGUMENT_REGISTERS = {
 _ARG_NAMES = {sub: reg for reg, subs in ARGUMENT_REGISTERS.items() for sub in subs}
 G_REGISTER = "r14"         # the current g, in Go's register ABI
 STACKGUARD0 = 0x10         # offsetof(runtime.g, stackguard0)
+STACKGUARD1 = 0x18         # stackguard1: what //go:systemstack functions (preemptPark) check
 # The stack check sits in the first few instructions; a function longer than this without one is nosplit.
 PROLOGUE_WINDOW = 8
 # How far past the prologue to look for an emulated instruction (Go 1.19 frames: see _walk_to_emulated).
@@ -101,11 +102,13 @@ def is_emulated(insn):
 
 
 def _is_stack_check(insn):
-    """``cmp reg, qword ptr [r14 + 0x10]`` (g.stackguard0), the heart of Go's split-stack prologue."""
+    """``cmp reg, qword ptr [r14 + 0x10]`` (g.stackguard0), the heart of Go's split-stack prologue;
+    ``[r14 + 0x18]`` (g.stackguard1) in a function that must run on the system stack."""
     if insn.id != x86.X86_INS_CMP or len(insn.operands) != 2:
         return False
     mem = [op for op in insn.operands if op.type == x86.X86_OP_MEM]
-    return bool(mem) and insn.reg_name(mem[0].mem.base) == G_REGISTER and mem[0].mem.disp == STACKGUARD0
+    return bool(mem) and insn.reg_name(mem[0].mem.base) == G_REGISTER and mem[0].mem.disp in (
+        STACKGUARD0, STACKGUARD1)
 
 
 def _written(insn):

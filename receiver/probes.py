@@ -1,7 +1,9 @@
 """Probes: gotel's BPF program (bpf/gotel.c) compiled with bcc, its per-layout slots, its uprobes.
 
-One uprobe per traced binary (and per PID, or for every process running the binary) on
-``runtime.casgstatus`` at ``GoBinary.functions["runtime.casgstatus"].probe_address``. The program
+Two uprobes per traced binary (and per PID, or for every process running the binary): on
+``runtime.casgstatus`` at ``GoBinary.functions["runtime.casgstatus"].probe_address``, and on
+``runtime.preemptPark`` (GC stack-scan stops, which bypass casgstatus; hit once per stop, see
+benchmarks/preempt_park_cost.py). The program
 knows no Go version: each distinct Go layout gets a slot of the ``layouts`` map holding its g/m
 offsets and a 16x16 table (old status, new status) -> kind, built here from the binary's own status
 constants; kinds that are not wanted are written as DROP, so they never reach the ring buffer.
@@ -31,12 +33,18 @@ SOURCE = BPF_DIR / "gotel.c"
 MAX_LAYOUTS = 8
 COUNTERS = ("lost", "wakeups", "hits", "held_full", "submitted")
 # Probe points of the hit counter (GOTEL_POINT_* of bpf/gotel.c) and the programs behind them.
-POINTS = ("casgstatus", "create", "exit")
+POINTS = ("casgstatus", "create", "exit", "preemptpark")
 HIT_PIDS = 1024          # GOTEL_HIT_PIDS
 NUM_POINTS = 4           # GOTEL_NUM_POINTS
 LIFECYCLE_PROGRAMS = ("probe_create_ax", "probe_create_bx", "probe_exit")
-DEFAULT_KINDS = frozenset({Kind.CREATE, Kind.RUN, Kind.PARK, Kind.READY, Kind.EXIT})
+# PREEMPT (running -> runnable: Gosched, preemption) is on by default: without it a goroutine's
+# runnable time after a yield is unknown, and go.schedule.duration would miss those waits. The trap
+# is paid for it anyway; recording it costs the ring write.
+DEFAULT_KINDS = frozenset({Kind.CREATE, Kind.RUN, Kind.PARK, Kind.READY, Kind.EXIT, Kind.PREEMPT})
 PROBED_FUNCTION = "runtime.casgstatus"
+# GC stack-scan stops (casGToPreemptScan) change the status without casgstatus: this function is
+# where they happen; its probe reports them as parks with reason "preempted" (bpf/gotel.c).
+PREEMPT_FUNCTION = "runtime.preemptPark"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +98,10 @@ def transition_table(statuses, kinds=DEFAULT_KINDS):
         (running, syscall, Kind.SYSCALL_ENTER),
         (syscall, running | runnable, Kind.SYSCALL_EXIT),
         (running, runnable | preempted, Kind.PREEMPT),
+        # A syscall that lost its P (sysmon retook it) ends runnable, waiting for one: with the
+        # syscall kinds off, that is reported as a preemption, so go.schedule.duration sees the
+        # wait that follows.
+        (syscall, runnable, Kind.PREEMPT),
         (copystack, running | waiting | runnable, Kind.STACK_COPY),
         (running | waiting | runnable, copystack, Kind.STACK_COPY),
     ]
@@ -113,6 +125,7 @@ def read_window(layout):
     g = layout.g
     needs = {kind: [("goid", 8)] for kind in Kind}
     needs[Kind.PARK].append(("waitreason", 1))
+    needs[Kind.RUN].append(("waitreason", 1))
     needs[Kind.CREATE] += [(f, 8) for f in ("parentGoid", "gopc", "startpc") if f in g]
     start = min(g[f] for fields in needs.values() for f, _ in fields)
     lengths = {kind: max(g[f] + size for f, size in fields) - start for kind, fields in needs.items()}
@@ -146,6 +159,7 @@ class Attachment:
     pid: int
     slot: int
     ev_name: bytes
+    extra: tuple = ()   # event names of the other uprobes of this attachment (preemptPark)
 
 
 class Probes:
@@ -174,6 +188,8 @@ class Probes:
             self._lifecycle_fns = {
                 name: [self.bpf.load_func(f"{name}_{i}".encode(), BPF.KPROBE)
                        for i in range(MAX_LAYOUTS)] for name in LIFECYCLE_PROGRAMS}
+            self._preempt_fns = [self.bpf.load_func(f"probe_preemptpark_{i}".encode(), BPF.KPROBE)
+                                 for i in range(MAX_LAYOUTS)]
         except Exception as e:
             raise ProbeError(f"compiling or loading {SOURCE} failed: {e}") from e
         self._layouts = self.bpf["layouts"]
@@ -216,15 +232,20 @@ class Probes:
         leaf.g_window, lengths = read_window(layout)
         for kind, n in lengths.items():
             leaf.window_len[kind] = n
-        st = layout.statuses
-        leaf.status_runnable = st["_Grunnable"] & 0xFF
-        leaf.status_running = st["_Grunning"] & 0xFF
-        leaf.status_dead = st["_Gdead"] & 0xFF
+        s = layout.statuses
+        # Statuses the lifecycle and preemptPark probes write into their events.
+        leaf.status_runnable = s["_Grunnable"]
+        leaf.status_running = s["_Grunning"]
+        leaf.status_dead = s["_Gdead"]
+        leaf.status_preempted = s.get("_Gpreempted", 9)
         if late_goid(binary):
-            s = layout.statuses
             leaf.late_goid_olds = (1 << (s["_Grunnable"] & 0xF)) | (1 << (s["_Gwaiting"] & 0xF))
-        for i, kind in enumerate(transition_table(layout.statuses, self.config.kinds)):
+        table = transition_table(layout.statuses, self.config.kinds)
+        for i, kind in enumerate(table):
             leaf.kinds[i] = int(kind)
+        if "preempted" in layout.wait_reasons and Kind.PARK in self.config.kinds:
+            leaf.preempt_kind = int(Kind.PARK)
+            leaf.preempted_reason = layout.wait_reasons.index("preempted")
         self._layouts[self._layouts.Key(slot)] = leaf
 
     def attach(self, binary, pid=-1):
@@ -267,7 +288,21 @@ class Probes:
                     f"attaching the uprobe to {path} at file offset {offset:#x} (pid {pid}) failed; "
                     f"does the process still exist, and is this gotel running as root?")
             self.bpf._add_uprobe_fd(ev_name, fd)
-            att = Attachment(path, offset, pid, slot, ev_name)
+            extra = []
+            stop = binary.functions.get(PREEMPT_FUNCTION)
+            if stop is not None:
+                stop_offset = binary.file_offset(stop.probe_address)
+                stop_name = ev_name + f"_p{stop_offset:x}".encode()
+                fd = lib.bpf_attach_uprobe(self._preempt_fns[slot].fd, 0, stop_name, path.encode(),
+                                           stop_offset, pid)
+                if fd < 0:
+                    self._detach_names([ev_name])
+                    raise ProbeError(
+                        f"attaching the uprobe to {path} at file offset {stop_offset:#x} "
+                        f"({PREEMPT_FUNCTION}, pid {pid}) failed")
+                self.bpf._add_uprobe_fd(stop_name, fd)
+                extra.append(stop_name)
+            att = Attachment(path, offset, pid, slot, ev_name, tuple(extra))
             self.attachments[key] = att
             return att
 
@@ -277,13 +312,17 @@ class Probes:
             for key, att in list(self.attachments.items()):
                 if att is attachment:
                     del self.attachments[key]
-            if attachment.ev_name in self.bpf.uprobe_fds:
+            self._detach_names((attachment.ev_name, *attachment.extra))
+
+    def _detach_names(self, names):
+        for name in names:
+            if name in self.bpf.uprobe_fds:
                 try:
-                    self.bpf.detach_uprobe_event(attachment.ev_name)
+                    self.bpf.detach_uprobe_event(name)
                 except Exception:
                     # The perf fd is closed first; what can fail after is only tracefs clean-up of
                     # a probe that perf_event_open created without tracefs.
-                    self.bpf.uprobe_fds.pop(attachment.ev_name, None)
+                    self.bpf.uprobe_fds.pop(name, None)
 
     def forget(self, pid):
         """Drop what the kernel side still holds for an exited process (creations of Go <= 1.23

@@ -21,7 +21,6 @@ hands on each batch: a PID forgotten on another thread is settled there.
 import collections
 import dataclasses
 import os
-import re
 import socket
 import threading
 import time
@@ -34,7 +33,6 @@ from receiver import platform
 from receiver.errors import GotelError
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-_GOWRAP = re.compile(r"\.gowrap\d+$")
 
 
 @dataclasses.dataclass(eq=False)
@@ -197,16 +195,16 @@ class Processes:
             return [("", "", 0)] * len(pcs)
         try:
             file_pcs = np.asarray(pcs, dtype=np.uint64) - np.uint64(proc.pc_bias())
+            # A goroutine's start PC that enters a compiler-made wrapper (go f(x)) names what it
+            # wraps, as Go's tracer and profiles do; only function entries can be start PCs, so
+            # creation sites (return addresses minus one) are left alone.
+            file_pcs = proc.binary.start_pcs(file_pcs)
             frames = proc.binary.symbolizer().symbolize(file_pcs)
         except Exception:  # noqa: BLE001  (a name is a nicety: never fail the caller for it)
             return [("", "", 0)] * len(pcs)
-        out = []
-        for pc, fn, file, line in zip(file_pcs.tolist(), frames.function.tolist(),
-                                      frames.file.tolist(), frames.line.tolist()):
-            if _GOWRAP.search(fn):
-                fn = wrapped_function(proc.binary, pc) or fn
-            out.append(("" if fn == "?" else fn, "" if file == "?" else file, int(line)))
-        return out
+        return [("" if fn == "?" else fn, "" if file == "?" else file, int(line))
+                for fn, file, line in zip(frames.function.tolist(), frames.file.tolist(),
+                                          frames.line.tolist())]
 
     def attach_stack(self, pid, goid):
         """The stack (Go's traceback text) goroutine goid had when gotel attached, or ""."""
@@ -279,34 +277,6 @@ def describe(pid, proc, host_name, pods=None):
     if pods is not None and where.get("k8s.pod.uid"):
         attrs.update(pods.attributes(where["k8s.pod.uid"], where.get("container.id", "")))
     return {k: v for k, v in attrs.items() if v != ""}
-
-
-def wrapped_function(binary, pc):
-    """The function a compiler-made ``go`` statement wrapper calls, or None.
-
-    Since Go 1.21 ``go f(x)`` starts ``pkg.caller.gowrapN``, a closure that calls ``f(x)``: the
-    goroutine's start PC names the wrapper, not ``f``. The wrapper's first direct call outside the
-    runtime (its prologue calls ``runtime.morestack*``) is ``f``. amd64 only (as gotel); None when
-    the code cannot be read or holds no such call (``f`` was inlined into the wrapper).
-    """
-    try:
-        import capstone
-
-        tab = binary.pclntab
-        i = int(tab.find(np.array([pc], dtype=np.uint64))[0])
-        if i < 0:
-            return None
-        entry, end = int(tab.entries[i]), int(tab.entries[i + 1])
-        code = binary.image.read(entry, min(end - entry, 4096))
-        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-        targets = [int(insn.op_str, 16) for insn in md.disasm(code, entry)
-                   if insn.mnemonic == "call" and insn.op_str.startswith("0x")]
-        if not targets:
-            return None
-        names = binary.symbolizer().function_names(np.array(targets, dtype=np.uint64))
-        return next((n for n in names.tolist() if n != "?" and not n.startswith("runtime.")), None)
-    except Exception:  # noqa: BLE001  (a name is a nicety: never fail the spans for it)
-        return None
 
 
 # -- /proc ---------------------------------------------------------------------------------------

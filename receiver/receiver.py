@@ -49,7 +49,8 @@ class Config:
     pids: tuple = ()
     paths: tuple = ()
     command: tuple = ()                    # argv of a program to launch and trace from its start
-    kinds: tuple = ("create", "run", "park", "ready", "exit")
+    # "preempt" (Gosched, preemption) is needed for go.schedule.duration to see those waits.
+    kinds: tuple = ("create", "run", "park", "ready", "exit", "preempt")
     ring_bytes: int = 8 << 20
     wakeup_bytes: int = 0                  # 0: a quarter of the ring
     poll_interval_s: float = dataclasses.field(default=0.05, metadata={"duration": "s"})

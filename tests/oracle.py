@@ -30,7 +30,10 @@ What is compared, and why some of gotel's parks are left out:
 import collections
 import dataclasses
 import re
+import statistics
 import subprocess
+
+import numpy as np
 
 from pipeline.app import gotool
 from receiver.events import Kind
@@ -73,6 +76,7 @@ TRACE_REASON = {
     "chan send (durable)": "chan send",
     "select (durable)": "select",
     "synctest.Wait (durable)": "synctest",
+    "preempted": "preempted",
 }
 # Reasons of goroutines the runtime runs for itself: the tracer says "system goroutine wait" (Go
 # 1.22+) or "" (older traces) or names the GC phase.
@@ -86,6 +90,10 @@ def trace_reason(wait_reason_name):
 
 def same_reason(tracer, gotel_name):
     mapped = trace_reason(gotel_name)
+    if mapped == "GC mark assist wait" and tracer == "GC mark assist wait for work":   # Go 1.22+
+        return True
+    if mapped == "preempted" and tracer == "":    # before Go 1.22 a GC stop is an unnamed block
+        return True
     return mapped == tracer or (mapped == SYSTEM and tracer in SYSTEM_REASONS)
 
 
@@ -95,6 +103,9 @@ class Goroutine:
     parent: int = None          # creator's goid (None: created outside the window)
     parks: list = dataclasses.field(default_factory=list)   # reasons, in order
     exited: bool = False
+    blocked: list = dataclasses.field(default_factory=list)  # ns from each park to its ready (None: open)
+    schedules: int = 0          # runnable -> running transitions
+    start: str = ""             # start function (the tracer's TransitionStack of its creation)
 
 
 @dataclasses.dataclass
@@ -106,9 +117,18 @@ class Trace:
 def parse(text):
     """Trace from the text of `go tool trace -d=parsed`."""
     gs, offset, last = {}, None, 0
+    parked = {}                 # goid -> time of its open park
+    naming = None               # the goroutine whose creation's TransitionStack comes next
     for line in text.splitlines():
-        if not line.startswith("M="):
+        if naming is not None and line.startswith("\t") and not line.startswith("\t\t"):
+            naming.start = line.strip().split(" @ ")[0]
+            naming = None
             continue
+        if not line.startswith("M="):
+            if line.startswith("Stack="):
+                naming = None
+            continue
+        naming = None
         m = TRANSITION.match(line)
         if m is None:
             s = SYNC.match(line)
@@ -124,12 +144,19 @@ def parse(text):
         if old == "NotExist":
             # G=-1: created with no goroutine running (by the runtime itself); gotel reads parentGoid 0.
             gs[goid] = Goroutine(goid, parent=max(int(creator), 0))
+            naming = gs[goid]
         g = gs.get(goid)
         if g is None:
             continue
         if old == "Running" and new == "Waiting":
             g.parks.append(reason)
-        elif new == "NotExist":
+            g.blocked.append(None)
+            parked[goid] = int(time)
+        elif old == "Waiting" and goid in parked:
+            g.blocked[-1] = int(time) - parked.pop(goid)
+        elif old == "Runnable" and new == "Running":
+            g.schedules += 1
+        if new == "NotExist":
             g.exited = True
     return Trace(gs, last + offset if offset is not None else None)
 
@@ -148,41 +175,58 @@ class View:
     goroutines: dict                                   # goid -> Goroutine
     internal: collections.Counter                      # internal waits excluded, by reason
     park_times: dict                                   # goid -> [monotonic ns of each park]
+    run_times: dict = None                             # goid -> [monotonic ns of each schedule]
 
 
-def from_events(events, layout, pid):
-    """View of one process from gotel's events (in ring order, ts still monotonic)."""
+def from_events(events, layout, pid, start_names=None):
+    """View of one process from gotel's events (in ring order, ts still monotonic).
+
+    A park ended by a run with no ready in between is runtime work (the decoder's rule), named by
+    the reason the run read. A schedule is a run after a creation, a ready or a preemption (the
+    decoder's go.schedule.duration). ``start_names`` maps a start PC to its name."""
     events = events[events["pid"] == pid]
-    waiting = layout.statuses["_Gwaiting"] & 0xF
-    gs, times, internal = {}, {}, collections.Counter()
-    open_park = {}                                     # goid -> index in its parks list
+    events = events[np.argsort(events["ts_ns"], kind="stable")]
+    gs, times, runs, internal = {}, {}, {}, collections.Counter()
+    open_park, last_kind = {}, {}                      # goid -> index in its parks list; last kind
     names = layout.wait_reasons
+
+    def name(wr):
+        return names[wr] if wr < len(names) else f"waitReason({wr})"
+
     for e in events.tolist():
-        ts, _g, goid, aux, _ps, _pc, _pid, _tid, kind, wr, old, _new, _cpu = e
+        ts, _g, goid, aux, ps, _pc, _pid, _tid, kind, wr, old, _new, _cpu = e
         if kind == Kind.CREATE:
-            gs[goid] = Goroutine(goid, parent=aux)
-            times[goid] = []
+            gs[goid] = Goroutine(goid, parent=aux, start=(start_names or {}).get(ps, ""))
+            times[goid], runs[goid] = [], []
+            last_kind[goid] = kind
             continue
         g = gs.get(goid)
         if g is None:
             continue
         if kind == Kind.PARK:
-            g.parks.append(names[wr] if wr < len(names) else f"waitReason({wr})")
+            g.parks.append(name(wr))
+            g.blocked.append(None)
             times[goid].append(ts)
             open_park[goid] = len(g.parks) - 1
-        elif kind == Kind.READY:
-            open_park.pop(goid, None)
-        elif kind == Kind.RUN and (old & 0xF) == waiting and goid in open_park:
+        elif kind == Kind.READY and goid in open_park:
             i = open_park.pop(goid)
-            internal[g.parks[i]] += 1
+            g.blocked[i] = ts - times[goid][i]
+        elif kind == Kind.RUN and last_kind.get(goid) == Kind.PARK and goid in open_park:
+            i = open_park.pop(goid)
+            internal[name(wr)] += 1
             g.parks[i] = None
         elif kind == Kind.EXIT:
             g.exited = True
+        if kind == Kind.RUN and last_kind.get(goid) in (Kind.CREATE, Kind.READY, Kind.PREEMPT):
+            g.schedules += 1
+            runs[goid].append(ts)
+        last_kind[goid] = kind
     for goid, g in gs.items():
         keep = [i for i, r in enumerate(g.parks) if r is not None]
         g.parks = [g.parks[i] for i in keep]
+        g.blocked = [g.blocked[i] for i in keep]
         times[goid] = [times[goid][i] for i in keep]
-    return View(gs, internal, times)
+    return View(gs, internal, times, runs)
 
 
 @dataclasses.dataclass
@@ -220,3 +264,158 @@ def compare(trace, view, offset_ns=0):
             mismatches.append((goid, t, Goroutine(goid, g.parent, parks, g.exited)))
     return Comparison(len(trace.goroutines), agreed, mismatches, view.internal)
 
+
+
+@dataclasses.dataclass
+class Fidelity:
+    """gotel against the tracer over the goroutines created inside the trace window (see
+    ``fidelity``): each figure with what it was computed from."""
+
+    tracer_parks: int
+    recalled: int               # tracer parks gotel also saw (per goroutine, up to its count)
+    extra: int                  # parks gotel saw beyond the tracer's count
+    aligned: int                # parks compared position by position (same count both sides)
+    same_reason: int
+    durations: list             # |gotel - tracer| blocked ns of aligned parks that agree
+    tracer_schedules: int
+    gotel_schedules: int
+    named: int                  # goroutines whose start function both name
+    same_name: int
+    zero_length: int            # goroutines that lived whose gotel span has no length (spans given)
+    name_mismatches: collections.Counter
+    reason_mismatches: collections.Counter
+    internal: collections.Counter
+    opaque_names: int = 0       # goroutines the tracer names by an opaque wrapper
+
+    @property
+    def recall(self):
+        return self.recalled / self.tracer_parks if self.tracer_parks else 1.0
+
+    @property
+    def reason_agreement(self):
+        return self.same_reason / self.aligned if self.aligned else 1.0
+
+    @property
+    def median_duration_diff_ns(self):
+        return statistics.median(self.durations) if self.durations else 0
+
+    @property
+    def schedule_ratio(self):
+        return self.gotel_schedules / self.tracer_schedules if self.tracer_schedules else 1.0
+
+    @property
+    def name_agreement(self):
+        return self.same_name / self.named if self.named else 1.0
+
+    def line(self):
+        return (f"park recall {self.recall:.4f} ({self.recalled}/{self.tracer_parks}, {self.extra} "
+                f"extra), wait reasons {self.reason_agreement:.4f} ({self.same_reason}/"
+                f"{self.aligned}), median |park duration diff| "
+                f"{self.median_duration_diff_ns / 1000:.1f} us over {len(self.durations)}, "
+                f"schedules {self.gotel_schedules}/{self.tracer_schedules} "
+                f"({self.schedule_ratio:.3f}), start names {self.name_agreement:.4f} "
+                f"({self.same_name}/{self.named}, {self.opaque_names} of them by an opaque wrapper), "
+                f"zero-length spans {self.zero_length}, "
+                f"runtime work {dict(self.internal)}")
+
+
+def wrappers(binary):
+    """Names of every compiler-made wrapper (funcID wrapper) of the binary."""
+    tab, sym = binary.pclntab, binary.symbolizer()
+    return {tab.name(i) for i in np.flatnonzero(tab.func_ids() == sym.wrapper_func_id).tolist()}
+
+
+def opaque_wrappers(binary):
+    """Names of the binary's compiler-made wrappers (funcID wrapper) that carry no WrapInfo: Go
+    1.19-1.21 wrap a closure called with arguments (``go func(x T){...}(v)``) so, and call the
+    closure through its context, so what they wrap is known only at run time. Go's tracer of those
+    versions names such goroutines by the wrapper (``startPCforTrace`` has nothing to follow);
+    ``/debug/pprof/goroutine`` shows the closure, from the stack."""
+    from receiver import pclntab as pcln
+
+    tab, sym = binary.pclntab, binary.symbolizer()
+    ids = tab.func_ids()
+    out = set()
+    for i in np.flatnonzero(ids == sym.wrapper_func_id).tolist():
+        if tab.funcdata_offset(i, pcln.FUNCDATA_WRAPINFO) is None:
+            out.add(tab.name(i))
+    return out
+
+
+def fidelity(trace, view, offset_ns=0, spans=None, opaque=frozenset()):
+    """Compare per goroutine created inside the trace window. gotel's parks and schedules after the
+    window are cut: by time where the trace relates its clock to CLOCK_MONOTONIC (Go 1.22+), else
+    by the tracer's count for goroutines still alive at its end (schedules are compared only for
+    goroutines that exited inside the window then). Goroutines the tracer names by an ``opaque``
+    wrapper (see ``opaque_wrappers``) are counted in ``opaque_names``: gotel names them so too.
+    ``spans`` (SPAN_DTYPE, gotel's decoder output)
+    adds the count of zero-length goroutine spans of goroutines that ran (first parts: a CONTINUED
+    part begins at a roll-over, and one ended by the end of tracing at that instant has no length)."""
+    f = Fidelity(0, 0, 0, 0, 0, [], 0, 0, 0, 0, 0, collections.Counter(), collections.Counter(),
+                 view.internal)
+    for goid, t in trace.goroutines.items():
+        g = view.goroutines.get(goid)
+        f.tracer_parks += len(t.parks)
+        if g is None:
+            continue
+        parks, blocked, runs = g.parks, g.blocked, g.schedules
+        if trace.mono_end is not None:
+            cut = [ts - offset_ns <= trace.mono_end for ts in view.park_times[goid]]
+            parks = [r for r, c in zip(parks, cut) if c]
+            blocked = [b for b, c in zip(blocked, cut) if c]
+            runs = sum(ts - offset_ns <= trace.mono_end for ts in view.run_times[goid])
+        elif not t.exited:
+            parks, blocked = parks[:len(t.parks)], blocked[:len(t.parks)]
+            runs = None
+        f.recalled += min(len(parks), len(t.parks))
+        f.extra += max(0, len(parks) - len(t.parks))
+        if len(parks) == len(t.parks):
+            for a, b, da, db in zip(t.parks, parks, t.blocked, blocked):
+                f.aligned += 1
+                if same_reason(a, b):
+                    f.same_reason += 1
+                    if da is not None and db is not None:
+                        f.durations.append(abs(da - db))
+                else:
+                    f.reason_mismatches[(a, b)] += 1
+        if runs is not None:
+            f.tracer_schedules += t.schedules
+            f.gotel_schedules += runs
+        if t.start in opaque:
+            f.opaque_names += 1
+        if t.start:
+            f.named += 1
+            if g.start == t.start:
+                f.same_name += 1
+            else:
+                f.name_mismatches[(t.start, g.start)] += 1
+    if spans is not None:
+        from pipeline.spans import SpanFlag, SpanKind
+
+        gs = spans[(spans["kind"] == SpanKind.GOROUTINE) & ((spans["flags"] & SpanFlag.CONTINUED) == 0)]
+        lived = {goid for goid, t in trace.goroutines.items() if t.schedules}
+        zero = gs[(gs["start_ns"] == gs["end_ns"]) & np.isin(gs["goid"], list(lived) or [-1])]
+        f.zero_length = int(zero.size)
+    return f
+
+
+GOROUTINE_HEADER = re.compile(r"^goroutine (\d+) \[")
+
+
+def pprof_start_functions(text):
+    """{goid: start function} from ``/debug/pprof/goroutine?debug=2``: the bottom frame of each
+    goroutine's stack, as the runtime prints it (wrapper frames elided, inlined frames expanded)."""
+    out = {}
+    for block in text.split("\n\n"):
+        lines = block.strip("\n").splitlines()
+        m = GOROUTINE_HEADER.match(lines[0]) if lines else None
+        if m is None:
+            continue
+        frames = [line for line in lines[1:] if line and not line.startswith("\t")
+                  and not line.startswith("created by ") and not line.startswith("...")
+                  and not line.startswith("runtime.goexit(")]
+        if frames:
+            last = frames[-1]
+            cut = last.rfind("(")
+            out[int(m.group(1))] = last[:cut] if cut > 0 and last.endswith(")") else last
+    return out

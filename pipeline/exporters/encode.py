@@ -13,8 +13,9 @@ Span names are the goroutine's start function (``main.worker``, ``net/http.(*con
 that is a standard-library wrapper that only calls a function value (``sync.(*WaitGroup).Go.func1``,
 ``time.goFunc``), the user's function is not in the goroutine record, so the name becomes the
 function that created the goroutine when that one is the user's code, and the wrapper stays in
-``code.function.name``. (The compiler's own ``pkg.f.gowrapN`` wrappers of ``go f(x)`` are resolved
-to ``f`` where the symbolizer can, in receiver/processes.py.) Park spans are named by their wait reason
+``code.function.name``. (The compiler's own wrappers of ``go f(x)``, ``pkg.caller.gowrapN`` or
+``funcN``, are named ``f`` from their FUNCDATA_WrapInfo, as Go's tracer does:
+``GoBinary.start_pcs``, in receiver/processes.py.) Park spans are named by their wait reason
 ("chan receive"); with ``park_mode: events`` parks are span events of their goroutine's span.
 
 Thread-safety: one encoder is used by one thread (the pipeline's), its caches are plain dicts.

@@ -16,8 +16,10 @@ rounds T to ``threshold_digits`` hex digits (short tracestate). Spans of traces 
 their old T, so the exported rate follows a load change within about one trace lifetime plus one
 window.
 
-Anomalies (``anomaly_park_s``: a park at least that long; ``anomaly_lifetime_s``: a goroutine span
-whose goroutine has lived at least that long) are always exported, flagged ANOMALY. In a kept trace
+Anomalies (``anomaly_park_s``, 1 s by default: a park at least that long, with its goroutine's
+span when that is in the same batch, as it is for a goroutine still parked when tracing ends, a
+leak suspect; ``anomaly_lifetime_s``, off by default: a goroutine span whose goroutine has lived at
+least that long) are always exported, flagged ANOMALY. In a kept trace
 that changes nothing. A dropped trace cannot be completed after the fact (its earlier rows are
 gone), so an anomaly there is exported as a standalone root of the same trace: ``parent_span_id`` is
 cleared, the original parent is kept as its link (``link_*``, when the row had no link), threshold 0
@@ -67,8 +69,8 @@ class Config:
     smoothing: float = 0.5
     min_probability: float = 1e-4
     threshold_digits: int = 4
-    # 0: off
-    anomaly_park_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
+    # 0: off; long waits and leak suspects (still parked at the end) are always kept
+    anomaly_park_s: float = dataclasses.field(default=1.0, metadata={"duration": "s"})
     # 0: off
     anomaly_lifetime_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
     decision_ttl_s: float = dataclasses.field(default=60.0, metadata={"duration": "s"})
@@ -216,9 +218,12 @@ class AdaptiveSampler(Stage):
             anomaly |= (spans["kind"] == SpanKind.GOROUTINE) & (born > 0) & (
                 spans["end_ns"] - born >= np.uint64(self._life_ns))
         events = (spans["flags"] & SpanFlag.AS_EVENT) != 0
-        if (anomaly & events).any():
-            # An anomalous park event needs its goroutine span, and that span its park events.
-            owners = spans["parent_span_id"][anomaly & events]
+        parks = anomaly & (spans["kind"] == SpanKind.PARK)
+        if parks.any():
+            # A long park brings its goroutine span when that is in the batch (always for a park
+            # event, and for a park still open when its goroutine's span ended: a leak suspect),
+            # and that span its park events.
+            owners = spans["parent_span_id"][parks]
             goroutine = spans["kind"] == SpanKind.GOROUTINE
             anomaly |= goroutine & np.isin(spans["span_id"], owners)
         if events.any() and anomaly.any():
@@ -230,7 +235,9 @@ class AdaptiveSampler(Stage):
     def _reroot(out, standalone):
         """Anomalies of dropped traces become roots; the parent they had becomes their link."""
         events = (out["flags"] & SpanFlag.AS_EVENT) != 0
-        r = standalone & ~events & (out["parent_span_id"] != 0)
+        # A park whose goroutine span is exported with it keeps its parent.
+        r = standalone & ~events & (out["parent_span_id"] != 0) & ~np.isin(
+            out["parent_span_id"], out["span_id"][standalone])
         unlinked = r & (out["link_span_id"] == 0)
         out["link_trace_hi"][unlinked] = out["trace_hi"][unlinked]
         out["link_trace_lo"][unlinked] = out["trace_lo"][unlinked]

@@ -2,8 +2,9 @@
 
 Per goroutine: creation by its parent (_Gdead -> _Grunnable, with the parent's goid), first run
 (_Grunnable -> _Grunning), then parks (_Grunning -> _Gwaiting, a wait reason), each followed by
-ready (_Gwaiting -> _Grunnable) and run again, or, for some parks, a direct resume
-(_Gwaiting -> _Grunning, as the GC's mark workers do), and finally exit (_Grunning -> _Gdead).
+ready (_Gwaiting -> _Grunnable) and run again, or, for some, a direct resume
+(_Gwaiting -> _Grunning, as the GC's mark workers do: runtime work, not a park, so truth["parks"]
+counts only the others), and finally exit (_Grunning -> _Gdead).
 The events are delivered the way the ring buffer does: sorted per CPU, interleaved across CPUs.
 """
 
@@ -95,7 +96,7 @@ def workload(n, parks=3, pid=100, seed=0, spread_ns=1_000_000_000, first_goid=10
     # The ring buffer: each CPU's records in time order, CPUs interleaved in chunks.
     flat = _interleave(flat)
     truth = {"goid": goid, "born": T0 + born, "exit": T0 + ts[:, per - 1],
-             "parks": n * parks, "direct": int(direct.sum()), "n": n}
+             "parks": n * parks - int(direct.sum()), "direct": int(direct.sum()), "n": n}
     return flat, truth
 
 

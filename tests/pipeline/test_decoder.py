@@ -67,14 +67,16 @@ def test_goroutine_lifecycle_gives_span_and_park_children():
     assert w["parent_span_id"] == main["span_id"] and w["parent_goid"] == 1
     assert (w["trace_hi"], w["trace_lo"]) == (main["trace_hi"], main["trace_lo"])
     assert w["start_ns"] - gosim.T0 == 10 and w["end_ns"] - gosim.T0 == 500
-    assert w["flags"] & SpanFlag.EXITED and w["n_parks"] == 2
+    assert w["flags"] & SpanFlag.EXITED and w["n_parks"] == 1
     assert w["start_pc"] == 0x1001 and w["create_pc"] == 0x2001
     parks = spans[spans["kind"] == SpanKind.PARK]
     parks = parks[np.argsort(parks["start_ns"])]
     assert (parks["parent_span_id"] == w["span_id"]).all()
     assert [(int(p["start_ns"] - gosim.T0), int(p["end_ns"] - gosim.T0), int(p["blocked_ns"]),
              int(p["runnable_ns"]), int(p["wait_reason"])) for p in parks] == [
-        (30, 150, 100, 20, CHAN_RECEIVE), (200, 400, 200, 0, SELECT)]
+        (30, 150, 100, 20, CHAN_RECEIVE)]
+    # Resumed without a ready: runtime work, not a wait (counted, no span).
+    assert d.runtime_work == 1 and d.runtime_work_by == {(100, 0): (1, 200)}
     assert d.live_goroutines == 0
 
 
@@ -157,7 +159,7 @@ def test_any_batching_and_cpu_interleaving_gives_the_same_spans(mode, batch, see
     whole = _canonical(run(np.sort(ev, order="ts_ns"), config)[1])
     d, spans = run(ev, config, batch=batch)
     assert _canonical(spans) == whole
-    assert sum(d.counters().values()) == 0
+    assert sum(d.counters().values()) == d.runtime_work == truth["direct"]
     assert_tree(spans)
     assert (spans["kind"] == SpanKind.GOROUTINE).sum() == truth["n"] + 1
     assert (spans["kind"] == SpanKind.PARK).sum() == truth["parks"]
@@ -233,6 +235,37 @@ def test_long_lived_goroutine_continues_in_linked_traces():
     assert parts["n_parks"].sum() == 60
 
 
+def test_count_roll_overs_move_only_busy_goroutines_and_parks_keep_their_start():
+    """A trace full by span count rolls over only the goroutines that did something since their
+    part began: 10 idle waiters (one 5 s park each) are emitted once, not at every roll, while a
+    busy goroutine (goid 90) parks 300 times; each waiter's park keeps its real start and length."""
+    rows = [(0, 1, E, 0)]
+    for w in range(10):
+        rows += [(10 + w, 60 + w, C, 1), (20 + w, 60 + w, R), (30 + w, 60 + w, P, 0, CHAN_RECEIVE)]
+    rows += [(40, 90, C, 1), (50, 90, R)]
+    t = MS
+    for i in range(300):
+        rows += [(t, 90, P, 0, SELECT), (t + 1000, 90, Y), (t + 2000, 90, R)]
+        t += 10_000
+    end = 5000 * MS
+    for w in range(10):
+        rows += [(end + w, 60 + w, Y), (end + 100 + w, 60 + w, R), (end + 200 + w, 60 + w, X)]
+    rows += [(end + 300, 90, X)]
+    d, spans = run(events(rows), Config(max_spans_per_trace=20), batch=30)
+    assert_tree(spans)
+    assert d.traces_rolled >= 5
+    g = spans[spans["kind"] == SpanKind.GOROUTINE]
+    waiters = g[(g["goid"] >= 60) & (g["goid"] < 70)]
+    assert waiters.size <= 20                      # each at most its first part and one roll
+    assert (g[g["goid"] == 90].size) >= 5          # the busy one rolls with its trace
+    parks = spans[(spans["kind"] == SpanKind.PARK) & (spans["goid"] >= 60) & (spans["goid"] < 70)]
+    assert parks.size == 10
+    assert ((parks["start_ns"] - gosim.T0) == 30 + parks["goid"] - 60).all()
+    assert (parks["end_ns"] - parks["start_ns"] == parks["blocked_ns"] + parks["runnable_ns"]).all()
+    first = g[(g["flags"] & SpanFlag.CONTINUED) == 0]
+    assert (first["start_ns"] == first["born_ns"]).all()
+
+
 def test_goroutines_open_at_shutdown_are_ended_then():
     ev = events([(0, 1, E, 0), (10, 60, C, 1), (20, 60, R), (30, 60, P, 0, CHAN_RECEIVE)])
     d, spans = run(ev)
@@ -290,7 +323,7 @@ def test_decoder_feeds_runtime_metrics_from_every_event():
     assert lifetimes["sum"] == pytest.approx((truth["exit"] - truth["born"]).sum() / 1e9)
     parks = sum(v["count"] for v in snap["go.goroutine.park.duration"].values())
     assert parks == truth["parks"]
-    assert snap["go.schedule.duration"][(100, None)]["count"] == 500 + truth["parks"] - truth["direct"]
+    assert snap["go.schedule.duration"][(100, None)]["count"] == 500 + truth["parks"]
 
 
 def test_config_validation_lists_every_problem():
@@ -417,9 +450,8 @@ def _reference(per_goroutine):
             if kind == R:
                 if state in ("runnable", "ready") and t_other > 0:
                     sched.append(ts - t_other)
-                if is_open and t_park > 0:
-                    ready = t_other if state == "ready" else ts
-                    parks.append((goid, t_park, ts, ready - t_park, ts - ready, reason))
+                if is_open and t_park > 0 and state == "ready":   # else runtime work
+                    parks.append((goid, t_park, ts, t_other - t_park, ts - t_other, reason))
             parked = kind == P or (kind == E and status == gosim.WAITING)
             if parked:
                 t_park, reason, is_open = ts, wr, True

@@ -9,6 +9,7 @@ from pipeline.ids import IdGenerator, format_threshold, randomness
 from pipeline.metrics import GoRuntimeMetrics
 from pipeline.processors.sampler import AdaptiveSampler, Config, probability_of, threshold_for
 from pipeline.spans import SpanFlag, SpanKind, empty_spans
+from receiver.events import Kind
 
 NS = 1_000_000_000
 
@@ -138,10 +139,19 @@ def test_anomalies_of_dropped_traces_are_kept_as_standalone_roots():
     rows["born_ns"] = 1
     rows["end_ns"] = [2, 3 * NS, NS, 100 * NS]
     out = sampler.process(rows)
-    assert sorted(out["span_id"].tolist()) == [12, 14]
+    # The long park (12) brings its goroutine (11); the long-lived goroutine (14) keeps 11 as its
+    # parent, exported with it.
+    assert sorted(out["span_id"].tolist()) == [11, 12, 14]
     assert (out["flags"] & SpanFlag.ANOMALY).all()
+    assert (out["parent_span_id"] == [0, 11, 11]).all()
+    assert (out["sample_threshold"] == 0).all() and sampler.anomalies_kept == 3
+    # Without its parent in the batch, an anomaly becomes a root linked to that parent.
+    rows["span_id"][0] = 10
+    sampler = AdaptiveSampler(Config(anomaly_park_s=1.0, anomaly_lifetime_s=60), clock=clock)
+    sampler.threshold = (1 << 56) - (1 << 40)
+    out = sampler.process(rows)
+    assert sorted(out["span_id"].tolist()) == [12, 14]
     assert (out["parent_span_id"] == 0).all() and (out["link_span_id"] == 11).all()
-    assert (out["sample_threshold"] == 0).all() and sampler.anomalies_kept == 2
 
 
 def test_anomalous_park_event_brings_its_goroutine_span():
@@ -200,3 +210,42 @@ def test_sampling_changes_no_metric_and_keeps_decoded_traces_whole():
     assert sampled_metrics == truth_metrics
     assert 0 < kept.size < everything.size
     assert_complete(everything, kept)
+
+
+def test_stuck_goroutines_survive_a_sampler_that_drops_almost_everything():
+    """20,000 goroutines, 2,000 of them stuck on a channel until tracing ends: with the default
+    configuration (anomaly_park 1 s) every stuck goroutine's open park and its span are exported,
+    however little of the rest the sampler keeps; the summary says how much was dropped."""
+    from gosim import CHAN_RECEIVE, events
+    from pipeline.summary import Summary, SummaryTap
+
+    C, R, P, X, E = Kind.CREATE, Kind.RUN, Kind.PARK, Kind.EXIT, Kind.EXISTING
+    rows = [(0, 1, E, 0)]
+    for i in range(20_000):
+        goid = 10 + i
+        rows += [(10 + i, goid, C, 1), (20 + i, goid, R), (30 + i, goid, P, 0, CHAN_RECEIVE)]
+        if i % 10:
+            rows += [(100_000 + i, goid, Kind.READY), (100_010 + i, goid, R), (100_020 + i, goid, X)]
+    rows += [(3 * NS, 1, R)]                        # tracing ends 3 s in
+    ev = events(rows)
+    ev = ev[np.argsort(ev["ts_ns"], kind="stable")]
+    tap = SummaryTap()
+    d = EventDecoder()
+    sampler = AdaptiveSampler(Config(), clock=Clock())
+    sampler.threshold = (1 << 56) - (1 << 44)       # keeps about 1 trace in 4096
+    out = []
+    for spans in (d.process(ev), d.flush()):
+        out.append(sampler.process(tap.process(spans)))
+    out = np.concatenate(out)
+    stuck = {10 + i for i in range(0, 20_000, 10)}
+    kept = out[np.isin(out["goid"], list(stuck))]
+    assert set(kept["goid"][kept["kind"] == SpanKind.GOROUTINE].tolist()) == stuck
+    assert set(kept["goid"][kept["kind"] == SpanKind.PARK].tolist()) == stuck
+    assert (kept["flags"] & SpanFlag.ANOMALY).all()
+    parks = kept[kept["kind"] == SpanKind.PARK]
+    assert (parks["parent_span_id"] != 0).all()       # each under its goroutine's span
+    assert sampler.spans_dropped > 30_000
+    text = Summary(tap, dropped={"traces/sampler": sampler.spans_dropped},
+                   anomalies_kept=sampler.anomalies_kept).render()
+    assert f"{sampler.spans_dropped} dropped by traces/sampler" in text
+    assert "longest parks" in text and "pid 100 goroutine" in text

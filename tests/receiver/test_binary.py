@@ -207,7 +207,8 @@ def test_probe_placement_agrees_with_go_objdump(inspectme, version, variant):
         # The prologue: a stack check (cmp; jbe) unless nosplit (casgstatus).
         split = 0 if name == "runtime.casgstatus" else 2
         if split:
-            assert "0x10(R14)" in insns[0][1] and insns[0][1].startswith("CMPQ")
+            # stackguard0, or stackguard1 for a //go:systemstack function (preemptPark)
+            assert ("0x10(R14)" in insns[0][1] or "0x18(R14)" in insns[0][1]) and insns[0][1].startswith("CMPQ")
             assert insns[1][1].startswith("JBE")
         if version == "1.19":
             # Frames start with sub rsp, which the kernel single-steps: the probe moved on along the

@@ -1,0 +1,3 @@
+module example.com/gotel/fidelity
+
+go 1.21
