@@ -67,7 +67,8 @@ def step(binary, rate, seconds):
     rx = service.receiver
     result.update({
         "target_events_per_s": rate, "offered_events_per_s": ops * EVENTS_PER_OP / ran,
-        "offered": ops * EVENTS_PER_OP, "captured": rx.events, "lost": rx.lost,
+        "offered": ops * EVENTS_PER_OP, "captured": rx.events, "lost": rx.refused,
+        "lost_ring": rx.lost, "lost_buffer": rx.overflowed, "buffer_peak": rx.buffer.peak,
         "spans": service.tap.spans, "peak_rss": peak,
         "sampler_kept": sampler.items_out / sampler.items_in if sampler and sampler.items_in else None})
     return result

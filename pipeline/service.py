@@ -500,7 +500,7 @@ class Service:
         out = {}
         rid = self.receiver_id
         events = getattr(self.receiver, "events", 0)
-        lost = getattr(self.receiver, "lost", 0)
+        lost = getattr(self.receiver, "refused", 0)     # ring full + receiver buffer full
         out[("otelcol_receiver_accepted_events", (("receiver", rid),))] = events
         out[("otelcol_receiver_refused_events", (("receiver", rid),))] = lost
         out[("otelcol_receiver_accepted_spans", (("receiver", rid),))] = self.tap.spans
@@ -564,7 +564,7 @@ class Service:
                 s = sent.setdefault(f"{signal} ({eid})", [0, 0])
                 s[0] += c.get(f"sent_{item}", signal)
                 s[1] += c.get(f"send_failed_{item}", signal) + c.get(f"enqueue_failed_{item}", signal)
-        return Summary(self.tap, self.encoder, lost_events=getattr(self.receiver, "lost", 0),
+        return Summary(self.tap, self.encoder, lost_events=getattr(self.receiver, "refused", 0),
                        events=getattr(self.receiver, "events", 0), outputs=self.output_paths(),
                        exported={k: tuple(v) for k, v in sent.items()},
                        processes=list(self.registry))

@@ -3,17 +3,21 @@ processes, as numpy batches of ``EVENT_DTYPE``, handed to the next stage.
 
 ``start()`` compiles the probes, resolves the targets (PIDs, binaries, a command it launches held
 until the probe is in place), attaches, emits the goroutines that already exist as ``Kind.EXISTING``
-events, and starts the one poller thread. That thread waits on the ring buffer (a wakeup past the
-watermark, or ``poll_interval_s``), converts timestamps to Unix ns in bulk, fills in goroutines it
-has never heard of (read from the process), and calls ``next.consume(batch)``; every
-``check_interval_s`` it retires processes that exited (detaching their probe, after their last
-events came out) and reports lost events from the kernel's counter.
+events, and starts two threads. The poller waits on the ring buffer (a wakeup past the watermark, or
+``poll_interval_s``) and only copies the records into a bounded ``EventBuffer`` (``buffer_events``
+events): it never waits on a pipeline stage, so a slow stage cannot make the kernel's ring overflow.
+Every ``check_interval_s`` it retires processes that exited (detaching their probe, after their
+last events came out) and reports lost events: the kernel's counter (ring full) and the buffer's
+(``overflowed``: the pipeline fell ``buffer_events`` behind). The pipeline thread takes everything
+buffered as one batch, converts timestamps to Unix ns in bulk, fills in goroutines it has never
+heard of (read from the process), and calls ``next.consume(batch)``.
 
 Errors: ``start()`` raises ``TargetError`` (no such PID, not a Go program, ...) or ``ProbeError``
 before anything runs; after that, nothing raises: a process that dies is logged and retired, and
-gotel keeps tracing the others. ``lost`` counts events the kernel could not store (ring full).
+gotel keeps tracing the others. ``lost`` counts events the kernel could not store (ring full),
+``overflowed`` those the buffer could not hold; ``refused`` is both.
 Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.consume`` runs on the
-poller thread only.
+pipeline thread only.
 """
 
 import dataclasses
@@ -28,6 +32,7 @@ import numpy as np
 from pipeline.stage import Stage
 from receiver import existing, probes, targets
 from receiver.clock import MonotonicClock
+from receiver.drain import EventBuffer
 from receiver.errors import ConfigError, GotelError, TargetError
 from receiver.events import Kind
 from receiver.ringbuf import RingBufferReader
@@ -50,6 +55,10 @@ class Config:
     poll_interval_s: float = 0.05
     check_interval_s: float = 0.2
     existing: bool = True                  # emit goroutines alive at attach, and read unknown ones
+    # Events copied out of the ring and not yet through the pipeline (64 bytes each; 2 Mi events,
+    # 128 MiB, only when the pipeline is that far behind): ~2 s at the probes' top rate here.
+    buffer_events: int = 1 << 21
+    max_batch_events: int = 1 << 18        # the most events the pipeline takes in one batch
 
     def validate(self, path="receivers::goroutines"):
         problems = []
@@ -64,6 +73,8 @@ class Config:
             problems.append(f"{path}::kinds: unknown {unknown}; choose from {sorted(KIND_NAMES)}")
         if self.poll_interval_s <= 0 or self.check_interval_s <= 0:
             problems.append(f"{path}: poll_interval_s and check_interval_s must be > 0")
+        if self.buffer_events < 1 or self.max_batch_events < 1:
+            problems.append(f"{path}: buffer_events and max_batch_events must be >= 1")
         problems += [f"{path}: {p}" for p in self.probe_config().validate()] if not unknown else []
         return problems
 
@@ -86,7 +97,9 @@ class GoroutineReceiver(Stage):
         self.reader = None
         self.clock = MonotonicClock()
         self.lost = 0
+        self.overflowed = 0                 # events the EventBuffer had no room for
         self.events = 0
+        self.buffer = EventBuffer(config.buffer_events, config.max_batch_events)
         self.failed_batches = 0             # batches the next stage raised on (dropped)
         self._next_error_log = 0.0
         self.finished = threading.Event()   # set when every target has exited (none left to trace)
@@ -94,6 +107,7 @@ class GoroutineReceiver(Stage):
         self._launch_options = dict(launch_options or {})   # subprocess.Popen keywords (stdio)
         self._stop = threading.Event()
         self._thread = None
+        self._pipeline_thread = None
         self._path_targets = []             # (Target, GoBinary, Attachment, (dev, ino))
         self._seen_pids = set()             # pids whose events came through (registered or not)
         # pid -> goids seen, only for processes whose goroutines at attach could not be read
@@ -123,9 +137,17 @@ class GoroutineReceiver(Stage):
         except BaseException:
             self._teardown()
             raise
+        self._pipeline_thread = threading.Thread(target=self._pipeline_loop, daemon=True,
+                                                 name="gotel-pipeline")
+        self._pipeline_thread.start()
         self._thread = threading.Thread(target=self._run, name="gotel-receiver", daemon=True)
         self._thread.start()
         return self
+
+    @property
+    def refused(self):
+        """Events lost before the pipeline: ring full (kernel) plus buffer full (user space)."""
+        return self.lost + self.overflowed
 
     def _attach_pid(self, target, pid, binary=None, popen=None):
         if not targets.is_running(pid):
@@ -202,10 +224,14 @@ class GoroutineReceiver(Stage):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
+        self.buffer.close()
+        if self._pipeline_thread is not None:
+            self._pipeline_thread.join(max(0.0, deadline - time.monotonic()))
         self._teardown()
         super().shutdown(max(0.0, deadline - time.monotonic()))
 
     def _teardown(self):
+        self.buffer.close()
         for retire in self._retirements:
             retire.join()
         if self.reader is not None:
@@ -221,22 +247,45 @@ class GoroutineReceiver(Stage):
     # -- poller thread ----------------------------------------------------------------------------
 
     def _run(self):
+        """The poller: ring -> EventBuffer, and the periodic check. Never runs a stage."""
         next_check = 0.0
         try:
             for batch in self._pending:
-                self._deliver(batch)
+                self._buffer(batch)
             self._pending.clear()
             while not self._stop.is_set():
-                self._deliver(self.reader.poll(self.config.poll_interval_s))
+                self._buffer(self.reader.poll(self.config.poll_interval_s))
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + self.config.check_interval_s
                     self._check()
-            self._deliver(self.reader.read())   # what was committed before shutdown
+            self._buffer(self.reader.read())   # what was committed before shutdown
             self._check()
         except Exception:
             log.exception("receiver poller stopped by an unexpected error")
             self.finished.set()
+        finally:
+            self.buffer.close()     # the pipeline thread empties the buffer, then ends
+
+    def _buffer(self, batch):
+        if len(batch):
+            self.buffer.put(batch)
+
+    def _pipeline_loop(self):
+        """The pipeline thread: takes everything buffered as one batch and runs the stages on it."""
+        while True:
+            batch = self.buffer.take(0.2)
+            if batch is None:
+                if self.buffer.closed:
+                    return
+                continue
+            try:
+                self._deliver(batch)
+            except Exception:   # noqa: BLE001  (this thread must live: the buffer would fill)
+                log.exception("receiver dropped a batch of %d events on an unexpected error",
+                              len(batch))
+            finally:
+                self.buffer.done(len(batch))
 
     def _deliver(self, batch):
         if not len(batch):
@@ -355,15 +404,17 @@ class GoroutineReceiver(Stage):
             status = proc.popen.poll() if proc.popen is not None else None
             if status is None and targets.is_running(proc.pid):
                 continue
-            # Its last events were committed before it died: drain them before detaching.
-            self._deliver(self.reader.read())
+            # Its last events were committed before it died: drain them before detaching, and
+            # mark it exited only once the pipeline went through them.
+            self._buffer(self.reader.read())
+            mark = self.buffer.appended
             mem = self._mem.pop(proc.pid, None)
             if mem is not None:
                 mem.close()
             # Unregistering a uprobe waits on the kernel (0.1-0.15 s measured here): that happens
             # on a thread of its own, while this one keeps draining the ring for other targets.
             self._retiring.add(proc.pid)
-            retire = threading.Thread(target=self._retire, args=(proc, status), daemon=True,
+            retire = threading.Thread(target=self._retire, args=(proc, status, mark), daemon=True,
                                       name=f"gotel-retire-{proc.pid}")
             self._retirements = [t for t in self._retirements if t.is_alive()] + [retire]
             retire.start()
@@ -372,15 +423,23 @@ class GoroutineReceiver(Stage):
             log.warning("%d events lost: the ring buffer (%d bytes) was full; raise ring_bytes",
                         lost - self.lost, self.config.ring_bytes)
             self.lost = lost
+        overflowed = self.buffer.overflowed
+        if overflowed > self.overflowed:
+            log.warning("%d events lost: the pipeline fell %d events behind the probes (gotel's "
+                        "event buffer was full); raise buffer_events or trace fewer kinds",
+                        overflowed - self.overflowed, self.config.buffer_events)
+            self.overflowed = overflowed
         if not self._path_targets and not self.registry.alive():
             self.finished.set()
 
-    def _retire(self, proc, status):
-        """Detach an exited process's probe and mark it exited (on a thread of its own)."""
+    def _retire(self, proc, status, mark=0):
+        """Detach an exited process's probe and mark it exited (on a thread of its own), once the
+        pipeline consumed the events buffered up to ``mark``."""
         try:
             if proc.attachment is not None:
                 self.probes.detach(proc.attachment)
             self.probes.forget(proc.pid)
+            self.buffer.wait_consumed(mark)
         finally:
             self.registry.mark_exited(proc.pid, status)
             self._retiring.discard(proc.pid)
