@@ -2,22 +2,25 @@
 
 An exporter receives ``Payload``s, each one serialized OTLP export request (traces or metrics) with
 the number of items in it, from the pipeline thread, and never blocks that thread: ``export`` puts
-the payload on a bounded ``SendingQueue`` whose worker threads do the I/O. A full queue drops the
-payload and counts its items as enqueue-failed (the Collector's exporterhelper semantics).
-``shutdown(timeout)`` is idempotent: it stops accepting, lets the workers drain the queue until the
-deadline, then interrupts them (``stop_event`` wakes any retry back-off) and counts what is left as
-failed.
+the payload on a bounded sending queue (``queue.py``: in memory, or on disk with ``storage``) whose
+worker threads do the I/O. A full queue drops the payload and counts its items as enqueue-failed
+(the Collector's exporterhelper semantics). ``shutdown(timeout)`` is idempotent: it stops
+accepting, lets the workers drain the queue until the deadline, then interrupts them
+(``stop_event`` wakes any retry back-off) and counts what is left as failed, or, for a queue on
+disk, leaves it there for the next start (``left``). ``send`` may return ``KEEP``: not delivered,
+not refused either (interrupted by shutdown): kept on disk when the queue is, else failed.
 """
 
 import collections
-import dataclasses
 import logging
-import queue
 import threading
 import time
 
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from pipeline.exporters import queue as queue_mod
+from pipeline.exporters.queue import QueueConfig  # noqa: F401  (exporters' configs import it here)
 
 log = logging.getLogger("gotel.exporter")
 
@@ -112,29 +115,19 @@ class RateLimitedLog:
         return True
 
 
-@dataclasses.dataclass(frozen=True)
-class QueueConfig:
-    """sending_queue: the Collector's exporterhelper queue, sized in requests."""
-
-    enabled: bool = True
-    num_consumers: int = 10
-    queue_size: int = 1000
-
-    def validate(self):
-        problems = []
-        if self.num_consumers < 1:
-            problems.append("num_consumers must be >= 1")
-        if self.queue_size < 1:
-            problems.append("queue_size must be >= 1")
-        return problems
+KEEP = "keep"     # send(): not delivered, to be retried later (kept on disk when the queue is)
 
 
 class Exporter:
     """Base exporter: a bounded queue of payloads drained by worker threads calling ``send``.
 
-    Subclasses implement ``send(payload) -> bool`` (True: delivered) and may override ``close()``.
-    With the queue disabled, ``export`` sends on the caller's thread.
+    Subclasses implement ``send(payload) -> bool | KEEP`` (True: delivered), may set
+    ``last_failure`` (why the last payload was not delivered: the summary quotes it), and may
+    override ``close()``. With the queue disabled, ``export`` sends on the caller's thread.
+    ``shutdown_timeout`` is how long shutdown lets the queue drain.
     """
+
+    shutdown_timeout = 5.0
 
     def __init__(self, name, queue_config=QueueConfig()):
         self.name = name
@@ -142,20 +135,26 @@ class Exporter:
         self.counters = Counters()
         self.stop_event = threading.Event()
         self.log_limited = RateLimitedLog()
-        self._queue = queue.Queue(maxsize=queue_config.queue_size) if queue_config.enabled else None
+        self._queue = None
         self._workers = []
-        self._in_flight = 0
-        self._in_flight_lock = threading.Lock()
         self._closed = False
         self._started = False
         self._shutdown_lock = threading.Lock()
+        self.last_failure = ""
+        self.left = {}                  # {signal: (requests, items)} left on disk at shutdown
 
     # life cycle
     def start(self):
-        if self._started or self._queue is None:
-            self._started = True
+        if self._started:
             return
         self._started = True
+        self._queue = queue_mod.create(self.queue_config, self.name)
+        if self._queue is None:
+            return
+        if getattr(self._queue, "recovered", (0, 0))[0]:
+            requests, items = self._queue.recovered
+            log.warning("exporter %s: %d requests (%d items) left unsent by an earlier run in %s; "
+                        "sending them first", self.name, requests, items, self._queue.where)
         for i in range(self.queue_config.num_consumers):
             t = threading.Thread(target=self._work, name=f"gotel-export-{self.name}-{i}", daemon=True)
             t.start()
@@ -165,56 +164,68 @@ class Exporter:
         return self._queue.qsize() if self._queue is not None else 0
 
     def queue_capacity(self):
-        return self.queue_config.queue_size if self._queue is not None else 0
+        return self.queue_config.queue_size if self.queue_config.enabled else 0
 
     def export(self, payload):
         """Hand a payload over; never blocks. Returns False if it was dropped (counted)."""
         item = ITEM_NAMES[payload.signal]
         if self._closed:
             self.counters.add("enqueue_failed_" + item, payload.signal, payload.count)
+            self.last_failure = "exported after shutdown"
             return False
+        if not self._started:
+            self.start()
         if self._queue is None:
             self._deliver(payload)
             return True
-        if not self._started:
-            self.start()
-        try:
-            self._queue.put_nowait(payload)
+        if self._queue.put(payload):
             return True
-        except queue.Full:
-            self.counters.add("enqueue_failed_" + item, payload.signal, payload.count)
-            self.log_limited(logging.WARNING, "queue-full",
-                             "exporter %s: sending queue is full (%d requests); dropping "
-                             "%d %s", self.name, self.queue_config.queue_size, payload.count,
-                             item.replace("_", " "))
-            return False
+        self.counters.add("enqueue_failed_" + item, payload.signal, payload.count)
+        self.last_failure = f"sending queue full ({self.queue_config.queue_size} requests)"
+        self.log_limited(logging.WARNING, "queue-full",
+                         "exporter %s: sending queue is full (%d requests); dropping "
+                         "%d %s", self.name, self.queue_config.queue_size, payload.count,
+                         item.replace("_", " "))
+        return False
 
     def _work(self):
         while True:
-            try:
-                payload = self._queue.get(timeout=0.05)
-            except queue.Empty:
+            entry = self._queue.get(timeout=0.05)
+            if entry is None:
                 if self.stop_event.is_set():
                     return
                 continue
-            with self._in_flight_lock:
-                self._in_flight += 1
+            result = False
             try:
-                self._deliver(payload)
+                result = self._deliver(entry.payload)
             finally:
-                with self._in_flight_lock:
-                    self._in_flight -= 1
-                self._queue.task_done()
+                if result == KEEP and self._queue.persistent:
+                    self._queue.keep(entry)
+                else:
+                    self._queue.ack(entry)
+            if result == KEEP and self.stop_event.is_set():
+                return
 
     def _deliver(self, payload):
+        """Send one payload and count the outcome; returns what send returned."""
         item = ITEM_NAMES[payload.signal]
-        try:
-            ok = self.send(payload)
-        except Exception as e:  # noqa: BLE001  (an exporter bug must not kill a worker)
-            self.log_limited(logging.ERROR, "send-crash", "exporter %s: %s: %s", self.name,
-                             type(e).__name__, e)
+        if not payload.data and payload.count:
             ok = False
+            self.last_failure = "a queued request could not be read back"
+        else:
+            try:
+                ok = self.send(payload)
+            except Exception as e:  # noqa: BLE001  (an exporter bug must not kill a worker)
+                self.log_limited(logging.ERROR, "send-crash", "exporter %s: %s: %s", self.name,
+                                 type(e).__name__, e)
+                self.last_failure = f"{type(e).__name__}: {e}"
+                ok = False
+        if ok == KEEP:
+            if self._queue is None or not self._queue.persistent:
+                self.counters.add("send_failed_" + item, payload.signal, payload.count)
+            return KEEP
         self.counters.add(("sent_" if ok else "send_failed_") + item, payload.signal, payload.count)
+        return bool(ok)
 
     def send(self, payload):
         raise NotImplementedError
@@ -226,9 +237,7 @@ class Exporter:
         """Wait until everything queued was sent (or failed), at most timeout; True if it was."""
         deadline = time.monotonic() + max(0.0, timeout)
         while self._queue is not None and self._workers:
-            with self._in_flight_lock:
-                busy = self._in_flight
-            if self._queue.empty() and not busy:
+            if self._queue.idle():
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -243,24 +252,32 @@ class Exporter:
             self._closed = True
         deadline = time.monotonic() + max(0.0, timeout)
         if self._queue is not None and self._workers:
-            self.flush(timeout)
+            if not self.flush(timeout) and not self.last_failure:
+                self.last_failure = f"not sent within the shutdown time ({timeout:g}s)"
             self.stop_event.set()
-            # Whatever was not sent in time is counted as failed, not silently lost.
-            while True:
-                try:
-                    payload = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                self.counters.add("send_failed_" + ITEM_NAMES[payload.signal], payload.signal,
-                                  payload.count)
-                self._queue.task_done()
+            # Whatever was not sent in time is counted as failed, not silently lost (a queue on
+            # disk keeps it for the next start instead).
+            for entry in self._queue.take_all():
+                self.counters.add("send_failed_" + ITEM_NAMES[entry.payload.signal],
+                                  entry.payload.signal, entry.payload.count)
             for t in self._workers:
                 t.join(max(0.0, deadline - time.monotonic()) + 0.5)
         self.stop_event.set()
+        if self._queue is not None and self._queue.persistent:
+            self.left = self._queue.held()
+            if self.left:
+                what = " and ".join(f"{n} {ITEM_NAMES[s].replace('_', ' ')}"
+                                    for s, (_, n) in sorted(self.left.items()))
+                log.warning("exporter %s: %d requests (%s) left on disk in %s; they are sent "
+                            "when gotel starts again with this storage", self.name,
+                            sum(r for r, _ in self.left.values()), what, self._queue.where)
+        if self._queue is not None:
+            self._queue.close()
         self.close()
         lost = [(signal, item, self.counters.get(f"send_failed_{item}", signal)
                  + self.counters.get(f"enqueue_failed_{item}", signal))
                 for signal, item in ITEM_NAMES.items()]
         lost = [f"{n} {item.replace('_', ' ')}" for signal, item, n in lost if n]
         if lost:
-            log.warning("exporter %s: %s not delivered", self.name, " and ".join(lost))
+            why = f" ({self.last_failure})" if self.last_failure else ""
+            log.warning("exporter %s: %s not delivered%s", self.name, " and ".join(lost), why)
