@@ -7,7 +7,6 @@ SIGINT and SIGTERM stop tracing, flush what was collected, and exit; a second on
 import argparse
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -44,7 +43,7 @@ def build_parser():
 
     p = sub.add_parser("run", help="run the pipelines of a configuration file until stopped")
     p.add_argument("-c", "--config", required=True, metavar="FILE")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--duration", type=duration, metavar="S", help="stop after S seconds")
     p.set_defaults(func=_run)
 
     p = sub.add_parser(
@@ -52,18 +51,33 @@ def build_parser():
         usage="gotel trace [-c FILE] [--out DIR] [--duration S] "
               "(--pid PID ... | --binary PATH | -- COMMAND ARGS...)")
     p.add_argument("-c", "--config", metavar="FILE", help="configuration (default: built in)")
-    p.add_argument("--out", metavar="DIR", default="./gotel-out",
-                   help="where the default file exporters write (default: ./gotel-out)")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="where the default file exporters write (default: $GOTEL_OUT, else "
+                        "./gotel-out)")
+    p.add_argument("--duration", type=duration, metavar="S", help="stop after S seconds")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave a launched command running when gotel stops (by default it is "
+                        "stopped with gotel, and killed if gotel is killed)")
     _target_arguments(p)
     p.set_defaults(func=_trace)
 
     p = sub.add_parser("demo", help="build a bundled Go HTTP server, trace it, print a summary")
     p.add_argument("--out", metavar="DIR", default="./gotel-out")
-    p.add_argument("--duration", type=float, default=None, metavar="S",
+    p.add_argument("--duration", type=duration, default=None, metavar="S",
                    help="how long the demo program runs (default: its own few seconds)")
     p.set_defaults(func=_demo)
     return parser
+
+
+def duration(text):
+    """--duration: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds greater than 0")
+    return value
 
 
 def _target_arguments(p):
@@ -83,16 +97,28 @@ def _inspect(args):
 
 def _validate(args):
     from pipeline import config
+    from receiver.errors import ConfigError
 
     settings = None
     if args.pid or args.binary or args.argv:
         settings = parse_targets(args.pid, args.binary, args.argv)
-    cfg = config.load(args.config, receiver_settings=settings)
+    note = ""
+    try:
+        cfg = config.load(args.config, receiver_settings=settings)
+    except ConfigError as e:
+        # A file without targets is what `gotel trace -c FILE TARGETS` takes: valid for that, and
+        # it says so, rather than failing the README's first step.
+        untargeted = [p for p in e.problems if "give at least one of pids, paths, command" in p]
+        if settings is not None or not untargeted or len(untargeted) != len(e.problems):
+            raise
+        cfg = config.load(args.config, receiver_settings={"pids": [os.getpid()]})
+        note = (" (it names no targets: give them on the command line, `gotel trace -c FILE "
+                "--pid PID`, or in receivers::goroutines for `gotel run`)")
     parts = []
     for p in cfg.pipelines.values():
         chain = " -> ".join([", ".join(p.receivers), *p.processors, ", ".join(p.exporters)])
         parts.append(f"{p.id} ({chain})")
-    print(f"{args.config}: valid; pipelines: {'; '.join(parts)}")
+    print(f"{args.config}: valid; pipelines: {'; '.join(parts)}{note}")
     return 0
 
 
@@ -128,19 +154,19 @@ def parse_targets(pids=(), binaries=(), argv=()):
                 raise TargetError(f"{path}: no such file")
             targets.open_binary(path)
         return {"paths": [os.path.abspath(p) for p in binaries]}
-    program = shutil.which(argv[0])
-    if program is None:
-        raise TargetError(f"{argv[0]}: command not found")
-    targets.open_binary(os.path.realpath(program))
+    targets.open_binary(targets.resolve_program(argv[0]))
     return {"command": argv}
 
 
 class Stopper:
-    """SIGINT/SIGTERM set an event; a second signal exits at once."""
+    """SIGINT/SIGTERM set an event; a second signal exits at once (the files hold every export
+    written so far: each is one complete line; ``on_exit`` runs first, e.g. to wait for a line
+    being written)."""
 
-    def __init__(self):
+    def __init__(self, on_exit=None):
         self.event = threading.Event()
         self.signal = None
+        self.on_exit = on_exit
         self._old = {}
 
     def __enter__(self):
@@ -150,6 +176,13 @@ class Stopper:
 
     def _handle(self, signum, frame):
         if self.event.is_set():
+            print(f"gotel: second {signal.Signals(signum).name}: stopping now, without draining; "
+                  f"what was exported so far is in the output", file=sys.stderr)
+            if self.on_exit is not None:
+                try:
+                    self.on_exit()
+                except Exception:  # noqa: BLE001
+                    pass
             os._exit(128 + signum)
         self.signal = signum
         self.event.set()
@@ -160,24 +193,30 @@ class Stopper:
 
 
 def run_service(cfg, duration=None, summary=True, out=sys.stdout, stopper=None):
-    """Start a Service, run until the targets exit, a signal, or duration; flush; print the summary.
+    """Start a Service, run until the targets exit, a signal, or duration; flush; print the summary,
+    then one line on stderr if data was lost (how much and why).
 
-    Returns the Service (shut down)."""
+    Returns the Service (shut down); ``service.exit_status`` is what gotel should exit with: the
+    launched command's own status when it ended by itself with one that is not 0, else 1 when data
+    was lost, else 0."""
     from pipeline.service import Service
 
     service = Service(cfg)
-    with (stopper or Stopper()) as stop:
+    child_status = None
+    with (stopper or Stopper(on_exit=service.abort)) as stop:
         service.start()
         deadline = None if duration is None else time.monotonic() + duration
+        command = getattr(service.receiver, "command", None)
         try:
             while not stop.event.is_set() and not service.finished():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 stop.event.wait(0.1)
         finally:
-            command = getattr(service.receiver, "command", None)
+            if command is not None:
+                child_status = command.popen.poll()    # None: still running, gotel stops it
             service.shutdown(SHUTDOWN_TIMEOUT_S)
-            if command is not None and command.popen.poll() is None:
+            if command is not None and command.popen.poll() is None and not command.keep_running:
                 command.popen.terminate()
                 try:
                     command.popen.wait(5)
@@ -185,6 +224,12 @@ def run_service(cfg, duration=None, summary=True, out=sys.stdout, stopper=None):
                     command.popen.kill()
     if summary:
         print(service.summary().render(), file=out)
+    lost = service.losses()
+    if lost:
+        print(f"gotel: data lost: {'; '.join(lost)}", file=sys.stderr)
+    service.exit_status = 1 if lost else 0
+    if child_status:
+        service.exit_status = child_status if child_status > 0 else 128 - child_status
     return service
 
 
@@ -192,17 +237,20 @@ def _run(args):
     from pipeline import config
 
     cfg = config.load(args.config)
-    run_service(cfg, args.duration)
-    return 0
+    return run_service(cfg, args.duration).exit_status
 
 
 def _trace(args):
     from pipeline import config
 
     settings = parse_targets(args.pid, args.binary, args.argv)
-    cfg = config.load(args.config, overrides={"GOTEL_OUT": args.out}, receiver_settings=settings)
-    run_service(cfg, args.duration)
-    return 0
+    if args.keep_running:
+        if "command" not in settings:
+            raise UsageError("--keep-running is for a launched command (-- COMMAND ARGS...)")
+        settings["keep_running"] = True
+    overrides = {"GOTEL_OUT": args.out} if args.out is not None else None
+    cfg = config.load(args.config, overrides=overrides, receiver_settings=settings)
+    return run_service(cfg, args.duration).exit_status
 
 
 def _demo(args):

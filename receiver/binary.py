@@ -29,6 +29,7 @@ from receiver import buildinfo, layout as layout_mod, placement
 from receiver.pclntab import string_offsets
 from receiver.errors import (
     CorruptBinary, GotelError, NotAGoBinary, TargetError, UnsupportedBinary, UnsupportedGoVersion,
+    denied_hint,
 )
 
 # The runtime functions gotel probes. casgstatus is the main probe (every status change of every
@@ -331,7 +332,8 @@ def resolve_target(target):
     except FileNotFoundError as e:
         raise TargetError(f"process {pid} has no executable (a kernel thread, or it exited)") from e
     except PermissionError as e:
-        raise TargetError(f"process {pid}: permission denied reading /proc/{pid}/exe; run as root") from e
+        raise TargetError(f"process {pid}: permission denied reading /proc/{pid}/exe; "
+                          f"{denied_hint(pid)}") from e
     # /proc/PID/exe reaches the file even when it was deleted (go run's temp binaries) or lives in
     # another mount namespace (a container); uprobes attach through the same link.
     return exe, exe, pid
@@ -358,7 +360,9 @@ def _map(path):
     except IsADirectoryError as e:
         raise TargetError(f"{path}: is a directory; give the path of a Go executable or a PID") from e
     except PermissionError as e:
-        raise TargetError(f"{path}: permission denied; run gotel as root") from e
+        raise TargetError(f"{path}: permission denied reading it; "
+                          + ("check the file's permissions" if os.geteuid() == 0 else
+                             "give gotel's user read access, or run gotel as root")) from e
     except OSError as e:
         if isinstance(e, GotelError):
             raise

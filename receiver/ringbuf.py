@@ -103,7 +103,9 @@ class RingBufferReader:
         self.records_read = 0
         self.bytes_read = 0
         self.polls = 0
+        self.max_gap_s = 0.0        # longest time between two reads not spent waiting for records
         self._last_read = 0.0
+        self._last_wait = 0.0
         self._closed = False
 
     def fileno(self):
@@ -123,15 +125,20 @@ class RingBufferReader:
     def poll(self, timeout=0.1):
         """Wait up to timeout seconds for records (and at least MIN_READ_INTERVAL_S since the last
         read), then return every committed record."""
-        pause = self._last_read + self.MIN_READ_INTERVAL_S - time.monotonic()
+        now = time.monotonic()
+        pause = self._last_read + self.MIN_READ_INTERVAL_S - now
         if pause > 0:
             time.sleep(pause)
+        elif self._last_read:
+            self.max_gap_s = max(self.max_gap_s, now - self._last_read - self._last_wait)
         self._last_read = time.monotonic()
+        self._last_wait = 0.0
         if self.pending_bytes == 0 and timeout and self._epoll is not None:
             try:
                 self._epoll.poll(timeout)
             except InterruptedError:
                 pass
+            self._last_wait = time.monotonic() - self._last_read
         self.polls += 1
         return self.read()
 
