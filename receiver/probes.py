@@ -173,6 +173,7 @@ class Probes:
         self._counters = self.bpf["counters"]
         self._slots = {}
         self.attachments = {}
+        self._writable = None
         self._lock = threading.Lock()
 
     @property
@@ -237,9 +238,13 @@ class Probes:
 
             fd = lib.bpf_attach_uprobe(self._fns[slot].fd, 0, ev_name, path.encode(), offset, pid)
             if fd < 0:
+                from receiver import privileges
+
+                missing = privileges.problems([pid] if pid > 0 else [])
                 raise ProbeError(
                     f"attaching the uprobe to {path} at file offset {offset:#x} (pid {pid}) failed; "
-                    f"does the process still exist, and is this gotel running as root?")
+                    + ("; ".join(missing) if missing else
+                       f"does the process still exist? ({privileges.hint()})"))
             self.bpf._add_uprobe_fd(ev_name, fd)
             att = Attachment(path, offset, pid, slot, ev_name)
             self.attachments[key] = att
@@ -251,6 +256,10 @@ class Probes:
             for key, att in list(self.attachments.items()):
                 if att is attachment:
                     del self.attachments[key]
+            if attachment.ev_name in self.bpf.uprobe_fds and not self._tracefs_writable():
+                # Made by the uprobe PMU (gotel cannot write tracefs): closing the perf fd removes
+                # it; bcc's detach would also try tracefs and print its permission error.
+                os.close(self.bpf.uprobe_fds.pop(attachment.ev_name))
             if attachment.ev_name in self.bpf.uprobe_fds:
                 try:
                     self.bpf.detach_uprobe_event(attachment.ev_name)
@@ -258,6 +267,13 @@ class Probes:
                     # The perf fd is closed first; what can fail after is only tracefs clean-up of
                     # a probe that perf_event_open created without tracefs.
                     self.bpf.uprobe_fds.pop(attachment.ev_name, None)
+
+    def _tracefs_writable(self):
+        if self._writable is None:
+            from receiver import privileges
+
+            self._writable = privileges.tracefs_writable()
+        return self._writable
 
     def forget(self, pid):
         """Drop what the kernel side still holds for an exited process (creations of Go <= 1.23

@@ -31,10 +31,10 @@ import time
 import numpy as np
 
 from pipeline.stage import Stage
-from receiver import existing, probes, targets
+from receiver import existing, privileges, probes, targets
 from receiver.clock import MonotonicClock
 from receiver.drain import EventBuffer
-from receiver.errors import ConfigError, GotelError, TargetError
+from receiver.errors import ConfigError, GotelError, ProbeError, TargetError
 from receiver.events import Kind
 from receiver.ringbuf import RingBufferReader
 
@@ -129,6 +129,9 @@ class GoroutineReceiver(Stage):
     def start(self):
         """Attach to every target and start polling. Raises TargetError / ProbeError up front."""
         super().start()
+        missing = privileges.problems(self.config.pids)
+        if missing:
+            raise ProbeError("cannot trace: " + "; ".join(missing))
         self.probes = probes.Probes(self.config.probe_config())
         try:
             self.reader = RingBufferReader(self.probes.events_fd)

@@ -21,6 +21,7 @@ from pathlib import Path
 from google.protobuf.descriptor import FieldDescriptor as FD
 
 from pipeline.exporters.base import Exporter, QueueConfig
+from receiver.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -92,8 +93,12 @@ class FileExporter(Exporter):
 
     def start(self):
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab" if self.config.append else "wb", buffering=0)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "ab" if self.config.append else "wb", buffering=0)
+            except OSError as e:
+                raise ConfigError([f"exporters::{self.name}: cannot write {self.path}: "
+                                   f"{e.strerror or e}"]) from e
         super().start()
 
     def send(self, payload):
