@@ -102,6 +102,7 @@ class GoroutineReceiver(Stage):
         self.clock = MonotonicClock()
         self.lost = 0
         self.overflowed = 0                 # events the EventBuffer had no room for
+        self.max_poll_gap_s = 0.0           # longest the ring went unread (kept after shutdown)
         self.events = 0
         self.buffer = EventBuffer(config.buffer_events, config.max_batch_events)
         self.failed_batches = 0             # batches the next stage raised on (dropped)
@@ -249,6 +250,7 @@ class GoroutineReceiver(Stage):
         for retire in self._retirements:
             retire.join()
         if self.reader is not None:
+            self.max_poll_gap_s = self.reader.max_gap_s
             self.reader.close()
             self.reader = None
         if self.probes is not None:
