@@ -19,6 +19,7 @@ lines or fails with "Failed to compile BPF module".
 """
 
 import os
+import re
 
 CAPS = {"CAP_DAC_OVERRIDE": 1, "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38,
         "CAP_BPF": 39}
@@ -96,3 +97,33 @@ def hint():
     """One line naming the least capability set (for messages)."""
     return (f"run gotel as root, or with {' + '.join(LEAST)} (and CAP_SYS_PTRACE for other "
             f"users' processes); see README: Requirements")
+
+
+_STALE = re.compile(r"^[pr]:(uprobes/gotel_\d+_\S*_bcc_(\d+))\s")
+
+
+def remove_stale_uprobes(path=UPROBE_EVENTS):
+    """Remove tracefs uprobe events left by a gotel that was killed (named ``gotel_..._bcc_PID``
+    by bcc, PID being that gotel's, no longer running). They hold no breakpoint without a perf
+    event open, but they pile up in ``uprobe_events``. Returns the names removed."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    removed = []
+    for line in lines:
+        m = _STALE.match(line)
+        if m is None or os.path.exists(f"/proc/{m.group(2)}"):
+            continue
+        try:
+            # One write(2) on an O_APPEND fd: Python's "a" mode seeks, which tracefs refuses.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, f"-:{m.group(1)}\n".encode())
+            finally:
+                os.close(fd)
+            removed.append(m.group(1))
+        except OSError:
+            pass          # in use, or not ours to remove: left alone
+    return removed

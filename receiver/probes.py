@@ -22,12 +22,14 @@ receiver's control path only.
 """
 
 import dataclasses
+import logging
 import os
 import threading
 
 from receiver.errors import ProbeError
 from receiver.events import BPF_DIR, Kind, check_statuses
 
+log = logging.getLogger("gotel.probes")
 SOURCE = BPF_DIR / "gotel.c"
 MAX_LAYOUTS = 8
 COUNTERS = ("lost", "wakeups", "hits", "held_full")
@@ -163,6 +165,11 @@ class Probes:
             raise ProbeError("bcc is not importable: install Debian's python3-bpfcc and use a venv "
                              "made with --system-site-packages (make setup)") from e
         self._BPF = BPF
+        from receiver import privileges
+
+        if privileges.tracefs_writable():
+            for name in privileges.remove_stale_uprobes():
+                log.info("removed %s, left by a gotel that was killed", name)
         try:
             self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=config.cflags())
             self._fns = [self.bpf.load_func(f"probe_casgstatus_{i}".encode(), BPF.KPROBE)
