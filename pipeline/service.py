@@ -126,10 +126,11 @@ class Locked(Stage):
     contains failures. A batch a stage fails on is dropped and counted (``failed``), logged at a
     limited rate; the pipeline goes on with the next batch, as after start-up nothing may crash."""
 
-    def __init__(self, next_stage, lock, rest=None):
+    def __init__(self, next_stage, lock, rest=None, before=None):
         super().__init__(next_stage)
         self.lock = lock
         self.rest = rest          # shut down directly when the next stage fails to shut down
+        self.before = before      # called with each batch, under the lock, before the next stage
         self.failed = 0
         self.log_limited = RateLimitedLog(log)
 
@@ -137,6 +138,8 @@ class Locked(Stage):
         self.items_in += len(batch)
         with self.lock:
             try:
+                if self.before is not None:
+                    self.before(batch)
                 self.next.consume(batch)
             except Exception as e:  # noqa: BLE001
                 self.failed += len(batch)
@@ -270,6 +273,7 @@ class Service:
         self.tap = SummaryTap()
         self._processes = {}          # pid -> the registry's Process whose facts are cached
         self._retired = set()         # exited Processes whose goroutines were ended
+        self._decoding = {}           # pid -> the Process the decoder's state of that pid is of
         self._stop = threading.Event()
         self._ticker = None
         self._shut = False
@@ -299,7 +303,7 @@ class Service:
         self.tap.next = spans_head
         self.metrics = self._make_metrics(rc)
         self.decoder = self._make_decoder(rc, self.tap, self.metrics)
-        self.head = Locked(self.decoder, self.lock, rest=self.tap)
+        self.head = Locked(self.decoder, self.lock, rest=self.tap, before=self.sort_out_reused_pids)
 
     def _trace_chain(self, pipeline):
         """processors of one traces pipeline, in order, ending in a TraceFanout."""
@@ -334,8 +338,33 @@ class Service:
         return decoder_mod.create(rc.spans, next_stage, metrics=metrics)
 
     # adapters over the receiver's ProcessRegistry
+    def _process(self, pid):
+        """The Process whose spans are in the pipeline for pid: the one the decoder works on, which
+        stays the old one until its spans are sent on when the PID is reused."""
+        pid = int(pid)
+        return self._decoding.get(pid) or self.registry.get(pid)
+
+    def sort_out_reused_pids(self, batch):
+        """Before the decoder sees a batch: for a PID now owned by a new process (the receiver
+        registered it after the old one exited), end the old process's goroutines and send its
+        spans on while they are still named from the old binary, then switch to the new one."""
+        for pid in np.unique(batch["pid"]).tolist():
+            proc = self.registry.get(pid)
+            old = self._decoding.get(pid)
+            if old is proc:
+                continue
+            if old is not None:
+                if old not in self._retired:
+                    self._retired.add(old)
+                    self.decoder.emit(self.decoder.end_process(pid))
+                for b in self.batchers:
+                    b.flush()
+                self.encoder.forget(pid)
+                self.symbols.forget(pid)
+            self._decoding[pid] = proc
+
     def process_info(self, pid):
-        proc = self.registry.get(int(pid))
+        proc = self._process(pid)
         if proc is None:
             return None
         b = proc.binary
@@ -350,7 +379,7 @@ class Service:
                                   b.build_settings, proc.start_time_ns, args)
 
     def symbolize(self, pid, pcs):
-        proc = self.registry.get(int(pid))
+        proc = self._process(pid)
         if proc is None:
             return None
         # PCs are the process's addresses; the symbolizer knows the file's (they differ for PIE).
@@ -375,7 +404,7 @@ class Service:
                 self._processes[pid] = proc
 
     def wait_reasons(self, pid):
-        proc = self.registry.get(int(pid))
+        proc = self._process(pid)
         return proc.binary.layout.wait_reasons if proc is not None else ()
 
     # running

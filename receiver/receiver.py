@@ -285,6 +285,11 @@ class GoroutineReceiver(Stage):
 
     def _buffer(self, batch):
         if len(batch):
+            # New processes are registered here, on the poller, while they most likely still
+            # run: who they are is read from /proc/PID/exe.
+            pids = batch["pid"]
+            if pids[0] not in self._seen_pids or not (pids == pids[0]).all():
+                self._note_pids(pids)
             self.buffer.put(batch)
 
     def _pipeline_loop(self):
@@ -306,9 +311,6 @@ class GoroutineReceiver(Stage):
     def _deliver(self, batch):
         if not len(batch):
             return
-        pids = batch["pid"]
-        if pids[0] not in self._seen_pids or not (pids == pids[0]).all():
-            self._note_pids(pids)
         if self._unbiased:
             self._learn_biases(batch)
         if self._lazy:
@@ -347,7 +349,8 @@ class GoroutineReceiver(Stage):
         for pid in np.unique(pids).tolist():
             if pid not in self._seen_pids:
                 self._seen_pids.add(pid)
-                if pid not in self.registry:
+                proc = self.registry.get(pid)
+                if proc is None or not proc.alive:   # new, or a PID reused after an exit
                     self._adopt(pid)
 
     def _with_unknown(self, batch):
@@ -459,6 +462,8 @@ class GoroutineReceiver(Stage):
         finally:
             self.registry.mark_exited(proc.pid, status)
             self._retiring.discard(proc.pid)
+            # Events of this PID from now on are another process's (the PID was reused).
+            self._seen_pids.discard(proc.pid)
         # Killed or failed is worth a warning; an ordinary end (or one gotel cannot know the
         # status of, not being the parent) is news.
         level = logging.INFO if status in (None, 0) else logging.WARNING
