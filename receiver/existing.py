@@ -63,6 +63,11 @@ class ProcessMemory:
         self.close()
 
 
+# allgs is only ever appended to (every g ever made, dead ones reused): 16 Mi g structs would be
+# gigabytes of a process's memory. A count above this is a misread, never a real program.
+MAX_GOROUTINES = 1 << 24
+
+
 def _span(layout):
     return max(layout.g[f] for f in G_FIELDS if f in layout.g) + 8
 
@@ -113,6 +118,10 @@ def read_goroutines(pid, binary, mem=None):
         if header is None:
             raise TargetError(f"process {pid}: cannot read runtime.allgs (it exited?)")
         ptr, n = struct.unpack("<QQ", header)
+        if n > MAX_GOROUTINES:
+            raise TargetError(f"process {pid}: runtime.allgs says {n} goroutines, more than any Go "
+                              f"program holds ({MAX_GOROUTINES}); its memory is not laid out as "
+                              f"this binary's symbols say")
         raw = mem.read(ptr, 8 * n) if n else b""
         if raw is None:
             raise TargetError(f"process {pid}: cannot read the goroutine list (it exited?)")

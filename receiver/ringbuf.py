@@ -148,6 +148,12 @@ class RingBufferReader:
         producer = int(self._producer[0])
         if producer == consumer:
             return np.empty(0, dtype=self.dtype)
+        if producer < consumer:
+            return np.empty(0, dtype=self.dtype)     # positions the kernel never writes
+        if producer - consumer > self.size:
+            # Nor this (a ring holds at most its size): read what one ring can hold, never past
+            # the mapping.
+            producer = consumer + self.size
         start = consumer & self.mask
         count = (producer - consumer) // self.record_size
         records = np.frombuffer(self._data, dtype=self._record_dtype, count=count, offset=start)
@@ -175,12 +181,15 @@ class RingBufferReader:
     def _read_mixed(self, consumer, producer):
         """Slow path for a ring whose records differ in size (not gotel's own): walk the headers."""
         out, pos = [], consumer
-        while pos < producer:
+        end = consumer + self.size
+        while pos < min(producer, end):
             start = pos & self.mask
             length = int(self._data[start:start + 4].view("<u4")[0])
             if length & BUSY_BIT:
                 break
             size = length & ~(BUSY_BIT | DISCARD_BIT)
+            if pos + record_size(size) > producer:
+                break             # a record longer than what was committed: not (yet) whole
             if not length & DISCARD_BIT and size == self.dtype.itemsize:
                 out.append(self._data[start + HEADER_SIZE:start + HEADER_SIZE + size])
             pos += record_size(size)
