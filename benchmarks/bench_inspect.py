@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import gotool
+from pipeline.app import gotool
 from receiver.binary import GoBinary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def measure(work_dir, repeat=5, builds=True):
         binaries["go1.25 cmd/compile (-s -w)"] = _build_compiler(work_dir, ["-ldflags=-s -w"])
     results = {}
     for label, path in binaries.items():
-        cli = [sys.executable, "-m", "pipeline.cli", "inspect", "--json", str(path)]
+        cli = [sys.executable, "-m", "pipeline.app.cli", "inspect", "--json", str(path)]
         results[label] = {
             "size_mb": round(path.stat().st_size / 1e6, 1),
             "has_dwarf": GoBinary.open(path).has_dwarf,

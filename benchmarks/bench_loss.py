@@ -57,7 +57,7 @@ def step(binary, rate, seconds):
             service.wait(60)
             peak = harness.status_bytes("self", "VmHWM")
             sampler = sampler_of(service)
-            result = {"decoder_bytes": service.decoder.nbytes,
+            result = {"decoder_bytes": service.receiver.decoder.nbytes,
                       "sampler_probability": sampler.probability if sampler else 1.0}
         finally:
             if proc.poll() is None:
@@ -65,7 +65,7 @@ def step(binary, rate, seconds):
                 proc.wait()
             service.shutdown(30.0)
     ops, ran = int(out.split()[1]), float(out.split()[3])
-    rx = service.receiver
+    rx = service.receiver.source
     result.update({
         "target_events_per_s": rate, "offered_events_per_s": ops * EVENTS_PER_OP / ran,
         "offered": ops * EVENTS_PER_OP, "captured": rx.events, "lost": rx.refused,

@@ -48,9 +48,9 @@ def measure(n):
             proc.stdin.flush()
             proc.stdout.readline()   # "ready N": every goroutine has started
             deadline = time.monotonic() + 300
-            decoder = service.decoder
+            decoder = service.receiver.decoder
             while decoder.live_goroutines < n and time.monotonic() < deadline \
-                    and service.receiver.lost == 0:
+                    and service.receiver.source.lost == 0:
                 time.sleep(0.2)
             time.sleep(0.5)
             result = {"live": decoder.live_goroutines, "decoder_bytes": decoder.nbytes,
@@ -58,7 +58,7 @@ def measure(n):
                       "rss_growth": harness.status_bytes("self", "VmRSS") - rss0,
                       "start_rss": rss0 - rss_idle,
                       "seconds_to_track": time.monotonic() - started,
-                      "lost": service.receiver.probes.counters()["lost"]}
+                      "lost": service.receiver.source.probes.counters()["lost"]}
             proc.stdin.write("\n")
             proc.stdin.close()
             proc.wait(300)

@@ -127,7 +127,7 @@ def build_service(registry, every_span):
     """The shipped Service chain, exporters replaced by a CountingExporter; returns (service, counter)."""
     from pipeline.service import Service
 
-    service = Service(_config(every_span), registry=registry)
+    service = Service(_config(every_span), processes=registry)
     counter = CountingExporter()
     for fanout in service.fanouts:
         fanout.exporters = [counter]
@@ -152,7 +152,7 @@ def replay(kind, batches, registry):
         service = counter = None
     else:
         service, counter = build_service(registry, kind == "pipeline_all")
-        head = service.head
+        head = service.receiver.head
     copies = [b.copy() for b in batches]
     head.start()
     t0, c0 = time.perf_counter(), time.thread_time()
@@ -181,9 +181,9 @@ def decoded_spans(batches, registry, limit):
             kept.append(batch.copy())
 
     service.tap.next = Collect()
-    service.head.start()
+    service.receiver.head.start()
     for b in batches:
-        service.head.consume(b.copy())
+        service.receiver.head.consume(b.copy())
         if sum(len(k) for k in kept) >= limit:
             break
     spans = np.concatenate(kept)[:limit] if kept else np.zeros(0, SPAN_DTYPE)

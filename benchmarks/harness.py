@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.probe_cost import Discard  # noqa: E402,F401  (the counting last stage)
-from pipeline import gotool  # noqa: E402
+from pipeline.app import gotool  # noqa: E402
 
 GO_DIR = REPO / "benchmarks" / "go"
 BUILD_DIR = REPO / ".cache" / "bench"

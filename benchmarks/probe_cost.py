@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pipeline import gotool  # noqa: E402
+from pipeline.app import gotool  # noqa: E402
 from receiver.receiver import run_command  # noqa: E402
 
 CHURN = REPO / "tests" / "go" / "churn"

@@ -1,1 +1,1 @@
-"""The user-space half of gotel: decoder -> filter -> adaptive sampler -> batcher -> exporters."""
+"""gotel's pipelines: receivers -> processors (filter, sampler, batch) -> exporters, run by the service."""

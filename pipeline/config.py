@@ -21,7 +21,6 @@ Loading is cheap (a YAML parse and a walk) and has no side effects: nothing is o
 """
 
 import dataclasses
-import importlib
 import inspect
 import os
 import re
@@ -31,32 +30,13 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import components
+from pipeline.components import KINDS
 from receiver.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "default.yaml"
 SIGNALS = ("traces", "metrics")
-KINDS = ("receivers", "processors", "exporters")
 TOP_LEVEL = (*KINDS, "service", "extensions", "connectors")
-
-
-# --- component registry -------------------------------------------------------------------------
-# (kind, type) -> (module, config class attribute, signals it can serve). Modules are imported only
-# when a file names the type, so a component whose module is missing fails that file, not gotel.
-COMPONENTS = {
-    ("receivers", "goroutines"): ("pipeline.service", "ReceiverConfig", SIGNALS),
-    ("processors", "filter"): ("pipeline.filter", "Config", ("traces",)),
-    ("processors", "sampler"): ("pipeline.sampler", "Config", ("traces",)),
-    ("processors", "batch"): ("pipeline.batcher", "Config", SIGNALS),
-    ("exporters", "otlp_grpc"): ("pipeline.exporters.otlp_grpc", "Config", SIGNALS),
-    ("exporters", "file"): ("pipeline.exporters.file", "Config", SIGNALS),
-    ("exporters", "debug"): ("pipeline.exporters.debug", "Config", SIGNALS),
-}
-ALIASES = {("exporters", "otlp"): "otlp_grpc"}
-
-
-def component_config_class(kind, type_):
-    module, attr, _ = COMPONENTS[(kind, ALIASES.get((kind, type_), type_))]
-    return getattr(importlib.import_module(module), attr)
 
 
 # --- the result ---------------------------------------------------------------------------------
@@ -98,9 +78,6 @@ class Config:
 
     def pipelines_for(self, signal):
         return [p for p in self.pipelines.values() if p.signal == signal]
-
-    def component(self, kind, id_):
-        return getattr(self, kind)[id_]
 
 
 # --- public entry points ------------------------------------------------------------------------
@@ -232,19 +209,9 @@ def parse_duration_ns(value):
 
 
 def duration_unit(field):
-    """The unit a dataclass field holds durations in ("s", "ms", "ns"), or None if not a duration."""
-    unit = field.metadata.get("duration")
-    if unit:
-        return unit
-    name = field.name
-    for suffix, unit in (("_ns", "ns"), ("_ms", "ms"), ("_us", "us"), ("_s", "s"), ("_seconds", "s")):
-        if name.endswith(suffix):
-            return unit
-    if field.metadata.get("bytes"):
-        return None
-    if any(w in name for w in ("timeout", "interval", "duration", "delay", "max_elapsed_time")):
-        return "s"
-    return None
+    """The unit a dataclass field holds a duration in ("s", "ms", "us", "ns"), declared by the
+    field's ``metadata={"duration": unit}``; None for a field that is not a duration."""
+    return field.metadata.get("duration")
 
 
 _UNIT_SUFFIX = re.compile(r"_(ns|us|ms|s|seconds)$")
@@ -444,21 +411,15 @@ def build(raw, problems):
                 problems.append(f"{kind}::{cid}: malformed component id (expected type or type/name)")
                 continue
             type_ = parsed[0]
-            key = (kind, ALIASES.get((kind, type_), type_))
-            if key not in COMPONENTS:
-                known = sorted(t for k, t in COMPONENTS if k == kind)
-                known += sorted(t for k, t in ALIASES if k == kind)
+            module = components.module(kind, type_)
+            if module is None:
                 problems.append(f"{kind}::{cid}: unknown {kind[:-1]} type {type_!r} "
-                                f"(known: {', '.join(sorted(known))})")
+                                f"(known: {', '.join(components.known_types(kind))})")
                 continue
-            try:
-                cls = component_config_class(kind, type_)
-            except (ImportError, AttributeError) as e:
-                problems.append(f"{kind}::{cid}: component {type_!r} is not available ({e})")
-                continue
-            cfg = build_dataclass(cls, {} if settings is None else settings, (kind, cid), problems)
+            cfg = build_dataclass(module.Config, {} if settings is None else settings, (kind, cid),
+                                  problems)
             if cfg is not _MISSING:
-                sections[kind][str(cid)] = Component(kind, str(cid), key[1], cfg)
+                sections[kind][str(cid)] = Component(kind, str(cid), module.TYPE, cfg)
     service = raw.get("service")
     pipelines, telemetry = {}, TelemetryConfig()
     if not isinstance(service, dict):
@@ -524,7 +485,7 @@ def build(raw, problems):
                     continue
                 comp = sections[kind].get(cid)
                 if comp is not None:
-                    signals = COMPONENTS[(kind, comp.type)][2]
+                    signals = components.module(kind, comp.type).SIGNALS
                     if signal not in signals:
                         problems.append(f"{_path((*where, kind))}: {cid} does not support "
                                         f"{signal} (only {', '.join(signals)})")

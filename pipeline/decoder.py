@@ -45,15 +45,14 @@ Runtime metrics (``metrics.GoRuntimeMetrics``) are fed here, from every event, b
 sampler sees a span.
 
 Cost: about a hundred numpy operations per batch, plus one step per level of goroutines created by
-goroutines created in the same batch; no per-event Python. Measured with metrics on, batches of
-16384 synthetic events (create, run, three park/ready/run cycles, exit, on interleaved CPUs):
-2.7-3.6 M events per CPU second on the project's 2-vCPU machine, half that with batches of 4096,
-where fixed per-batch costs dominate (``pytest -s tests/pipeline/test_decoder.py -k throughput``).
-Memory: ~93 bytes per live goroutine plus 52 per live trace (goroutines.py); a million parked
-goroutines of one creator hold 93.4 MB in all (``-k million``). Not thread-safe: one pipeline thread drives it.
+goroutines created in the same batch; no per-event Python. Throughput is row 3 of
+benchmarks/RESULTS.md (``make bench``). Memory: ~93 bytes per live goroutine plus 52 per live trace
+(goroutines.py; row 5, and ``pytest -s tests/pipeline/test_decoder.py -k million``). Not
+thread-safe: one pipeline thread drives it.
 """
 
 import time
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,11 +88,14 @@ _FUTURE_NS = 60 * _NS
 class Config:
     park_mode: str = "spans"              # "spans": PARK child spans; "events": span events
     max_park_events: int = 64             # park_mode "events": per goroutine part
-    hold_min_park_ns: int = 100_000       # park_mode "events": shorter parks are not held
+    # park_mode "events": shorter parks are not held
+    hold_min_park_ns: int = dataclasses.field(default=100_000, metadata={"duration": "ns"})
     max_held_park_events: int = 262_144   # park_mode "events": held for all open goroutines
     max_spans_per_trace: int = 2000       # a trace holds at most ~2x this; Tempo caps at 5 MB
-    max_trace_duration_s: float = 20.0    # below Tempo's ~30 s live-trace window
-    sweep_interval_s: float = 1.0         # how often (event time) trace ages are checked
+    # below Tempo's ~30 s live-trace window
+    max_trace_duration_s: float = dataclasses.field(default=20.0, metadata={"duration": "s"})
+    # how often (event time) trace ages are checked
+    sweep_interval_s: float = dataclasses.field(default=1.0, metadata={"duration": "s"})
     initial_capacity: int = 4096          # live goroutines before the first growth
 
     def validate(self, path="decoder"):

@@ -102,3 +102,15 @@ class IdGenerator:
 def randomness(trace_lo):
     """OTEP 235 randomness: the trace ID's low 56 bits."""
     return np.asarray(trace_lo, dtype=_U64) & _U64(MASK56)
+
+
+def format_threshold(threshold):
+    """The ``th`` value of OTEP 235's ``ot=th:...``: 14 hex digits of a 56-bit rejection threshold
+    with trailing zeros removed ("0": keep all)."""
+    text = f"{int(threshold) & MASK56:014x}".rstrip("0")
+    return text or "0"
+
+
+def tracestate(threshold):
+    """OTEP 235 tracestate for a 56-bit rejection threshold ("" when everything is kept)."""
+    return f"ot=th:{format_threshold(threshold)}" if threshold else ""

@@ -26,10 +26,13 @@ number); names are resolved per process only at export, through ``names``:
     names.function(pid, pc) -> str        # e.g. "main.worker"
     names.wait_reason(pid, reason) -> str # e.g. "chan receive" (numbering differs per Go version)
 
-Not thread-safe: the pipeline thread records; call ``to_request`` from that thread too (or hold
-the pipeline while encoding).
+Thread-safety: the pipeline thread records; ``to_request`` may run on any other thread: it copies
+the series under ``lock`` (held by every ``record_*`` for the length of one array update) and
+resolves names and builds protobufs from the copy, so recording never waits on encoding.
 """
 
+import copy
+import threading
 import time
 from dataclasses import dataclass
 
@@ -198,31 +201,47 @@ class GoRuntimeMetrics:
         self.schedule = _ExpHistogram(config.base_scale)   # key 0
         self.park = _ExpHistogram(config.base_scale)       # key: wait reason
         self.lifetime = _ExpHistogram(config.base_scale)   # key: start pc
+        self.lock = threading.Lock()
+
+    SERIES = ("live", "created", "exited", "schedule", "park", "lifetime")
 
     # -------------------------------------------------------------- recording (decoder)
     def record_new(self, pid, start_pc, created):
         """Goroutines gotel starts tracking; ``created``: their creation was seen (not EXISTING or
         first seen through another event)."""
-        self.live.add(pid, np.zeros(len(pid), np.uint64), 1)
-        self.created.add(pid[created], start_pc[created], 1)
+        with self.lock:
+            self.live.add(pid, np.zeros(len(pid), np.uint64), 1)
+            self.created.add(pid[created], start_pc[created], 1)
 
     def record_exit(self, pid, start_pc, lifetime_ns, lifetime_known):
-        self.live.add(pid, np.zeros(len(pid), np.uint64), -1)
-        self.exited.add(pid, start_pc, 1)
         k = np.asarray(lifetime_known, bool)
-        self.lifetime.record(pid[k], start_pc[k], lifetime_ns[k])
+        with self.lock:
+            self.live.add(pid, np.zeros(len(pid), np.uint64), -1)
+            self.exited.add(pid, start_pc, 1)
+            self.lifetime.record(pid[k], start_pc[k], lifetime_ns[k])
 
     def record_schedule(self, pid, latency_ns):
-        self.schedule.record(pid, np.zeros(len(pid), np.uint64), latency_ns)
+        with self.lock:
+            self.schedule.record(pid, np.zeros(len(pid), np.uint64), latency_ns)
 
     def record_park(self, pid, wait_reason, blocked_ns):
-        self.park.record(pid, wait_reason, blocked_ns)
+        with self.lock:
+            self.park.record(pid, wait_reason, blocked_ns)
 
     def forget(self, pid):
-        """Drop every series of a process that exited (its pid may be reused)."""
-        for series in (self.live, self.created, self.exited, self.schedule, self.park,
-                       self.lifetime):
-            series.forget(pid)
+        """Drop every series of a process whose PID now names another process."""
+        with self.lock:
+            for name in self.SERIES:
+                getattr(self, name).forget(pid)
+
+    def frozen(self):
+        """A copy of the current series, taken under the lock, to read without it."""
+        clone = copy.copy(self)
+        with self.lock:
+            for name in self.SERIES:
+                setattr(clone, name, copy.deepcopy(getattr(self, name)))
+        clone.lock = threading.Lock()
+        return clone
 
     # -------------------------------------------------------------- reading
     def goroutine_count(self, pid):
@@ -270,7 +289,10 @@ class GoRuntimeMetrics:
 
         ``resource_for(pid)`` returns that process's ``Resource`` proto; ``names`` resolves
         (pid, pc) and (pid, reason) (see the module docstring). Series whose start PCs resolve to
-        the same function name are merged."""
+        the same function name are merged. Safe from any thread (encodes a frozen copy)."""
+        return self.frozen()._to_request(resource_for, names, now_ns)
+
+    def _to_request(self, resource_for, names=None, now_ns=None):
         names = names or _PlainNames()
         now = self.clock() if now_ns is None else now_ns
         start = self.start_ns

@@ -3,8 +3,8 @@
 ``SummaryTap`` is a pass-through stage placed right after the decoder, before any filter or sampler,
 so the report counts every goroutine and park, not just the exported ones. It keeps only small
 aggregates, per (pid, start PC) and per (pid, wait reason), plus the few longest parks, updated with
-vectorized numpy group-bys per batch. ``Summary.render()`` names them with the encoder's cached
-symbolization.
+vectorized numpy group-bys per batch. ``Summary.render()`` names them through ``names``
+(``receiver.processes.Processes``: ``function(pid, pc)``, ``wait_reason(pid, number)``).
 
 Not thread-safe: the pipeline thread updates it; render it after shutdown.
 """
@@ -79,10 +79,10 @@ class SummaryTap(Stage):
 class Summary:
     """The report: a SummaryTap's aggregates plus what the service knows (lost events, outputs)."""
 
-    def __init__(self, tap, encoder=None, lost_events=0, events=0, outputs=(), exported=None,
+    def __init__(self, tap, names=None, lost_events=0, events=0, outputs=(), exported=None,
                  processes=(), top=10):
         self.tap = tap
-        self.encoder = encoder
+        self.names = names
         self.lost_events = lost_events
         self.events = events
         self.outputs = list(outputs)
@@ -91,12 +91,12 @@ class Summary:
         self.top = top
 
     def _function(self, pid, pc):
-        if self.encoder is None or not pc:
+        if self.names is None or not pc:
             return f"0x{pc:x}" if pc else "?"
-        return self.encoder.names(pid, pc, 0)[1] or f"0x{pc:x}"
+        return self.names.function(pid, pc) or f"0x{pc:x}"
 
     def _reason(self, pid, number):
-        return self.encoder.wait_reason(pid, number) if self.encoder else f"waitReason({number})"
+        return self.names.wait_reason(pid, number) if self.names else f"waitReason({number})"
 
     def top_functions(self):
         by_name = collections.Counter()

@@ -1,1 +1,2 @@
-"""The kernel half of gotel: Go binary inspection, BPF probes, ring-buffer reading, targets."""
+"""Everything gotel knows about Go processes: binaries inspected, probes, the ring buffer, the
+processes traced and their facts. Knows nothing of pipelines (pipeline/ builds on it)."""

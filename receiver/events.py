@@ -1,6 +1,6 @@
 """The numpy mirror of ``struct gotel_event`` (bpf/gotel_event.h) and the transition kinds.
 
-Defined once, little-endian and packed, so a run of ring-buffer records is viewed as an array with
+Defined once, little-endian, with the C struct's own field order and padding, so a run of ring-buffer records is viewed as an array with
 ``np.frombuffer`` and no copy. tests/receiver/test_events.py proves it agrees with the C header.
 """
 
@@ -66,7 +66,3 @@ EVENT_DTYPE = np.dtype(
 )
 EVENT_SIZE = EVENT_DTYPE.itemsize  # 64
 
-
-def empty_events(n=0):
-    """A zeroed event array of length n."""
-    return np.zeros(n, dtype=EVENT_DTYPE)

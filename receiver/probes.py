@@ -13,11 +13,10 @@ Attaching takes a file offset, computed here from the binary's program headers
 ``attach_uprobe(addr=...)`` expects a virtual address and converts it itself, which differs between
 bcc versions; the kernel's uprobe interface takes the offset in the file, PIE or not.
 
-Cost, measured here by benchmarks/probe_cost.py (CPU time of the traced program, medians, shared
-2-vCPU KVM guest): the uprobe trap itself costs ~0.9-1.1 us per casgstatus call, paid by every
-status change, wanted or filtered out (syscall enter/exit included); building and submitting an
-event adds ~0.35-0.55 us (mostly bpf_probe_read_user, ~0.1 us each: one for the g fields, three
-more for a wakeup's waker). Not thread-safe: attach, detach and counters are called from the
+Cost: every status change of a traced process pays the uprobe trap, wanted or filtered out
+(syscall enter/exit included), and a kept event adds building and submitting its record; the
+figures, beside the kernel's uprobe floor measured in the same run, are rows 1 and 6 of
+benchmarks/RESULTS.md (``make bench``). Not thread-safe: attach, detach and counters are called from the
 receiver's control path only.
 """
 
@@ -296,10 +295,6 @@ class Probes:
         """{"lost", "wakeups", "hits", "held_full"}: sums over CPUs since load."""
         return {name: int(sum(self._counters[self._counters.Key(i)]))
                 for i, name in enumerate(COUNTERS)}
-
-    def source(self):
-        """The program as compiled: the -D tunables, then bpf/gotel.c (for --dump-bpf)."""
-        return dump_bpf(self.config)
 
     def close(self):
         """Detach every uprobe and free the program and maps. Idempotent."""

@@ -6,18 +6,22 @@ until the probe is in place), attaches, emits the goroutines that already exist 
 events, and starts two threads. The poller waits on the ring buffer (a wakeup past the watermark, or
 ``poll_interval_s``) and only copies the records into a bounded ``EventBuffer`` (``buffer_events``
 events): it never waits on a pipeline stage, so a slow stage cannot make the kernel's ring overflow.
-Every ``check_interval_s`` it retires processes that exited (detaching their probe, after their
-last events came out) and reports lost events: the kernel's counter (ring full) and the buffer's
-(``overflowed``: the pipeline fell ``buffer_events`` behind). The pipeline thread takes everything
-buffered as one batch, converts timestamps to Unix ns in bulk, fills in goroutines it has never
-heard of (read from the process), and calls ``next.consume(batch)``.
+Every ``check_interval_s`` it retires processes that exited (detaching their probe, and marking them
+exited once the pipeline went through their last events) and reports lost events: the kernel's
+counter (ring full) and the buffer's (``overflowed``: the pipeline fell ``buffer_events`` behind).
+The pipeline thread takes everything buffered as one batch (up to ``max_batch_events``), registers
+processes first seen in it, converts timestamps to Unix ns in bulk, fills in goroutines it has never
+heard of (read from the process), and calls ``next.consume(batch)``, then ``next.tick()`` (if it
+has one) after every batch or 50 ms without one, so timers downstream fire on this thread. A PID
+that a retired process held and a new process of a traced binary now holds is registered afresh
+(``Processes.add`` forgets the old one's facts, on the pipeline thread, before its events).
 
 Errors: ``start()`` raises ``TargetError`` (no such PID, not a Go program, ...) or ``ProbeError``
 before anything runs; after that, nothing raises: a process that dies is logged and retired, and
 gotel keeps tracing the others. ``lost`` counts events the kernel could not store (ring full),
 ``overflowed`` those the buffer could not hold; ``refused`` is both.
-Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.consume`` runs on the
-pipeline thread only.
+Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.consume`` and
+``next.tick`` run on the pipeline thread only.
 """
 
 import dataclasses
@@ -30,12 +34,12 @@ import time
 
 import numpy as np
 
-from pipeline.stage import Stage
 from receiver import existing, privileges, probes, targets
 from receiver.clock import MonotonicClock
 from receiver.drain import EventBuffer
 from receiver.errors import ConfigError, GotelError, ProbeError, TargetError
 from receiver.events import Kind
+from receiver.processes import Process, Processes, start_time_ns
 from receiver.ringbuf import RingBufferReader
 
 log = logging.getLogger("gotel.receiver")
@@ -54,8 +58,8 @@ class Config:
     kinds: tuple = ("create", "run", "park", "ready", "exit")
     ring_bytes: int = 8 << 20
     wakeup_bytes: int = 0                  # 0: a quarter of the ring
-    poll_interval_s: float = 0.05
-    check_interval_s: float = 0.2
+    poll_interval_s: float = dataclasses.field(default=0.05, metadata={"duration": "s"})
+    check_interval_s: float = dataclasses.field(default=0.2, metadata={"duration": "s"})
     existing: bool = True                  # emit goroutines alive at attach, and read unknown ones
     # Events copied out of the ring and not yet through the pipeline (64 bytes each; 2 Mi events,
     # 128 MiB, only when the pipeline is that far behind): ~2 s at the probes' top rate here.
@@ -85,18 +89,20 @@ class Config:
                              kinds=frozenset(KIND_NAMES[k] for k in self.kinds if k in KIND_NAMES))
 
 
-class GoroutineReceiver(Stage):
-    """Source stage: see the module docstring. ``registry`` is the ``ProcessRegistry`` consumers read."""
+class GoroutineReceiver:
+    """Source of event batches: see the module docstring. ``next_stage`` is anything with
+    ``start()``, ``consume(batch)`` and ``shutdown(timeout)``; ``registry`` is the ``Processes``
+    that owns every fact about the traced processes."""
 
     SWITCH_INTERVAL_S = 0.001
 
     def __init__(self, config, next_stage=None, registry=None, launch_options=None):
-        super().__init__(next_stage)
+        self.next = next_stage
         problems = config.validate()
         if problems:
             raise ConfigError(problems)
         self.config = config
-        self.registry = registry if registry is not None else targets.ProcessRegistry()
+        self.registry = registry if registry is not None else Processes()
         self.probes = None
         self.reader = None
         self.clock = MonotonicClock()
@@ -106,6 +112,7 @@ class GoroutineReceiver(Stage):
         self.events = 0
         self.buffer = EventBuffer(config.buffer_events, config.max_batch_events)
         self.failed_batches = 0             # batches the next stage raised on (dropped)
+        self.failed_events = 0              # the events in them
         self._next_error_log = 0.0
         self.finished = threading.Event()   # set when every target has exited (none left to trace)
         self.command = None                 # targets.LaunchedCommand
@@ -113,6 +120,7 @@ class GoroutineReceiver(Stage):
         self._stop = threading.Event()
         self._thread = None
         self._pipeline_thread = None
+        self._idents = {}                   # pid -> (dev, ino) of its executable, read on the poller
         self._path_targets = []             # (Target, GoBinary, Attachment, (dev, ino))
         self._seen_pids = set()             # pids whose events came through (registered or not)
         # pid -> goids seen, only for processes whose goroutines at attach could not be read
@@ -129,10 +137,11 @@ class GoroutineReceiver(Stage):
 
     def start(self):
         """Attach to every target and start polling. Raises TargetError / ProbeError up front."""
-        super().start()
         missing = privileges.problems(self.config.pids)
         if missing:
             raise ProbeError("cannot trace: " + "; ".join(missing))
+        if self.next is not None:
+            self.next.start()
         self.probes = probes.Probes(self.config.probe_config())
         try:
             self.reader = RingBufferReader(self.probes.events_fd)
@@ -167,7 +176,7 @@ class GoroutineReceiver(Stage):
         if not targets.is_running(pid):
             raise TargetError(f"process {pid} does not exist (it exited?); give a running PID")
         binary = binary or targets.open_binary(pid)
-        proc = targets.new_process(pid, binary, target, popen=popen)
+        proc = Process.found(pid, binary, target, popen=popen)
         if popen is not None:
             proc.exe = self.command.program   # the shell is about to become it
         proc.attachment = self.probes.attach(binary, pid)
@@ -187,7 +196,7 @@ class GoroutineReceiver(Stage):
         st = os.stat(target.value)
         self._path_targets.append((target, binary, att, (st.st_dev, st.st_ino)))
         for pid in targets.processes_running(target.value):
-            proc = self.registry.add(targets.new_process(pid, binary, target))
+            proc = self.registry.add(Process.found(pid, binary, target))
             proc.pc_bias()
             if self.config.existing:
                 self._read_existing(proc)
@@ -243,7 +252,8 @@ class GoroutineReceiver(Stage):
         if self._pipeline_thread is not None:
             self._pipeline_thread.join(max(0.0, deadline - time.monotonic()))
         self._teardown()
-        super().shutdown(max(0.0, deadline - time.monotonic()))
+        if self.next is not None:
+            self.next.shutdown(max(0.0, deadline - time.monotonic()))
 
     def _teardown(self):
         self.buffer.close()
@@ -284,21 +294,34 @@ class GoroutineReceiver(Stage):
             self.buffer.close()     # the pipeline thread empties the buffer, then ends
 
     def _buffer(self, batch):
-        if len(batch):
-            # New processes are registered here, on the poller, while they most likely still
-            # run: who they are is read from /proc/PID/exe.
-            pids = batch["pid"]
-            if pids[0] not in self._seen_pids or not (pids == pids[0]).all():
-                self._note_pids(pids)
-            self.buffer.put(batch)
+        if not len(batch):
+            return
+        # Who a new PID is, read now, while the process most likely still runs (the pipeline
+        # thread registers it, maybe after it exited).
+        pids = batch["pid"]
+        if pids[0] not in self._idents or not (pids == pids[0]).all():
+            for pid in np.unique(pids).tolist():
+                if pid not in self._idents:
+                    self._idents[pid] = self._identify(pid)
+        self.buffer.put(batch)
+
+    @staticmethod
+    def _identify(pid):
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+            return (st.st_dev, st.st_ino)
+        except OSError:
+            return None
 
     def _pipeline_loop(self):
-        """The pipeline thread: takes everything buffered as one batch and runs the stages on it."""
+        """The pipeline thread: takes everything buffered as one batch and runs the stages on it,
+        and lets them fire their timers between batches."""
         while True:
-            batch = self.buffer.take(0.2)
+            batch = self.buffer.take(0.05)
             if batch is None:
                 if self.buffer.closed:
                     return
+                self._tick()
                 continue
             try:
                 self._deliver(batch)
@@ -307,10 +330,14 @@ class GoroutineReceiver(Stage):
                               len(batch))
             finally:
                 self.buffer.done(len(batch))
+            self._tick()
 
     def _deliver(self, batch):
         if not len(batch):
             return
+        pids = batch["pid"]
+        if pids[0] not in self._seen_pids or not (pids == pids[0]).all():
+            self._note_pids(pids)
         if self._unbiased:
             self._learn_biases(batch)
         if self._lazy:
@@ -318,16 +345,28 @@ class GoroutineReceiver(Stage):
         self.clock.to_unix(batch["ts_ns"])
         self.events += len(batch)
         try:
-            self.consume(batch)
+            if self.next is not None:
+                self.next.consume(batch)
         except Exception:
             # A failing stage must not stop the poller: the ring would fill and every process
             # would lose events. The batch is dropped, counted, and the error logged (rate-limited).
             self.failed_batches += 1
+            self.failed_events += len(batch)
             now = time.monotonic()
             if now >= self._next_error_log:
                 self._next_error_log = now + 10.0
                 log.exception("next stage failed on a batch of %d events (%d batches dropped so "
                               "far)", len(batch), self.failed_batches)
+
+    def _tick(self):
+        """Let the stages after this one fire their timers (between batches, on this thread)."""
+        tick = getattr(self.next, "tick", None)
+        if tick is None:
+            return
+        try:
+            tick()
+        except Exception:  # noqa: BLE001  (as for a batch: logged, never stops the poller)
+            log.exception("a stage failed on a tick")
 
     def _learn_biases(self, batch):
         """PIE load biases of processes traced from their first instruction (launched by gotel,
@@ -349,9 +388,11 @@ class GoroutineReceiver(Stage):
         for pid in np.unique(pids).tolist():
             if pid not in self._seen_pids:
                 self._seen_pids.add(pid)
-                proc = self.registry.get(pid)
-                if proc is None or not proc.alive:   # new, or a PID reused after an exit
+                known = self.registry.get(pid)
+                if known is None:
                     self._adopt(pid)
+                elif not known.alive and start_time_ns(pid) not in (0, known.start_time_ns):
+                    self._adopt(pid)       # the PID of a process that exited, now another's
 
     def _with_unknown(self, batch):
         """Prefix EXISTING events for goroutines never seen created (read from the process), for
@@ -396,16 +437,12 @@ class GoroutineReceiver(Stage):
 
     def _adopt(self, pid):
         """A PID seen in events but not registered: a new process running a traced binary."""
-        try:
-            st = os.stat(f"/proc/{pid}/exe")
-            ident = (st.st_dev, st.st_ino)
-        except OSError:
-            ident = None
+        ident = self._identify(pid) or self._idents.get(pid)
         for target, binary, _att, path_ident in self._path_targets:
             if ident is None and len(self._path_targets) > 1:
                 break
             if ident is None or ident == path_ident:
-                proc = targets.new_process(pid, binary, target)
+                proc = Process.found(pid, binary, target)
                 proc.alive = ident is not None
                 if binary.pie:
                     self._unbiased.add(pid)    # started after the attach: traced from its start
@@ -437,6 +474,10 @@ class GoroutineReceiver(Stage):
                                       name=f"gotel-retire-{proc.pid}")
             self._retirements = [t for t in self._retirements if t.is_alive()] + [retire]
             retire.start()
+        # Events under the PID of a process that exited are looked at again: the PID may have
+        # been given to a new process of a traced binary.
+        self._seen_pids.difference_update(
+            [p.pid for p in self.registry if not p.alive and p.pid not in self._retiring])
         lost = self.probes.counters()["lost"]
         if lost > self.lost:
             log.warning("%d events lost: the ring buffer (%d bytes) was full; raise ring_bytes",
@@ -460,19 +501,17 @@ class GoroutineReceiver(Stage):
             self.probes.forget(proc.pid)
             self.buffer.wait_consumed(mark)
         finally:
+            self._idents.pop(proc.pid, None)
             self.registry.mark_exited(proc.pid, status)
+            # Its PID may name another process next: let that one's events be adopted afresh.
+            self._lazy.pop(proc.pid, None)
+            self._unbiased.discard(proc.pid)
             self._retiring.discard(proc.pid)
-            # Events of this PID from now on are another process's (the PID was reused).
-            self._seen_pids.discard(proc.pid)
         # Killed or failed is worth a warning; an ordinary end (or one gotel cannot know the
         # status of, not being the parent) is news.
         level = logging.INFO if status in (None, 0) else logging.WARNING
         log.log(level, "process %d (%s) %s; still tracing %d other process(es)", proc.pid,
                 proc.exe, targets.describe_exit(status), len(self.registry.alive()))
-
-
-def create(config, next_stage=None, registry=None, launch_options=None):
-    return GoroutineReceiver(config, next_stage, registry, launch_options)
 
 
 def run_command(argv, next_stage=None, timeout=None, capture=True, **config):

@@ -1,10 +1,6 @@
 """What gotel traces: PIDs, binaries (every process running one, now and later), launched commands.
 
-A ``Target`` says what the user asked for; ``ProcessRegistry`` holds what was found: one
-``Process`` per traced PID with its facts (the ``GoBinary``, the executable path, start time,
-alive or exited, exit status when gotel launched it). The decoder and exporters read the registry
-from the poller thread while the receiver's control path adds and retires processes, so it is
-guarded by a lock; a ``Process`` itself is only mutated by the receiver.
+A ``Target`` says what the user asked for; what was found is kept in ``receiver.processes``.
 
 A command is launched through ``/bin/bash`` (dash cannot name a descriptor above 9), which blocks reading a pipe before it ``exec``s the
 command: gotel attaches its probe to the shell's PID while nothing of the Go program has run, then
@@ -17,11 +13,9 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import threading
 
-from receiver.errors import GotelError, NotAGoBinary, TargetError
+from receiver.errors import NotAGoBinary, TargetError
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 SHELL = "/bin/bash"
 
 
@@ -48,100 +42,6 @@ class Target:
         if self.kind == "command":
             return "command " + " ".join(self.value)
         return f"{self.kind} {self.value}"
-
-
-@dataclasses.dataclass(eq=False)
-class Process:
-    """A traced process and what gotel knows about it."""
-
-    pid: int
-    binary: object               # receiver.binary.GoBinary
-    exe: str
-    start_time_ns: int           # Unix ns, from /proc/PID/stat (0 if unknown)
-    target: Target
-    alive: bool = True
-    exit_status: int = None      # known for launched commands; negative = killed by that signal
-    attachment: object = None    # receiver.probes.Attachment owned by this process (pid-filtered)
-    popen: object = None         # subprocess.Popen for launched commands
-    load_bias: int = None        # what to subtract from its PCs to get the file's (PIE), once known
-
-    def pc_bias(self):
-        """The PIE load bias of this process (0 for non-PIE), read once while the process lives.
-        0 if it could not be read: its PCs then stay unresolved rather than wrongly resolved."""
-        if self.load_bias is None:
-            try:
-                self.load_bias = self.binary.load_bias(self.pid)
-            except GotelError:
-                return 0
-        return self.load_bias
-
-    def __repr__(self):
-        state = "alive" if self.alive else f"exited({self.exit_status})"
-        return f"Process({self.pid}, {self.exe}, {self.binary.go_version}, {state})"
-
-
-class ProcessRegistry:
-    """Traced processes keyed by PID. Thread-safe; iteration returns a snapshot."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._procs = {}
-
-    def add(self, process):
-        with self._lock:
-            self._procs[process.pid] = process
-        return process
-
-    def get(self, pid):
-        with self._lock:
-            return self._procs.get(pid)
-
-    def __getitem__(self, pid):
-        with self._lock:
-            return self._procs[pid]
-
-    def __contains__(self, pid):
-        with self._lock:
-            return pid in self._procs
-
-    def __iter__(self):
-        with self._lock:
-            return iter(list(self._procs.values()))
-
-    def __len__(self):
-        with self._lock:
-            return len(self._procs)
-
-    def alive(self):
-        return [p for p in self if p.alive]
-
-    def mark_exited(self, pid, status=None):
-        """Record that pid exited; returns its Process (None if unknown)."""
-        with self._lock:
-            proc = self._procs.get(pid)
-            if proc is not None:
-                proc.alive = False
-                if status is not None:
-                    proc.exit_status = status
-            return proc
-
-
-def boot_time_ns():
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("btime "):
-                return int(line.split()[1]) * 10**9
-    return 0
-
-
-def start_time_ns(pid):
-    """Unix ns at which pid started (from /proc/PID/stat), or 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return boot_time_ns() + int(fields[19]) * 10**9 // _CLK_TCK
 
 
 def is_running(pid):
@@ -212,14 +112,6 @@ def _die_with_parent(parent):
         if os.getppid() != parent:                   # gotel died before the prctl
             os._exit(1)
     return arm
-
-
-def new_process(pid, binary, target, popen=None):
-    try:
-        exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        exe = str(binary.path)
-    return Process(pid, binary, exe, start_time_ns(pid), target, popen=popen)
 
 
 class LaunchedCommand:

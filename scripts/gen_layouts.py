@@ -1,6 +1,6 @@
 """Generate receiver/layouts.json: the runtime layout of every Go release the project has a toolchain for.
 
-For each toolchain (``pipeline.gotool.toolchains()``), build a small probe program with DWARF, read
+For each toolchain (``pipeline.app.gotool.toolchains()``), build a small probe program with DWARF, read
 its ``runtime.g`` / ``runtime.m`` offsets and goroutine status constants from the DWARF and its
 ``runtime.waitReasonStrings`` from its data, exactly as gotel does for an unstripped binary. gotel
 uses the table only for binaries without DWARF, and only for a release it holds exactly.
@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline import gotool  # noqa: E402
+from pipeline.app import gotool  # noqa: E402
 from receiver import layout  # noqa: E402
 from receiver.binary import GoBinary  # noqa: E402
 

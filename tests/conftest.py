@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import gotool
+from pipeline.app import gotool
 
 GO_PROGRAMS = Path(__file__).resolve().parent / "go"
 

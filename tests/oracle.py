@@ -32,7 +32,7 @@ import dataclasses
 import re
 import subprocess
 
-from pipeline import gotool
+from pipeline.app import gotool
 from receiver.events import Kind
 
 TRANSITION = re.compile(

@@ -13,8 +13,9 @@ import pytest
 
 import oracle
 import otlp_server
-from pipeline import config, demo
-from pipeline.cli import run_service
+from pipeline import config
+from pipeline.app import demo
+from pipeline.app.runner import run_service
 
 REQUIRED_METRICS = {
     "go.goroutine.count", "go.schedule.duration", "go.goroutine.created", "go.goroutine.exited",
@@ -69,7 +70,7 @@ def test_spans_arrive_with_the_process_resource(run):
     binary, _, service, server = run
     spans = spans_of(server)
     assert len(spans) > 1000
-    (proc,) = list(service.registry)
+    (proc,) = list(service.processes)
     for res, _ in spans[:50]:
         assert res["service.name"] == "example.com/gotel/oracle"
         assert res["process.pid"] == proc.pid
@@ -78,7 +79,7 @@ def test_spans_arrive_with_the_process_resource(run):
         assert res["process.runtime.version"].startswith("go1.25")
         assert res["telemetry.sdk.name"] == "gotel"
         assert res["process.creation.time"].endswith("Z") and res["host.name"]
-    assert service.receiver.lost == 0
+    assert service.receiver.source.lost == 0
     sent = service.exporters["otlp"].counters
     assert sent.get("sent_spans", "traces") == len(spans)
     assert sent.get("send_failed_spans", "traces") == 0
@@ -123,7 +124,7 @@ def test_the_span_tree_is_the_go_tracers_goroutine_tree(run):
         elif not a.get("gotel.goroutine.continued"):
             goroutines[a["gotel.goroutine.id"]] = (s, a)
     compared = same_tree = same_parks = 0
-    offset = service.receiver.clock.offset_ns
+    offset = service.receiver.source.clock.offset_ns
     for goid, t in trace.goroutines.items():
         compared += 1
         span, a = goroutines[goid]
@@ -170,7 +171,7 @@ def test_sigterm_flushes_prints_the_summary_and_exits(require_bpf, tmp_path):
     binary = demo.build()
     out_dir = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "trace", "--out", str(out_dir), "--", str(binary),
+        [sys.executable, "-m", "pipeline.app.cli", "trace", "--out", str(out_dir), "--", str(binary),
          "-duration", "60s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(demo.SOURCE.parents[1])})
     traces = out_dir / "traces.jsonl"

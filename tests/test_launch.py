@@ -37,7 +37,7 @@ service:
 
 def gotel(*argv, out=None, **kw):
     env = {**os.environ, **({"GOTEL_OUT": str(out)} if out else {})}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "-v", *map(str, argv)], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "pipeline.app.cli", "-v", *map(str, argv)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
@@ -83,7 +83,7 @@ def gotel_uprobes(gotel_pid):
 @pytest.mark.bpf
 def test_the_commands_exit_status_is_passed_on(require_bpf, go_build, tmp_path):
     binary = go_build("lingerer")
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "trace", "--out", tmp_path, "--",
+    p = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "trace", "--out", tmp_path, "--",
                         binary, "-for", "300ms", "-exit", "3"], cwd=REPO, capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 3, p.stderr

@@ -28,7 +28,7 @@ def test_trace_names_goroutines_by_their_start_function(require_bpf, go_build, t
     binary = go_build("spawner", "1.25", flags=flags)
     out = tmp_path / "out"
     p = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "trace", "--out", str(out), "--", str(binary),
+        [sys.executable, "-m", "pipeline.app.cli", "trace", "--out", str(out), "--", str(binary),
          str(SPAWNED)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
@@ -48,7 +48,7 @@ def test_binary_target_names_processes_started_later(require_bpf, go_build, tmp_
     binary = go_build("spawner", "1.25", flags=("-buildmode=pie",))
     out = tmp_path / "out"
     gotel = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "-v", "trace", "--binary", str(binary), "--duration", "6",
+        [sys.executable, "-m", "pipeline.app.cli", "-v", "trace", "--binary", str(binary), "--duration", "6",
          "--out", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -235,14 +235,9 @@ class Exporter:
 
     def flush(self, timeout=5.0):
         """Wait until everything queued was sent (or failed), at most timeout; True if it was."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        while self._queue is not None and self._workers:
-            if self._queue.idle():
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
+        if self._queue is None or not self._workers:
+            return True
+        return self._queue.wait_idle(max(0.0, timeout))
 
     def shutdown(self, timeout=5.0):
         """Stop accepting, drain within timeout, then interrupt and count what is left. Idempotent."""

@@ -15,6 +15,10 @@ from google.protobuf import text_format
 from pipeline.exporters.base import Exporter, QueueConfig
 
 
+TYPE = "debug"
+SIGNALS = ("traces", "metrics")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     verbosity: typing.Literal["basic", "normal", "detailed"] = "basic"
@@ -77,5 +81,5 @@ class DebugExporter(Exporter):
         return True
 
 
-def create(config, name="debug"):
-    return DebugExporter(name, config)
+def create(settings, config, next_stage=None):
+    return DebugExporter(settings.id, config)

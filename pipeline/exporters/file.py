@@ -23,6 +23,10 @@ from google.protobuf.descriptor import FieldDescriptor as FD
 from pipeline.exporters.base import Exporter, QueueConfig
 from receiver.errors import ConfigError
 
+TYPE = "file"
+SIGNALS = ("traces", "metrics")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     path: str = ""
@@ -129,5 +133,5 @@ class FileExporter(Exporter):
                 self._file = None
 
 
-def create(config, name="file"):
-    return FileExporter(name, config)
+def create(settings, config, next_stage=None):
+    return FileExporter(settings.id, config)

@@ -20,6 +20,8 @@ import typing
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
@@ -40,7 +42,6 @@ RETRYABLE = frozenset({
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DATA_LOSS,
 })
-RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
 
 
 def _fmt_duration(seconds):
@@ -48,6 +49,10 @@ def _fmt_duration(seconds):
         m, s = divmod(int(round(seconds)), 60)
         return f"{m}m{s}s"
     return f"{seconds:g}s"
+
+
+TYPE = "otlp_grpc"
+SIGNALS = ("traces", "metrics")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,11 +149,7 @@ class Config:
 
 
 def retry_delay(error):
-    """The delay (s) of a google.rpc.RetryInfo in a gRPC error's status details, or None.
-
-    Parsed from ``grpc-status-details-bin`` by hand (google.rpc.Status{details: [Any]} ->
-    RetryInfo{retry_delay: Duration}), so gotel needs no googleapis-common-protos.
-    """
+    """The delay (s) of a google.rpc.RetryInfo in a gRPC error's status details, or None."""
     try:
         trailers = error.trailing_metadata() or ()
     except Exception:  # noqa: BLE001
@@ -157,51 +158,14 @@ def retry_delay(error):
         if key != "grpc-status-details-bin":
             continue
         try:
-            for number, payload in _fields(value):
-                if number != 3:        # Status.details
-                    continue
-                any_fields = dict(_fields(payload))
-                if any_fields.get(1, b"").decode() != RETRY_INFO_TYPE:
-                    continue
-                duration = dict(_fields(any_fields.get(2, b""))).get(1, b"")
-                d = dict(_fields(duration, varints=True))
-                return d.get(1, 0) + d.get(2, 0) / 1e9
-        except (ValueError, IndexError, UnicodeDecodeError):
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
             return None
+        for detail in status.details:
+            info = error_details_pb2.RetryInfo()
+            if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+                return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
     return None
-
-
-def _fields(data, varints=False):
-    """(field number, value) of a protobuf message: bytes for length-delimited, int for varints."""
-    pos, out = 0, []
-    while pos < len(data):
-        key, pos = _read_varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(data, pos)
-        elif wire == 2:
-            length, pos = _read_varint(data, pos)
-            value, pos = bytes(data[pos:pos + length]), pos + length
-        elif wire == 1:
-            value, pos = data[pos:pos + 8], pos + 8
-        elif wire == 5:
-            value, pos = data[pos:pos + 4], pos + 4
-        else:
-            raise ValueError(f"wire type {wire}")
-        if varints == (wire == 0):
-            out.append((number, value))
-    return out
-
-
-def _read_varint(data, pos):
-    shift = result = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
 
 
 class OTLPGrpcExporter(Exporter):
@@ -329,5 +293,5 @@ class OTLPGrpcExporter(Exporter):
             self._channel = None
 
 
-def create(config, name="otlp"):
-    return OTLPGrpcExporter(name, config)
+def create(settings, config, next_stage=None):
+    return OTLPGrpcExporter(settings.id, config)

@@ -132,6 +132,11 @@ class MemoryQueue:
         with self._cond:
             return not self._items and not self._in_flight
 
+    def wait_idle(self, timeout=None):
+        """Wait until idle (at most timeout); True if it is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._items and not self._in_flight, timeout)
+
     def take_all(self):
         """Remove and return every queued item that no worker holds."""
         with self._cond:

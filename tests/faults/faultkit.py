@@ -72,7 +72,7 @@ def wait_until(predicate, timeout, step=0.05):
 
 
 def gotel_cmd(*argv):
-    return [sys.executable, "-m", "pipeline.cli", *map(str, argv)]
+    return [sys.executable, "-m", "pipeline.app.cli", *map(str, argv)]
 
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -14,6 +14,7 @@ from faultkit import config_text, file_spans, service_for
 from pipeline.exporters import otlp_grpc
 from pipeline.exporters.base import Payload
 from pipeline.exporters.queue import QueueConfig
+from pipeline.stage import Settings
 
 
 def counts(service, eid="otlp"):
@@ -85,7 +86,7 @@ def exporter(endpoint, **kw):
                                initial_interval=0.05, max_interval=0.2,
                                max_elapsed_time=kw.pop("max_elapsed", 5.0)),
                            sending_queue=QueueConfig(num_consumers=2, queue_size=100))
-    e = otlp_grpc.create(cfg, "otlp")
+    e = otlp_grpc.create(Settings("otlp"), cfg)
     e.start()
     return e
 

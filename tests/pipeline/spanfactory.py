@@ -1,9 +1,13 @@
-"""Span arrays for the exporter-side tests: valid ids and times, a fake symbolizer, an encoder."""
+"""Span arrays for the exporter-side tests: valid ids and times, stand-in process facts (no Go
+binary behind them: the end-to-end tests cover real ones), an encoder."""
+
+from types import SimpleNamespace
 
 import numpy as np
 
-from pipeline import encode
+from pipeline.exporters import encode
 from pipeline.spans import SPAN_DTYPE, SpanKind
+from receiver import processes
 
 T0 = 1_700_000_000_000_000_000
 WAIT_REASONS = ["", "GC assist marking", "IO wait", "chan receive", "chan send", "select", "sleep"]
@@ -16,22 +20,40 @@ FUNCTIONS = {0x401000: ("main.worker", "/src/app/main.go", 10),
 def resolve(pid, pcs):
     """A symbolizer: the function whose range [start, start + 0x1000) holds each PC."""
     out = []
-    for pc in pcs.tolist():
+    for pc in pcs:
         base = pc & ~0xFFF
         fn, file, line = FUNCTIONS.get(base, ("", "", 0))
-        out.append((fn, file, line + (pc - base)))
+        out.append((fn, file, line + (pc - base)) if fn else ("", "", 0))
     return out
 
 
-def process(pid):
-    return encode.ProcessInfo(pid, f"/usr/local/bin/app{pid}", "go1.25.5", "example.com/app",
-                              "(devel)", {"GOARCH": "amd64", "vcs.revision": "abc123"},
-                              T0 - 10**9)
+class Names:
+    """What the encoder asks ``receiver.processes.Processes``, answered from the tables above."""
+
+    def __init__(self, resolver=resolve):
+        self.resolver = resolver
+
+    def names(self, pid, pcs):
+        return self.resolver(pid, list(pcs))
+
+    def wait_reason(self, pid, number):
+        ok = number < len(WAIT_REASONS) and WAIT_REASONS[number]
+        return WAIT_REASONS[number] if ok else f"waitReason({number})"
 
 
-def encoder(resolver=resolve, lookup=process, attributes=None):
-    return encode.TraceEncoder(encode.Resources(lookup, attributes, host_name="testhost"),
-                               encode.Symbols(resolver), lambda pid: WAIT_REASONS)
+def process(pid, exe=None, module="example.com/app"):
+    binary = SimpleNamespace(go_version="go1.25.5", module=module,
+                             info=SimpleNamespace(module_version="(devel)"),
+                             build_settings={"GOARCH": "amd64", "vcs.revision": "abc123"})
+    return processes.Process(pid, binary, exe or f"/usr/local/bin/app{pid}", T0 - 10**9, None)
+
+
+def describe(pid):
+    return processes.describe(pid, process(pid), "testhost")
+
+
+def encoder(resolver=resolve, attributes=None):
+    return encode.TraceEncoder(encode.Resources(describe, attributes), Names(resolver))
 
 
 def spans(n, seed=0, pids=(100,), parks=0.5):

@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from pipeline import batcher
+from pipeline.processors import batch as batcher
 from pipeline.spans import SPAN_DTYPE
 from pipeline.stage import Stage
 
@@ -33,7 +33,7 @@ def spans(n, start=0):
 
 def make(**kw):
     clock, sink = Clock(), Sink()
-    return batcher.create(batcher.Config(**kw), sink, clock=clock), sink, clock
+    return batcher.Batcher(batcher.Config(**kw), sink, clock=clock), sink, clock
 
 
 def test_sends_as_soon_as_send_batch_size_is_reached():
@@ -115,7 +115,9 @@ def test_config_validation():
         "send_batch_max_size must be >= send_batch_size"]
     problems = batcher.Config(send_batch_size=0, timeout=-1, send_batch_max_size=-1,
                               send_batch_max_bytes=10, bytes_per_span=1).validate()
-    assert len(problems) == 5
+    assert problems == ["send_batch_size must be >= 1", "timeout must be >= 0",
+                        "send_batch_max_size must be >= 0 (0: no limit)",
+                        "send_batch_max_bytes must be >= 65536", "bytes_per_span must be >= 16"]
 
 
 @settings(max_examples=80, deadline=None)

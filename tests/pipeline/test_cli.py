@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli
+from pipeline.app import cli
 
 REPO = Path(__file__).resolve().parents[2]
-GOTEL = [sys.executable, "-m", "pipeline.cli"]
+GOTEL = [sys.executable, "-m", "pipeline.app.cli"]
 
 
 def run(capsys, *argv):

@@ -8,7 +8,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 import spanfactory
-from pipeline import encode
+from pipeline.exporters import encode
+from receiver import processes
 from pipeline.spans import SPAN_DTYPE, SpanFlag, SpanKind
 
 
@@ -153,11 +154,14 @@ def test_one_resource_per_process_with_its_attributes():
 
 
 def test_service_name_from_config_else_module_else_executable():
-    plain = lambda pid: encode.ProcessInfo(pid, "/opt/srv", "go1.22", "command-line-arguments")  # noqa: E731
+    def plain(pid):
+        proc = spanfactory.process(pid, exe="/opt/srv", module="command-line-arguments")
+        return processes.describe(pid, proc, "testhost")
+
     res = encode.Resources(plain)
     assert attrs(res.resource_for(1).attributes)["service.name"] == "unknown_service:srv"
-    assert attrs(encode.Resources(lambda pid: None).resource_for(1).attributes)["service.name"] \
-        == "unknown_service:go"
+    unknown = encode.Resources(lambda pid: processes.describe(pid, None, "testhost"))
+    assert attrs(unknown.resource_for(1).attributes)["service.name"] == "unknown_service:go"
     named = encode.Resources(plain, {"service.name": "checkout"})
     assert attrs(named.resource_for(1).attributes)["service.name"] == "checkout"
 

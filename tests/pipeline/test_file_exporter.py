@@ -11,6 +11,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 import spanfactory
 from pipeline.exporters import debug, file
+from pipeline.stage import Settings
 from pipeline.exporters.base import Payload
 from pipeline.spans import SpanFlag
 
@@ -49,7 +50,7 @@ def from_otlp_json(line, message_type):
 
 
 def write(tmp_path, payloads, name="traces.jsonl", **kw):
-    e = file.create(file.Config(path=str(tmp_path / "out" / name), **kw), "file")
+    e = file.create(Settings("file"), file.Config(path=str(tmp_path / "out" / name), **kw))
     e.start()
     for p in payloads:
         assert e.export(p)
@@ -112,7 +113,7 @@ def test_config_problems(tmp_path):
 
 def test_debug_exporter_verbosities():
     out = io.StringIO()
-    e = debug.create(debug.Config("basic"), "debug")
+    e = debug.create(Settings("debug"), debug.Config("basic"))
     e.stream = out
     e.export(trace_payload(5))
     e.export(metrics_payload())

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from pipeline import filter as span_filter
-from pipeline.filter import Config, SpanFilter
+from pipeline.processors import filter as span_filter
+from pipeline.stage import Settings
+from pipeline.processors.filter import Config, SpanFilter
 from pipeline.spans import SpanKind, empty_spans
 from receiver.errors import ConfigError
 
@@ -48,7 +49,8 @@ def test_processes_are_included_or_excluded():
 
 def test_start_functions_are_matched_by_pattern_and_cached():
     Names.calls = 0
-    f = span_filter.create(Config(min_park_ns=0, exclude_functions=("runtime.*",)), names=Names())
+    f = span_filter.create(Settings("filter", Names()),
+                          Config(min_park_ns=0, exclude_functions=("runtime.*",)), None)
     assert ids(f.process(rows())) == [1, 2, 4, 5, 6]
     f.process(rows())
     assert Names.calls == 3 and f.dropped_by_function == 2
@@ -64,6 +66,8 @@ def test_nothing_to_drop_passes_the_batch_through():
 
 def test_config_problems_are_listed():
     problems = Config(min_park_ns=-1, include_pids=("x",), exclude_functions=("",)).validate()
-    assert len(problems) == 3 and all(p.startswith("filter::") for p in problems)
+    assert problems == ["filter::min_park_ns must be >= 0",
+                        "filter::include_pids must hold positive integers",
+                        "filter::exclude_functions must hold non-empty strings"]
     with pytest.raises(ConfigError):
         SpanFilter(Config(min_park_ns=-1))

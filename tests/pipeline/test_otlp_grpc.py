@@ -17,6 +17,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 import otlp_server
 import spanfactory
 from pipeline.exporters import otlp_grpc
+from pipeline.stage import Settings
 from pipeline.exporters.base import Payload, QueueConfig
 
 FAST_RETRY = otlp_grpc.RetryConfig(initial_interval=0.01, max_interval=0.05, max_elapsed_time=5.0)
@@ -32,7 +33,7 @@ def exporter(endpoint, retry=FAST_RETRY, queue=QueueConfig(num_consumers=2, queu
     cfg = otlp_grpc.Config(endpoint=endpoint, tls=otlp_grpc.TLSConfig(insecure=True),
                            retry_on_failure=retry, sending_queue=queue, **kw)
     assert cfg.validate() == []
-    e = otlp_grpc.create(cfg, "otlp")
+    e = otlp_grpc.create(Settings("otlp"), cfg)
     e.start()
     return e
 
@@ -147,7 +148,9 @@ def test_unreachable_collector_logs_one_line_keeps_data_queued_and_never_raises(
     with caplog.at_level(logging.WARNING, "gotel.exporter"):
         for _ in range(4):
             assert e.export(payload())
-        time.sleep(0.5)
+        deadline = time.monotonic() + 5
+        while e.queue_size() != 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert e.queue_size() == 3            # one in the retry loop, the rest queued
         assert sent(e) == (0, 0, 0)
         t0 = time.monotonic()
@@ -251,7 +254,7 @@ def test_tls_with_a_ca_file(tmp_path):
         cfg = otlp_grpc.Config(endpoint=f"localhost:{port}", tls=otlp_grpc.TLSConfig(ca_file=str(cert)),
                                retry_on_failure=FAST_RETRY)
         assert cfg.validate() == [] and cfg.target() == (f"localhost:{port}", True)
-        e = otlp_grpc.create(cfg)
+        e = otlp_grpc.create(Settings("otlp"), cfg)
         e.start()
         e.export(payload())
         e.shutdown(5)

@@ -14,6 +14,7 @@ import spanfactory
 from pipeline.exporters import otlp_grpc
 from pipeline.exporters.base import Payload
 from pipeline.exporters.queue import PersistentQueue, QueueConfig, storage_folder
+from pipeline.stage import Settings
 from receiver.errors import ConfigError
 
 FAST_RETRY = otlp_grpc.RetryConfig(initial_interval=0.05, max_interval=0.2, max_elapsed_time=0.5)
@@ -69,7 +70,7 @@ def exporter(endpoint, storage="", timeout=0.5):
                            sending_queue=QueueConfig(num_consumers=2, queue_size=100,
                                                      storage=storage))
     assert cfg.validate() == []
-    e = otlp_grpc.create(cfg, "otlp/primary")
+    e = otlp_grpc.create(Settings("otlp/primary"), cfg)
     e.start()
     return e
 

@@ -5,10 +5,9 @@ import pytest
 
 import gosim
 from pipeline.decoder import EventDecoder
-from pipeline.ids import IdGenerator, randomness
+from pipeline.ids import IdGenerator, format_threshold, randomness
 from pipeline.metrics import GoRuntimeMetrics
-from pipeline.sampler import (AdaptiveSampler, Config, format_threshold, probability_of,
-                              threshold_for)
+from pipeline.processors.sampler import AdaptiveSampler, Config, probability_of, threshold_for
 from pipeline.spans import SpanFlag, SpanKind, empty_spans
 
 NS = 1_000_000_000

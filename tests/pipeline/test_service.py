@@ -1,14 +1,17 @@
 """Service assembly without the kernel: spans fed where the decoder's output goes come out of the
 configured exporters, with self-telemetry in the Collector's names and the end-of-run summary."""
 
+import dataclasses
+import inspect
 import json
 
 import numpy as np
+import pytest
 
 import spanfactory
 from pipeline import config, service
 from pipeline.spans import SpanFlag, SpanKind
-from pipeline.stage import Stage
+from receiver.errors import ConfigError
 
 
 def build(tmp_path, processors="[batch]", level="basic"):
@@ -54,7 +57,7 @@ def test_spans_reach_every_traces_pipeline_and_metrics_hold_self_telemetry(tmp_p
                  "otelcol_receiver_refused_events", "otelcol_exporter_sent_spans",
                  "otelcol_exporter_send_failed_spans", "otelcol_exporter_enqueue_failed_spans",
                  "otelcol_exporter_queue_size", "otelcol_exporter_queue_capacity",
-                 "otelcol_processor_incoming_items"):
+                 "otelcol_processor_incoming_items", "gotel_processor_batches_sent"):
         assert name in names, sorted(names)
     accepted = names["otelcol_receiver_accepted_spans"]["sum"]["dataPoints"][0]
     assert accepted["asInt"] == "500"
@@ -76,34 +79,82 @@ def test_no_self_telemetry_when_level_is_none(tmp_path):
     assert "otelcol_" not in text
 
 
-def test_a_failing_stage_drops_the_batch_and_the_pipeline_goes_on(tmp_path):
-    class Flaky(Stage):
-        calls = 0
+def test_components_come_from_the_one_registry_with_one_create_signature():
+    from pipeline import components
 
-        def consume(self, batch):
-            Flaky.calls += 1
-            if Flaky.calls == 1:
-                raise RuntimeError("bad batch")
-            self.next.consume(batch)
-
-        def shutdown(self, timeout=5.0):
-            raise RuntimeError("bad flush")
-
-    svc = build(tmp_path)
-    head = service.Locked(Flaky(svc.tap), svc.lock, rest=svc.tap)
-    head.consume(np.zeros(3, dtype=spanfactory.SPAN_DTYPE))
-    head.consume(spanfactory.spans(7, pids=(1,)))
-    head.shutdown(5)
-    svc.shutdown(5)
-    assert head.failed == 3
-    assert sum(len(ss["spans"]) for req in lines(tmp_path / "traces.jsonl")
-               for rs in req["resourceSpans"] for ss in rs["scopeSpans"]) == 7
+    for kind, modules in components.REGISTRY.items():
+        for module in modules:
+            assert module.TYPE and set(module.SIGNALS) <= {"traces", "metrics"}, module
+            params = list(inspect.signature(module.create).parameters)
+            assert params[:3] == ["settings", "config", "next_stage"], (module, params)
+            assert dataclasses.is_dataclass(module.Config)
+            assert components.module(kind, module.TYPE) is module
+    assert components.module("exporters", "otlp") is components.module("exporters", "otlp_grpc")
+    assert components.module("processors", "nope") is None
 
 
-def test_the_receiver_config_follows_the_receivers_own_fields():
+def test_the_receiver_config_holds_the_receivers_own_fields():
+    from pipeline.receivers import goroutines
     from receiver import receiver as receiver_mod
 
-    cls = service.receiver_config_class()
-    rc = cls(pids=(5,), resource={"service.name": "x"})
-    part = service.receiver_part(rc)
+    rc = goroutines.Config(pids=(5,), resource={"service.name": "x"})
+    part = rc.source_config()
     assert isinstance(part, receiver_mod.Config) and part.pids == (5,)
+    assert {f.name for f in dataclasses.fields(receiver_mod.Config)} <= {
+        f.name for f in dataclasses.fields(goroutines.Config)}
+
+
+def test_a_new_processor_is_one_module_and_one_registry_line(tmp_path, monkeypatch):
+    """What adding a component takes: a module in the house shape, and its line in the registry."""
+    import types
+
+    from pipeline import components
+
+    truncate = types.ModuleType("truncate")
+    exec('''
+import dataclasses
+from pipeline.stage import Stage
+
+TYPE = "truncate"
+SIGNALS = ("traces",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    keep: int = 10
+
+    def validate(self):
+        return [] if self.keep > 0 else ["keep must be > 0"]
+
+
+class Truncate(Stage):
+    def process(self, batch):
+        return batch[:self.config.keep]
+
+
+def create(settings, config, next_stage):
+    return Truncate(next_stage, config)
+''', truncate.__dict__)
+    registry = dict(components.REGISTRY, processors=(*components.REGISTRY["processors"], truncate))
+    monkeypatch.setattr(components, "REGISTRY", registry)
+    monkeypatch.setattr(components, "BY_TYPE", {**components.BY_TYPE, ("processors", "truncate"): truncate})
+    svc = service.Service(config.loads(f"""
+receivers: {{goroutines: {{pids: [1]}}}}
+processors: {{truncate: {{keep: 10}}, batch: {{}}}}
+exporters: {{file: {{path: {tmp_path}/traces.jsonl}}}}
+service: {{pipelines: {{traces: {{receivers: [goroutines], processors: [truncate, batch],
+                                exporters: [file]}}}}}}
+"""))
+    svc.start_exporters()
+    svc.tap.consume(spanfactory.spans(500, pids=(1,)))
+    svc.shutdown(5)
+    spans = [sp for req in lines(tmp_path / "traces.jsonl") for rs in req["resourceSpans"]
+             for ss in rs["scopeSpans"] for sp in ss["spans"]]
+    assert len(spans) == 10
+    with pytest.raises(ConfigError, match="processors::truncate::keep must be > 0"):
+        config.loads(f"""
+receivers: {{goroutines: {{pids: [1]}}}}
+processors: {{truncate: {{keep: 0}}}}
+exporters: {{debug: {{}}}}
+service: {{pipelines: {{traces: {{receivers: [goroutines], processors: [truncate], exporters: [debug]}}}}}}
+""")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import gotool
+from pipeline.app import gotool
 from receiver.binary import PROBED_FUNCTIONS, GoBinary
 from receiver.layout import G_FIELDS, M_FIELDS
 

@@ -3,7 +3,7 @@ distributions ship it). Timings live in benchmarks/bench_inspect.py, not here.""
 
 import pytest
 
-from pipeline import gotool
+from pipeline.app import gotool
 from receiver import layout
 from receiver.binary import GoBinary
 

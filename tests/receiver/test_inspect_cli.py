@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import gotool
+from pipeline.app import gotool
 from receiver.binary import GoBinary
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def gotel(*args):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "pipeline.app.cli", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 

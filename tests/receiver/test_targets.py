@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from collect import Collect, start_held, untraced
-from receiver import targets
+from receiver import processes, targets
 from receiver.errors import ConfigError, TargetError
 from receiver.events import Kind
 from receiver.receiver import Config, GoroutineReceiver, run_command
@@ -27,24 +27,22 @@ def wait_for(predicate, timeout=10.0):
     return False
 
 
-def test_registry_keys_processes_by_pid():
-    reg = targets.ProcessRegistry()
-    p = reg.add(targets.Process(42, binary=None, exe="/x", start_time_ns=1, target=targets.Target.pid(42)))
-    assert reg.get(42) is p and 42 in reg and len(reg) == 1 and reg.alive() == [p]
-    assert reg.mark_exited(42, -9) is p and not p.alive and p.exit_status == -9
-    assert reg.alive() == [] and reg.get(7) is None
+def test_exits_are_described_by_signal_name():
     assert targets.describe_exit(-9) == "killed by SIGKILL"
+    assert targets.describe_exit(3) == "exited with status 3"
 
 
 def test_config_fails_fast_with_every_problem():
     with pytest.raises(ConfigError) as e:
         GoroutineReceiver(Config(kinds=("create", "teleport"), poll_interval_s=0))
-    assert len(e.value.problems) == 3
-    assert "receivers::goroutines" in str(e.value)
+    assert e.value.problems[0].startswith("receivers::goroutines: give at least one of pids")
+    assert e.value.problems[1].startswith("receivers::goroutines::kinds: unknown ['teleport']")
+    assert e.value.problems[2] == ("receivers::goroutines: poll_interval_s and check_interval_s "
+                                   "must be > 0")
 
 
 def test_start_time_is_a_recent_unix_time():
-    assert abs(targets.start_time_ns(os.getpid()) - time.time_ns()) < 3600 * 10**9
+    assert abs(processes.start_time_ns(os.getpid()) - time.time_ns()) < 3600 * 10**9
 
 
 @pytest.mark.bpf

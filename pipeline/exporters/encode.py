@@ -14,26 +14,24 @@ that is a standard-library wrapper that only calls a function value (``sync.(*Wa
 ``time.goFunc``), the user's function is not in the goroutine record, so the name becomes the
 function that created the goroutine when that one is the user's code, and the wrapper stays in
 ``code.function.name``. (The compiler's own ``pkg.f.gowrapN`` wrappers of ``go f(x)`` are resolved
-to ``f`` where the symbolizer can, in pipeline/service.py.) Park spans are named by their wait reason
+to ``f`` where the symbolizer can, in receiver/processes.py.) Park spans are named by their wait reason
 ("chan receive"); with ``park_mode: events`` parks are span events of their goroutine's span.
 
 Thread-safety: one encoder is used by one thread (the pipeline's), its caches are plain dicts.
-Cost: see ``python -m pipeline.encode`` (measured throughput printed in spans/s).
+Cost: see ``python -m pipeline.exporters.encode`` (measured throughput printed in spans/s).
 """
 
 import bisect
 import itertools
-import socket
 import struct
 import time
-import uuid
-from pathlib import Path
 
 import numpy as np
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
+from pipeline.ids import tracestate
 from pipeline.spans import SPAN_DTYPE, SpanFlag, SpanKind
 
 SCOPE_NAME = "gotel"
@@ -163,76 +161,26 @@ def span_name(start_function, creator_function):
     return start_function or creator_function or "goroutine"
 
 
-def tracestate(threshold):
-    """OTEP 235 tracestate for a 56-bit rejection threshold ("" when everything is kept)."""
-    from pipeline.sampler import format_threshold
-
-    return f"ot=th:{format_threshold(threshold)}" if threshold else ""
-
-
 # --- per-process facts --------------------------------------------------------------------------
-class ProcessInfo:
-    """What a Resource is made of, for one traced process (filled by the service from the receiver)."""
-
-    def __init__(self, pid, exe_path="", go_version="", module="", module_version="",
-                 build_settings=None, start_time_ns=0, command_args=()):
-        self.pid = int(pid)
-        self.exe_path = str(exe_path or "")
-        self.go_version = go_version or ""
-        self.module = module or ""
-        self.module_version = module_version or ""
-        self.build_settings = dict(build_settings or {})
-        self.start_time_ns = int(start_time_ns or 0)
-        self.command_args = tuple(command_args or ())
-
-
-def _iso8601(ns):
-    t = time.gmtime(ns // 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{(ns // 1_000_000) % 1000:03d}Z"
-
-
 class Resources:
     """resource_for(pid) -> OTLP Resource of a traced process, cached per pid.
 
-    ``lookup(pid)`` returns a ProcessInfo (or None for a pid gotel knows nothing about). ``attributes``
-    from the config override the detected ones (``service.name`` first among them).
+    ``describe(pid)`` gives the attributes that describe the process (``Processes.describe``);
+    gotel adds ``telemetry.sdk.*``, and ``overrides`` from the config replace any of them
+    (``service.name`` first among them).
     """
 
-    def __init__(self, lookup, attributes=None, host_name=None):
-        self.lookup = lookup
-        self.overrides = dict(attributes or {})
-        self.host_name = host_name or socket.gethostname()
+    def __init__(self, describe, overrides=None):
+        self.describe = describe
+        self.overrides = dict(overrides or {})
         self._cache = {}
 
     def attributes(self, pid):
-        info = self.lookup(pid) or ProcessInfo(pid)
-        exe_name = Path(info.exe_path).name if info.exe_path else ""
-        module = info.module if info.module and info.module != "command-line-arguments" else ""
-        attrs = {
-            "service.name": module or f"unknown_service:{exe_name or 'go'}",
-            "service.instance.id": str(uuid.uuid5(
-                uuid.NAMESPACE_URL, f"gotel://{self.host_name}/{info.pid}/{info.start_time_ns}")),
-            "process.pid": info.pid,
-            "process.executable.name": exe_name,
-            "process.executable.path": info.exe_path,
-            "process.runtime.name": "go",
-            "process.runtime.version": info.go_version,
-            "host.name": self.host_name,
-            "telemetry.sdk.name": "gotel",
-            "telemetry.sdk.version": GOTEL_VERSION,
-        }
-        if info.start_time_ns:
-            attrs["process.creation.time"] = _iso8601(info.start_time_ns)
-        if info.command_args:
-            attrs["process.command_args"] = list(info.command_args)
-        if module:
-            attrs["go.module.path"] = module
-            if info.module_version:
-                attrs["go.module.version"] = info.module_version
-        for key, value in sorted(info.build_settings.items()):
-            attrs[f"go.build.{key.lstrip('-')}"] = value
+        attrs = dict(self.describe(pid))
+        attrs["telemetry.sdk.name"] = "gotel"
+        attrs["telemetry.sdk.version"] = GOTEL_VERSION
         attrs.update(self.overrides)
-        return {k: v for k, v in attrs.items() if v != ""}
+        return attrs
 
     def resource_for(self, pid):
         """The Resource message of pid (cached)."""
@@ -263,47 +211,6 @@ def any_value(value):
 
 def key_value(key, value):
     return common_pb2.KeyValue(key=key, value=any_value(value))
-
-
-# --- symbols ------------------------------------------------------------------------------------
-class Symbols:
-    """(pid, pc) -> (function, file, line), cached; ``resolve(pid, pcs)`` is the batch resolver.
-
-    ``resolve(pid, pcs)`` takes a pid and an array of distinct PCs and returns a list of
-    (function, file, line) tuples; unknown PCs give ("", "", 0). Its failures are contained: a PC that
-    cannot be symbolized is named by its address.
-    """
-
-    def __init__(self, resolve):
-        self._resolve = resolve
-        self._cache = {}
-
-    def lookup(self, pid, pcs):
-        """Make sure every (pid, pc) is cached; pcs is an array of PCs (duplicates allowed)."""
-        cache = self._cache
-        missing = [pc for pc in set(pcs) if (pid, pc) not in cache]
-        if not missing:
-            return
-        try:
-            found = self._resolve(pid, np.asarray(missing, dtype=np.uint64))
-        except Exception:  # noqa: BLE001  (a symbolizer failure must not lose the spans)
-            found = None
-        for i, pc in enumerate(missing):
-            entry = found[i] if found is not None and i < len(found) else None
-            if not entry or not entry[0]:
-                entry = (f"0x{pc:x}" if pc else "", "", 0)
-            cache[(pid, pc)] = (str(entry[0]), str(entry[1] or ""), int(entry[2] or 0))
-
-    def get(self, pid, pc):
-        entry = self._cache.get((pid, pc))
-        if entry is None:
-            self.lookup(pid, [pc])
-            entry = self._cache[(pid, pc)]
-        return entry
-
-    def forget(self, pid):
-        for key in [k for k in self._cache if k[0] == pid]:
-            del self._cache[key]
 
 
 # --- the encoder --------------------------------------------------------------------------------
@@ -340,17 +247,17 @@ _FLAG_ATTRIBUTES = (
 class TraceEncoder:
     """Serializes span arrays into ExportTraceServiceRequest bytes (see the module docstring).
 
-    ``resources`` gives ``resource_for(pid)``; ``symbols`` is a Symbols; ``wait_reasons(pid)`` returns
-    the list of Go wait reason names of that process (index = Go's number).
+    ``resources`` gives ``resource_for(pid)``; ``names`` answers ``names(pid, pcs)`` ->
+    [(function, file, line)] and ``wait_reason(pid, number)`` (``receiver.processes.Processes``).
     """
 
-    def __init__(self, resources, symbols, wait_reasons=lambda pid: ()):
+    def __init__(self, resources, names):
         self.resources = resources
-        self.symbols = symbols
-        self.wait_reasons = wait_reasons
+        self.names_of = names
         scope = common_pb2.InstrumentationScope(name=SCOPE_NAME, version=GOTEL_VERSION)
         self._scope = field_bytes(1, scope.SerializeToString())
         self._resource = {}
+        self._symbol = {}           # (pid, pc) -> (function, file, line); unknown: named by address
         self._start_blob = {}       # (pid, start_pc) -> (name field or None for a wrapper, attrs)
         self._create_blob = {}      # (pid, create_pc) -> creation site attributes
         self._park_blob = {}        # (pid, wait_reason) -> name field + wait reason attribute
@@ -366,20 +273,39 @@ class TraceEncoder:
         return blob
 
     def forget(self, pid):
-        """Drop what is cached for a process that exited (its pid may be reused)."""
+        """Drop what is cached for a process whose PID now names another process."""
         self._resource.pop(pid, None)
-        for cache in (self._start_blob, self._create_blob, self._park_blob):
+        for cache in (self._symbol, self._start_blob, self._create_blob, self._park_blob):
             for key in [k for k in cache if k[0] == pid]:
                 del cache[key]
-        self.symbols.forget(pid)
-        forget = getattr(self.resources, "forget", None)
-        if forget:
-            forget(pid)
+        self.resources.forget(pid)
+
+    def _lookup(self, pid, pcs):
+        """Make sure every (pid, pc) is cached; pcs may repeat."""
+        missing = [pc for pc in set(pcs) if (pid, pc) not in self._symbol]
+        if not missing:
+            return
+        try:
+            found = self.names_of.names(pid, missing)
+        except Exception:  # noqa: BLE001  (a symbolizer failure must not lose the spans)
+            found = []
+        for i, pc in enumerate(missing):
+            entry = found[i] if i < len(found) else None
+            if not entry or not entry[0]:
+                entry = (f"0x{pc:x}" if pc else "", "", 0)
+            self._symbol[(pid, pc)] = (str(entry[0]), str(entry[1] or ""), int(entry[2] or 0))
+
+    def _symbolized(self, pid, pc):
+        entry = self._symbol.get((pid, pc))
+        if entry is None:
+            self._lookup(pid, [pc])
+            entry = self._symbol[(pid, pc)]
+        return entry
 
     def names(self, pid, start_pc, create_pc):
         """(span name, start function, creator function, creation file, creation line)."""
-        start_fn = self.symbols.get(pid, start_pc)[0] if start_pc else ""
-        creator_fn, file, line = self.symbols.get(pid, create_pc - 1) if create_pc else ("", "", 0)
+        start_fn = self._symbolized(pid, start_pc)[0] if start_pc else ""
+        creator_fn, file, line = self._symbolized(pid, create_pc - 1) if create_pc else ("", "", 0)
         return span_name(start_fn, creator_fn), start_fn, creator_fn, file, line
 
     def _goroutine_bytes(self, pid, start_pc, create_pc):
@@ -387,7 +313,7 @@ class TraceEncoder:
         programs pair them in few ways but a cache per pair would still be their product."""
         start = self._start_blob.get((pid, start_pc))
         if start is None:
-            start_fn = self.symbols.get(pid, start_pc)[0] if start_pc else ""
+            start_fn = self._symbolized(pid, start_pc)[0] if start_pc else ""
             wrapper = is_wrapper(start_fn)
             attrs = attribute("code.function.name", start_fn) if start_fn else b""
             name = None if wrapper else field_bytes(5, (start_fn or "goroutine").encode())
@@ -396,7 +322,7 @@ class TraceEncoder:
         if create is None:
             # The creation PC is a return address; its call is the instruction before (Go's own
             # traceback does the same for "created by").
-            creator_fn, file, line = self.symbols.get(pid, create_pc - 1) if create_pc else ("", "", 0)
+            creator_fn, file, line = self._symbolized(pid, create_pc - 1) if create_pc else ("", "", 0)
             parts = []
             if file:
                 parts.append(attribute("code.file.path", file))
@@ -411,8 +337,7 @@ class TraceEncoder:
         return name + start[1] + create
 
     def wait_reason(self, pid, number):
-        names = self.wait_reasons(pid) or ()
-        return names[number] if number < len(names) and names[number] else f"waitReason({number})"
+        return self.names_of.wait_reason(pid, number)
 
     def _park_bytes(self, pid, number):
         key = (pid, number)
@@ -509,8 +434,8 @@ class TraceEncoder:
         as_event = (spans["flags"] & int(SpanFlag.AS_EVENT)) != 0
         if as_event.any():
             spans, events = self._split_events(pid, spans, as_event)
-        self.symbols.lookup(pid, np.unique(spans["start_pc"]).tolist())
-        self.symbols.lookup(pid, [pc - 1 for pc in np.unique(spans["create_pc"]).tolist() if pc])
+        self._lookup(pid, np.unique(spans["start_pc"]).tolist())
+        self._lookup(pid, [pc - 1 for pc in np.unique(spans["create_pc"]).tolist() if pc])
         numeric, offsets = self._numeric(spans)
         goroutine_bytes, park_bytes = self._goroutine_bytes, self._park_bytes
         flags_bytes, state_bytes = self._flags_bytes, self._state_bytes
@@ -642,12 +567,15 @@ def benchmark(n=200_000, pids=2, distinct_pcs=200, park_share=0.5, seed=1):
     spans["n_parks"] = rng.integers(0, 50, n)
     spans["pid"] = 1000 + rng.integers(0, pids, n)
 
-    def resolve(pid, pcs):
-        return [(f"main.function{pc % 997}", "/src/app/main.go", int(pc % 500)) for pc in pcs.tolist()]
+    class Names:
+        def names(self, pid, pcs):
+            return [(f"main.function{pc % 997}", "/src/app/main.go", int(pc % 500)) for pc in pcs]
 
-    encoder = TraceEncoder(Resources(lambda pid: ProcessInfo(pid, "/usr/bin/app", "go1.25.5",
-                                                             "example.com/app")),
-                           Symbols(resolve), lambda pid: [f"reason {i}" for i in range(40)])
+        def wait_reason(self, pid, number):
+            return f"reason {number}"
+
+    describe = {"service.name": "example.com/app", "process.executable.path": "/usr/bin/app"}
+    encoder = TraceEncoder(Resources(lambda pid: {**describe, "process.pid": pid}), Names())
     encoder.encode_chunks(spans[:1000])  # warm the caches, as a running pipeline has
     batch = 8192
     t0 = time.perf_counter()

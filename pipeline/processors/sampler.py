@@ -29,12 +29,13 @@ Cost: one vectorized hash lookup per batch plus an insert for new traces. Not th
 """
 
 import time
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.goroutines import HashIndex, RowStore, unique_pairs
-from pipeline.ids import MASK56, randomness
+from pipeline.ids import randomness
 from pipeline.spans import SpanFlag, SpanKind, empty_spans
 from pipeline.stage import Stage
 
@@ -51,27 +52,26 @@ def threshold_for(probability, digits=14):
     return min(t, (1 << 56) - step)
 
 
-def format_threshold(threshold):
-    """The ``th`` value of ``ot=th:...``: 14 hex digits of T with trailing zeros removed ("0": keep
-    all)."""
-    text = f"{int(threshold) & MASK56:014x}".rstrip("0")
-    return text or "0"
-
-
 def probability_of(threshold):
     return 1.0 - int(threshold) / (1 << 56)
+
+
+TYPE = "sampler"
+SIGNALS = ("traces",)
 
 
 @dataclass(frozen=True)
 class Config:
     target_spans_per_second: float = 5000.0
-    window_s: float = 1.0
+    window_s: float = dataclasses.field(default=1.0, metadata={"duration": "s"})
     smoothing: float = 0.5
     min_probability: float = 1e-4
     threshold_digits: int = 4
-    anomaly_park_s: float = 0.0        # 0: off
-    anomaly_lifetime_s: float = 0.0    # 0: off
-    decision_ttl_s: float = 60.0
+    # 0: off
+    anomaly_park_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
+    # 0: off
+    anomaly_lifetime_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
+    decision_ttl_s: float = dataclasses.field(default=60.0, metadata={"duration": "s"})
     max_traces: int = 1_000_000        # remembered decisions; the least recently seen go first
 
     def validate(self, path="sampler"):
@@ -238,5 +238,5 @@ class AdaptiveSampler(Stage):
         out["parent_span_id"][r] = 0
 
 
-def create(config=Config(), next_stage=None, clock=time.monotonic):
-    return AdaptiveSampler(config, next_stage, clock=clock)
+def create(settings, config, next_stage):
+    return AdaptiveSampler(config, next_stage)

@@ -18,6 +18,8 @@ import numpy as np
 
 from pipeline.stage import Stage
 
+TYPE = "batch"
+SIGNALS = ("traces",)
 MIB = 1 << 20
 
 
@@ -50,17 +52,15 @@ class Config:
 class Batcher(Stage):
     """Holds span arrays until a batch is due, then forwards it (size, max size, bytes, timer)."""
 
+    COUNTERS = ("batches_sent", "sent_by_size", "sent_by_timeout")
+
     def __init__(self, config=Config(), next_stage=None, clock=time.monotonic):
-        super().__init__(next_stage)
-        self.config = config
+        super().__init__(next_stage, config)
         self.clock = clock
         self._held = []
         self._count = 0
         self._deadline = None
         self.bytes_per_span = float(config.bytes_per_span)
-        self.batches_sent = 0
-        self.sent_by_size = 0
-        self.sent_by_timeout = 0
 
     @property
     def max_items(self):
@@ -101,6 +101,7 @@ class Batcher(Stage):
         if self._count and self.clock() >= self._deadline:
             self.sent_by_timeout += 1
             self._emit()
+        super().tick()
 
     def flush(self):
         """Send everything held now (shutdown), in requests that respect the caps."""
@@ -125,5 +126,5 @@ class Batcher(Stage):
         self._deadline = self.clock() + self.config.timeout if len(rest) else None
 
 
-def create(config, next_stage, clock=time.monotonic):
-    return Batcher(config, next_stage, clock=clock)
+def create(settings, config, next_stage):
+    return Batcher(config, next_stage)

@@ -12,6 +12,7 @@ thread-safe.
 """
 
 import fnmatch
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +22,14 @@ from pipeline.spans import SpanKind, empty_spans
 from pipeline.stage import Stage
 
 
+TYPE = "filter"
+SIGNALS = ("traces",)
+
+
 @dataclass(frozen=True)
 class Config:
-    min_park_ns: int = 100_000              # parks shorter than this (0.1 ms) are noise
+    # parks shorter than this (0.1 ms) are noise
+    min_park_ns: int = dataclasses.field(default=100_000, metadata={"duration": "ns"})
     include_pids: tuple = ()
     exclude_pids: tuple = ()
     include_functions: tuple = ()           # fnmatch patterns on the start function
@@ -99,5 +105,5 @@ class SpanFilter(Stage):
         return spans[keep] if keep.any() else empty_spans()
 
 
-def create(config=Config(), next_stage=None, names=None):
-    return SpanFilter(config, next_stage, names=names)
+def create(settings, config, next_stage):
+    return SpanFilter(config, next_stage, names=settings.processes)

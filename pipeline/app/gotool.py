@@ -11,7 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("GOTEL_CACHE", REPO / ".cache"))
 DEBIAN_GO = {"1.19": Path("/usr/lib/go-1.19/bin/go")}
 

@@ -1,6 +1,6 @@
-"""``gotel demo``: build the bundled Go HTTP server (pipeline/demo), trace it, print the summary.
+"""``gotel demo``: build the bundled Go HTTP server (pipeline/app/demo), trace it, print the summary.
 
-The program is built with the newest Go toolchain that ``make setup`` installed (pipeline.gotool),
+The program is built with the newest Go toolchain that ``make setup`` installed (pipeline.app.gotool),
 cached under ``.cache/demo``, launched as a command target (so it is traced from its first
 instruction) with the embedded default configuration, and runs its own clients for a few seconds
 before exiting. The OTLP/JSON files go to ``out_dir``.
@@ -9,7 +9,9 @@ before exiting. The OTLP/JSON files go to ``out_dir``.
 import subprocess
 from pathlib import Path
 
-from pipeline import config, gotool
+from pipeline import config
+from pipeline.app import gotool
+from pipeline.app.runner import run_service
 from receiver.errors import GotelError
 
 SOURCE = Path(__file__).resolve().parent / "demo"
@@ -33,8 +35,6 @@ def build():
 
 
 def run(out_dir="./gotel-out", duration=None):
-    from pipeline.cli import run_service
-
     seconds = DEFAULT_SECONDS if duration is None else duration
     binary = build()
     print(f"gotel demo: tracing {binary.name} (an HTTP server with a worker pool and its own "

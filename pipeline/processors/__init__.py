@@ -1,0 +1,1 @@
+"""Processors: stages between the receiver and the exporters (filter, sampler, batch)."""

@@ -1,0 +1,1 @@
+"""Receivers: the components that bring data into the pipelines, built on receiver/."""
