@@ -158,3 +158,29 @@ def test_a_second_sigint_exits_at_once_with_whole_files(require_bpf, go_build, t
         g.kill()
     assert whole_lines(out / "metrics.jsonl") >= 1
     whole_lines(out / "traces.jsonl")
+
+
+@pytest.mark.bpf
+def test_data_lost_gives_exit_status_1_and_one_line_why(require_bpf, go_build, tmp_path):
+    """A collector that is down: without a queue on disk the spans are lost (exit 1, one line with
+    how many and why); with one they are left on disk for the next start (exit 0, said so)."""
+    binary = go_build("lingerer")
+    port = otlp_server.free_port()
+    for storage, status in ((None, 1), (tmp_path / "queue", 0)):
+        queue = f", sending_queue: {{storage: '{storage}'}}" if storage else ""
+        config = tmp_path / "gotel.yaml"
+        config.write_text(FAST_METRICS.replace("exporters: [file/traces]",
+                                               "exporters: [file/traces, otlp]")
+                          .replace("exporters:\n", f"exporters:\n  otlp: {{endpoint: '127.0.0.1:"
+                                   f"{port}', tls: {{insecure: true}}, shutdown_timeout: 500ms"
+                                   f"{queue}}}\n", 1))
+        p = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "trace", "-c", config, "--",
+                            binary, "-for", "1s"], cwd=REPO, capture_output=True, text=True,
+                           timeout=120, env={**os.environ, "GOTEL_OUT": str(tmp_path / "out")})
+        assert p.returncode == status, p.stderr
+        lost = [line for line in p.stderr.splitlines() if line.startswith("gotel: data lost:")]
+        if storage is None:
+            assert len(lost) == 1 and "spans not delivered by exporter otlp" in lost[0]
+            assert "UNAVAILABLE" in lost[0]
+        else:
+            assert lost == [] and "left on disk" in p.stderr

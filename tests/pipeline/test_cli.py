@@ -171,13 +171,19 @@ def test_pid_1_says_what_the_kernel_refuses(capsys):
         one_line_error(err, "process 1")
 
 
-def test_gotel_out_is_honoured_with_a_config(tmp_path, monkeypatch):
-    """`gotel trace -c FILE` without --out: ${env:GOTEL_OUT} in the file is the environment's."""
-    from pipeline import config
+def test_gotel_out_is_honoured_with_a_config(tmp_path, monkeypatch, go_build):
+    """`gotel trace -c FILE` without --out: ${env:GOTEL_OUT} in the file is the environment's;
+    with --out, --out wins."""
+    seen = []
 
+    class Ran:
+        exit_status = 0
+
+    monkeypatch.setattr(cli, "run_service", lambda cfg, duration=None: seen.append(cfg) or Ran())
     monkeypatch.setenv("GOTEL_OUT", str(tmp_path / "elsewhere"))
-    args = cli.build_parser().parse_args(["trace", "-c", str(REPO / "config" / "default.yaml"),
-                                          "--pid", "1"])
-    assert args.out is None
-    cfg = config.load(args.config, receiver_settings={"pids": [1]})
-    assert cfg.exporters["file/traces"].config.path == f"{tmp_path}/elsewhere/traces.jsonl"
+    target = str(go_build("spawner"))
+    shipped = str(REPO / "config" / "default.yaml")
+    assert cli.main(["trace", "-c", shipped, "--binary", target]) == 0
+    assert cli.main(["trace", "-c", shipped, "--out", str(tmp_path / "here"), "--binary", target]) == 0
+    paths = [cfg.exporters["file/traces"].config.path for cfg in seen]
+    assert paths == [f"{tmp_path}/elsewhere/traces.jsonl", f"{tmp_path}/here/traces.jsonl"]
