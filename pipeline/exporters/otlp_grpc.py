@@ -8,7 +8,10 @@ delay is honoured. Back-off is exponential with jitter (``retry_on_failure``: in
 multiplier, randomization_factor, max_interval, max_elapsed_time; the Collector's defaults), and
 waits on ``stop_event`` so that shutdown interrupts it. Partial success is logged. An unreachable
 collector gives one clear, rate-limited error line while the data stays queued (or is dropped and
-counted when the queue is full); nothing is raised into the pipeline.
+counted when the queue is full); nothing is raised into the pipeline. With the queue on disk
+(``sending_queue::storage``) a retryable failure is retried until the collector is back, whatever
+``max_elapsed_time`` says (the data has somewhere to wait), and what shutdown interrupts stays on
+disk for the next start; ``shutdown_timeout`` is how long shutdown lets the queue drain.
 """
 
 import dataclasses
