@@ -393,6 +393,11 @@ class GoroutineReceiver:
                     self._adopt(pid)
                 elif not known.alive and start_time_ns(pid) not in (0, known.start_time_ns):
                     self._adopt(pid)       # the PID of a process that exited, now another's
+                now = self.registry.get(pid)
+                if now is not None and not now.alive:
+                    # Gone already (its events came after it): a new process may take the PID at
+                    # any moment, so its next events are looked at again.
+                    self._seen_pids.discard(pid)
 
     def _with_unknown(self, batch):
         """Prefix EXISTING events for goroutines never seen created (read from the process), for
