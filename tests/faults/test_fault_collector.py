@@ -139,4 +139,4 @@ def test_collector_never_answers(figure):
     figure("never answering: shutdown took", round(took, 2), "s")
     assert failed == sum(p.count for p in batch)
     assert "DEADLINE_EXCEEDED" in e.last_failure
-    assert took < 6
+    assert took < 15                   # bounded by the shutdown timeout, not by the collector
