@@ -36,6 +36,8 @@ ROWS = (
     (5, "benchmarks.bench_memory", 240),
     (6, "benchmarks.bench_uprobe_floor", 120),
     (7, "benchmarks.bench_inspect", 300),
+    (8, "benchmarks.bench_census", 300),
+    (14, "benchmarks.bench_agent", 300),
 )
 QUICK_BUDGET_S = 120
 LOG_DIR = REPO / "benchmarks" / ".work" / "logs"   # git-ignored

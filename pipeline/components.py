@@ -8,12 +8,12 @@ None for exporters). Adding a component is one module and one line here.
 
 from pipeline.exporters import debug, file, otlp_grpc
 from pipeline.processors import batch, filter as span_filter, sampler
-from pipeline.receivers import goroutines
+from pipeline.receivers import goroutines, goruntime
 
 KINDS = ("receivers", "processors", "exporters")
 
 REGISTRY = {
-    "receivers": (goroutines,),
+    "receivers": (goroutines, goruntime),
     "processors": (span_filter, sampler, batch),
     "exporters": (otlp_grpc, file, debug),
 }

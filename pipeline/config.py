@@ -35,7 +35,7 @@ from pipeline.components import KINDS
 from receiver.errors import ConfigError
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "default.yaml"
-SIGNALS = ("traces", "metrics")
+SIGNALS = ("traces", "metrics", "logs")
 TOP_LEVEL = (*KINDS, "service", "extensions", "connectors")
 
 
@@ -499,7 +499,8 @@ def build(raw, problems):
             if "filter" in order and "sampler" in order and order.index("filter") > order.index("sampler"):
                 problems.append(f"{_path((*where, 'processors'))}: filter must come before sampler")
         pipelines[str(pid)] = Pipeline(str(pid), signal, lists["receivers"], procs, lists["exporters"])
-    used = sorted({r for p in pipelines.values() for r in p.receivers})
+    used = sorted({r for p in pipelines.values() for r in p.receivers
+                   if (parse_id(r) or ("",))[0] != "goruntime"})   # census receivers: any number
     if len(used) > 1:
         problems.append(f"service::pipelines: gotel runs one receiver, and every pipeline takes its "
                         f"data from it; the pipelines use {len(used)} ({', '.join(used)})")

@@ -171,6 +171,7 @@ class EventDecoder(Stage):
         self._held = []           # _HELD_DTYPE arrays (park_mode "events")
         self._n_held = 0
         self._now = 0
+        self._stop_ns = 0           # when tracing stops (stop_at), for goroutines still open
         self._next_sweep = 0
         self._max_spans = config.max_spans_per_trace
         self._max_age = int(config.max_trace_duration_s * _NS)
@@ -648,10 +649,16 @@ class EventDecoder(Stage):
         return spans
 
     # ---------------------------------------------------------------- shutdown
+    def stop_at(self, now_ns):
+        """The time tracing stops (Unix ns), set from the control thread: goroutines still parked
+        then end at the stop, not at the last event seen (a program whose goroutines are all
+        blocked sends none). Read only by ``flush``."""
+        self._stop_ns = int(now_ns)
+
     def flush(self):
         """End every goroutine still open (ENDED_AT_SHUTDOWN), with its open park; forget all."""
         g = self.goroutines
-        spans = self._end(g.live_rows(), self._now)
+        spans = self._end(g.live_rows(), max(self._now, self._stop_ns))
         self.goroutines = GoroutineTable(self.config.initial_capacity)
         self.traces = RowStore(TRACE_COLUMNS, 1024)
         self._held, self._n_held = [], 0

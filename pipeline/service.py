@@ -4,6 +4,7 @@
     (poller thread)         └─▶ ... one chain per traces pipeline
     metrics thread: every collection_interval, the receiver's metrics and gotel's own ─▶ the
     metrics pipelines' exporters
+    goruntime receivers (a census thread each): metrics and leak logs ─▶ their pipelines' exporters
 
 Every component comes from its module in ``pipeline.components`` through the same
 ``create(settings, config, next)``; the service knows no component's internals. The receiver's
@@ -20,7 +21,7 @@ import time
 from pipeline import components, telemetry
 from pipeline.exporters.encode import Resources, TraceEncoder
 from pipeline.exporters.base import Payload
-from pipeline.exporters.fanout import TraceFanout
+from pipeline.exporters.fanout import PayloadRoute, TraceFanout
 from pipeline.stage import Discard, Fork, Settings
 from pipeline.summary import Summary, SummaryTap
 from receiver.processes import Processes
@@ -53,9 +54,13 @@ class Service:
         return Settings(cid, self.processes)
 
     def _build(self, launch_options):
-        (self.receiver_id,) = {r for p in self.config.pipelines.values() for r in p.receivers}
-        rc = self.config.receivers[self.receiver_id]
-        self.resources = Resources(self.processes.describe, rc.config.resource)
+        used = {r for p in self.config.pipelines.values() for r in p.receivers}
+        census_ids = sorted(r for r in used if self.config.receivers[r].type == "goruntime")
+        probed = sorted(used - set(census_ids))
+        # Without a goroutines receiver nothing is probed: census receivers run alone.
+        self.receiver_id = probed[0] if probed else None
+        rc = self.config.receivers[self.receiver_id] if probed else None
+        self.resources = Resources(self.processes.describe, rc.config.resource if rc else {})
         self.processes.on_forget(self.resources.forget)
         self.encoder = TraceEncoder(self.resources, self.processes)
         self.processes.on_forget(self.encoder.forget)
@@ -65,13 +70,27 @@ class Service:
                     comp = self.config.exporters[eid]
                     self.exporters[eid] = components.module("exporters", comp.type).create(
                         self._settings(eid), comp.config, None)
-                (self.traces_exporters if pipeline.signal == "traces"
-                 else self.metrics_exporters).add(eid)
+                if self.receiver_id in pipeline.receivers:
+                    (self.traces_exporters if pipeline.signal == "traces"
+                     else self.metrics_exporters).add(eid)
         chains = [self._trace_chain(p) for p in self.config.pipelines_for("traces")]
         self.tap.next = chains[0] if len(chains) == 1 else Fork(chains) if chains else Discard()
-        self.receiver = components.module("receivers", rc.type).create(
+        self.receiver = None if rc is None else components.module("receivers", rc.type).create(
             self._settings(self.receiver_id), rc.config, self.tap, launch_options=launch_options)
-        self.collection_interval = float(rc.config.collection_interval)
+        self.collection_interval = float(rc.config.collection_interval) if rc else 10.0
+        self.census_receivers = [self._census_receiver(cid) for cid in census_ids]
+
+    def _census_receiver(self, cid):
+        """A goruntime receiver: its payloads go to the exporters of the pipelines naming it; it
+        takes censuses of its own pids and of every process the goroutines receiver traces."""
+        routes = {}
+        for pipeline in self.config.pipelines.values():
+            if cid in pipeline.receivers:
+                routes.setdefault(pipeline.signal, []).extend(
+                    self.exporters[e] for e in pipeline.exporters)
+        comp = self.config.receivers[cid]
+        return components.module("receivers", comp.type).create(
+            self._settings(cid), comp.config, PayloadRoute(routes))
 
     def _trace_chain(self, pipeline):
         """The processors of one traces pipeline, in order, ending in a TraceFanout."""
@@ -96,8 +115,13 @@ class Service:
         metrics thread."""
         self.start_exporters()
         try:
-            self.receiver.start()
+            if self.receiver is not None:
+                self.receiver.start()
+            for census in self.census_receivers:
+                census.start()
         except BaseException:
+            if self.receiver is not None:
+                self.receiver.shutdown(1.0)
             self._shutdown_exporters(2.0)
             raise
         self._metrics_thread = threading.Thread(target=self._collect_loop, name="gotel-metrics",
@@ -120,17 +144,21 @@ class Service:
 
     def wait(self, timeout=None):
         """Until every target exited, or timeout; returns the launched command's exit status."""
+        if self.receiver is None:
+            self._stop.wait(timeout)
+            return None
         return self.receiver.wait(timeout)
 
     def finished(self):
-        return self.receiver.finished()
+        return self.receiver is not None and self.receiver.finished()
 
     def export_metrics(self):
         """Collect the Go runtime metrics and self-telemetry; hand them to the metrics exporters."""
         if not self.metrics_exporters:
             return
         payloads = []
-        request = self.receiver.collect(self.resources.resource_for, self.processes)
+        request = None if self.receiver is None else self.receiver.collect(
+            self.resources.resource_for, self.processes)
         if request is not None and request.resource_metrics:
             payloads.append(Payload.of("metrics", request))
         if self.config.telemetry.level != "none":
@@ -153,7 +181,10 @@ class Service:
         def left(share=1.0):
             return max(0.0, (deadline - time.monotonic()) * share)
 
-        self.receiver.shutdown(left(0.4))
+        for census in self.census_receivers:
+            census.shutdown(left(0.2))
+        if self.receiver is not None:
+            self.receiver.shutdown(left(0.4))
         # Let the span exporters drain first, so that the last self-telemetry counts what they sent.
         # Each exporter may drain for its own shutdown_timeout, when longer than what is left.
         drain_start = time.monotonic()
@@ -187,13 +218,15 @@ class Service:
     def losses(self):
         """What this run lost, one phrase per cause with its count and why (empty: nothing)."""
         out = []
-        source = self.receiver.source
-        if source.lost:
+        source = getattr(self.receiver, "source", None)
+        if source is None:
+            pass
+        elif source.lost:
             out.append(f"{source.lost} events (the kernel's ring buffer was full: raise ring_bytes)")
-        if source.overflowed:
+        if source is not None and source.overflowed:
             out.append(f"{source.overflowed} events (the pipeline fell behind and gotel's event "
                        f"buffer was full: raise buffer_events)")
-        if source.failed_events:
+        if source is not None and source.failed_events:
             out.append(f"{source.failed_events} events (a pipeline stage failed on them; see the "
                        f"log)")
         for eid, exporter in self.exporters.items():
@@ -225,7 +258,14 @@ class Service:
                 s = sent.setdefault(f"{signal} ({eid})", [0, 0])
                 s[0] += c.get(f"sent_{item}", signal)
                 s[1] += c.get(f"send_failed_{item}", signal) + c.get(f"enqueue_failed_{item}", signal)
-        source = self.receiver.source
-        return Summary(self.tap, self.processes, lost_events=source.refused, events=source.events,
-                       outputs=self.output_paths(), exported={k: tuple(v) for k, v in sent.items()},
-                       processes=list(self.processes))
+        for eid in {e for p in self.config.pipelines_for("logs") for e in p.exporters}:
+            c = self.exporters[eid].counters
+            sent[f"logs ({eid})"] = (c.get("sent_log_records", "logs"), c.get(
+                "send_failed_log_records", "logs") + c.get("enqueue_failed_log_records", "logs"))
+        source = getattr(self.receiver, "source", None)
+        summary = Summary(self.tap, self.processes, lost_events=getattr(source, "refused", 0),
+                          events=getattr(source, "events", 0), outputs=self.output_paths(),
+                          exported={k: tuple(v) for k, v in sent.items()},
+                          processes=list(self.processes))
+        summary.census_lines = [line for c in self.census_receivers for line in c.summary_lines()]
+        return summary

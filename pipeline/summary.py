@@ -89,6 +89,7 @@ class Summary:
         self.exported = dict(exported or {})
         self.processes = list(processes)
         self.top = top
+        self.census_lines = []     # goruntime receivers: leaks and biggest groups
 
     def _function(self, pid, pc):
         if self.names is None or not pc:
@@ -140,6 +141,9 @@ class Summary:
             for ns, pid, reason, pc, goid in sorted(t.longest, reverse=True):
                 lines.append(f"    {_fmt_ns(ns):>9}  {self._reason(pid, reason)}  goroutine {goid} "
                              f"({self._function(pid, pc)})")
+        if self.census_lines:
+            lines.append("  goroutine census (last one)")
+            lines += self.census_lines
         for signal, (sent, failed) in sorted(self.exported.items()):
             lines.append(f"  exported    {signal}: {sent} sent" + (f", {failed} failed" if failed else ""))
         for path in self.outputs:

@@ -14,6 +14,7 @@ without DWARF takes a few tens of milliseconds (the file is mmapped, tables are 
 with DWARF add ~0.3 s for the runtime's compilation units.
 """
 
+import dataclasses
 import os
 import re
 import struct
@@ -23,7 +24,7 @@ from typing import NamedTuple
 
 import capstone
 
-from receiver import buildinfo, layout as layout_mod, placement
+from receiver import buildinfo, layout as layout_mod, placement, runtime_structs
 from receiver.elf import EM_AARCH64, EM_X86_64, ElfImage, map_file
 from receiver.errors import (
     CorruptBinary, GotelError, TargetError, UnsupportedBinary, UnsupportedGoVersion,
@@ -145,7 +146,9 @@ class GoBinary:
         """The Go function table (``receiver.pclntab.PcLnTab``) of this binary."""
         from receiver import pclntab
 
-        return pclntab.load(self.image)
+        tab = pclntab.load(self.image)
+        tab.gofunc = pclntab.gofunc_address(self.image, tab, self.info.version_tuple)
+        return tab
 
     @cached_property
     def functions(self):
@@ -224,6 +227,7 @@ class GoBinary:
             try:
                 runtime = layout_mod.read_dwarf(self.image.elffile())
                 lay = layout_mod.from_dwarf(runtime, self.go_version)
+                lay = runtime_structs.with_structs(lay, self.image)
                 addr, count = runtime.wait_reasons_addr, runtime.wait_reasons_count
             except CorruptBinary:
                 # Damaged DWARF: the table still knows this exact release, if it is there at all.
@@ -238,7 +242,7 @@ class GoBinary:
                 addr, count = sym["runtime.waitReasonStrings"][0], sym["runtime.waitReasonStrings"][1] // 16
         if addr is not None:
             names = layout_mod.decode_wait_reasons(self.image, addr, count)
-            lay = layout_mod.Layout(lay.g, lay.m, lay.statuses, names, lay.source, lay.notes)
+            lay = dataclasses.replace(lay, wait_reasons=names)
         elif not lay.wait_reasons:
             raise CorruptBinary(f"{self.path}: runtime.waitReasonStrings not found")
         return lay

@@ -10,13 +10,12 @@ goid it has never seen (e.g. a stripped binary without ``runtime.allgs``).
 
 The process keeps running while it is read, so the picture is a moment's, not an atomic snapshot:
 a goroutine created meanwhile may appear both here and as a CREATE, which consumers treat as the
-same goroutine. Cost: one pread of the allgs slice and one per goroutine (~2 us each). PIE binaries
-are handled by adding the load bias found in /proc/PID/maps.
+same goroutine. ``read_goroutines`` takes one census (batched process_vm_readv reads); ``read_g`` one
+pread through /proc/PID/mem. PIE binaries are handled by adding the load bias found in /proc/PID/maps.
 """
 
 import errno
 import os
-import struct
 import time
 
 import numpy as np
@@ -63,11 +62,6 @@ class ProcessMemory:
         self.close()
 
 
-# allgs is only ever appended to (every g ever made, dead ones reused): 16 Mi g structs would be
-# gigabytes of a process's memory. A count above this is a misread, never a real program.
-MAX_GOROUTINES = 1 << 24
-
-
 def _span(layout):
     return max(layout.g[f] for f in G_FIELDS if f in layout.g) + 8
 
@@ -102,42 +96,40 @@ def events_from_gs(pid, addrs, blobs, layout):
 
 
 def read_goroutines(pid, binary, mem=None):
-    """EXISTING events for every live goroutine of process pid running binary (a GoBinary).
+    """EXISTING events for every live goroutine of process pid running binary (a GoBinary), from
+    one census (``receiver.census``: the one reader of ``runtime.allgs``).
 
-    Returns None when the binary has no ``runtime.allgs`` symbol (stripped): unknown goroutines
-    are then read one by one with ``read_g`` as their events arrive.
+    A goroutine parked at attach whose wait start the runtime has stamped (``g.waitsince``, set by
+    the GC: see receiver/census.py) gets that moment as its event time, so its park (and its span,
+    marked as started before attach) begins when its wait began; the others get the attach time.
+    Returns None when the binary's goroutine list cannot be located: unknown goroutines are then
+    read one by one with ``read_g`` as their events arrive. ``mem`` is unused (kept for callers).
     """
-    sym = binary.image.symbols(["runtime.allgs"], functions_only=False).get("runtime.allgs")
-    if sym is None:
-        return None
-    own = mem is None
-    mem = mem or ProcessMemory(pid)
+    from receiver.census import CensusReader
+
     try:
-        bias = binary.load_bias(pid)
-        header = mem.read(sym[0] + bias, 16)
-        if header is None:
-            raise TargetError(f"process {pid}: cannot read runtime.allgs (it exited?)")
-        ptr, n = struct.unpack("<QQ", header)
-        if n > MAX_GOROUTINES:
-            raise TargetError(f"process {pid}: runtime.allgs says {n} goroutines, more than any Go "
-                              f"program holds ({MAX_GOROUTINES}); its memory is not laid out as "
-                              f"this binary's symbols say")
-        raw = mem.read(ptr, 8 * n) if n else b""
-        if raw is None:
-            raise TargetError(f"process {pid}: cannot read the goroutine list (it exited?)")
-        span = _span(binary.layout)
-        addrs, blobs = [], []
-        for g in np.frombuffer(raw, dtype="<u8").tolist():
-            blob = mem.read(g, span) if g else None
-            if blob is not None:
-                addrs.append(g)
-                blobs.append(blob)
-        if not blobs:
-            return np.zeros(0, dtype=EVENT_DTYPE)
-        return events_from_gs(pid, addrs, blobs, binary.layout)
-    finally:
-        if own:
-            mem.close()
+        reader = CensusReader(binary, pid)
+    except TargetError:
+        if not os.path.exists(f"/proc/{pid}"):
+            raise
+        return None
+    census = reader.read(stacks=False)
+    rows = census.goroutines
+    out = np.zeros(len(rows), dtype=EVENT_DTYPE)
+    waiting = rows["status"] == binary.layout.statuses.get("_Gwaiting", 4)
+    stamped = waiting & (rows["waitsince"] > 0) & (rows["waitsince"] < census.mono_ns)
+    out["ts_ns"] = np.where(stamped, rows["waitsince"].astype(np.uint64), np.uint64(census.mono_ns))
+    out["g"] = rows["g"]
+    out["goid"] = rows["goid"]
+    out["aux_goid"] = rows["parent_goid"]
+    out["pc_start"] = rows["startpc"]
+    out["pc_create"] = rows["gopc"]
+    out["pid"] = pid
+    out["kind"] = Kind.EXISTING
+    out["wait_reason"] = rows["wait_reason"]
+    out["new_status"] = rows["status"].astype(np.uint16)
+    out["old_status"] = out["new_status"]
+    return out[np.argsort(out["ts_ns"], kind="stable")]
 
 
 def read_g(mem, g_addr, layout):

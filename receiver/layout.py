@@ -19,7 +19,7 @@ Cost: reading the runtime compilation units' DWARF takes ~0.3 s; the table looku
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from receiver.buildinfo import parse_go_version
@@ -27,9 +27,13 @@ from receiver.errors import CorruptBinary, UnsupportedGoVersion
 
 TABLE_PATH = Path(__file__).resolve().parent / "layouts.json"
 
-# runtime.g fields gotel reads. parentGoid exists since Go 1.21; sched is informational.
+# runtime.g fields gotel reads. parentGoid exists since Go 1.21. The rest of G_OPTIONAL is what the
+# census (receiver/census.py) reads: the saved context and stack bounds of a goroutine that is not
+# running, and the wait start; a layout without them gets no census stacks.
 G_FIELDS = ("goid", "parentGoid", "gopc", "startpc", "waitreason", "atomicstatus", "m")
-G_OPTIONAL = ("parentGoid", "sched", "sched.sp", "sched.pc", "sched.bp")
+G_OPTIONAL = ("parentGoid", "sched", "sched.sp", "sched.pc", "sched.bp", "stack.lo", "stack.hi",
+              "waitsince", "syscallsp", "syscallpc")
+G_EXTRA = ("waitsince", "syscallsp", "syscallpc")
 M_FIELDS = ("curg", "procid", "id")
 M_OPTIONAL = ("id",)
 # A wait reason name table longer than this is corrupt (Go 1.27 has ~50).
@@ -43,7 +47,10 @@ class Layout:
     ``g``/``m``: field -> byte offset ("sched.sp" is the offset of sched plus gobuf.sp). ``statuses``:
     "_Grunnable" -> 1 ... including "_Gscan" (0x1000). ``wait_reasons``: index = numeric waitReason.
     ``source`` says where the offsets came from ("dwarf" or "table"); ``notes`` lists what is absent
-    and why (e.g. parentGoid before Go 1.21).
+    and why (e.g. parentGoid before Go 1.21). ``structs``: the runtime structures runtime metrics
+    read, {"runtime.mstats": {"heapStats": 0, ...}, ...} (``receiver.runtime_structs``; same shape
+    from DWARF and from the table). ``class_to_size``: bytes per size class (the runtime's
+    ``class_to_size``), empty when unknown.
     """
 
     g: dict
@@ -52,9 +59,22 @@ class Layout:
     wait_reasons: list
     source: str = "dwarf"
     notes: tuple = ()
+    structs: dict = field(default_factory=dict)
+    class_to_size: tuple = ()
 
     def as_json(self):
         return {"runtime.g": dict(self.g), "runtime.m": dict(self.m)}
+
+    def struct(self, name):
+        """{field path: offset} of the runtime structure type ``name``; UnsupportedGoVersion when
+        this layout does not have it (never guessed)."""
+        fields = self.structs.get(name)
+        if not fields:
+            raise UnsupportedGoVersion(
+                f"the runtime layout ({self.source}) has no {name}; gotel cannot read runtime "
+                f"metrics from this binary (rebuild without -ldflags=-w, or add its release to "
+                f"receiver/layouts.json with scripts/gen_layouts.py)")
+        return fields
 
 
 @dataclass
@@ -68,7 +88,7 @@ class DwarfRuntime:
     wait_reasons_count: int = None
 
 
-WANTED_STRUCTS = ("runtime.g", "runtime.m", "runtime.gobuf")
+WANTED_STRUCTS = ("runtime.g", "runtime.m", "runtime.gobuf", "runtime.stack")
 
 
 # Names of the DIEs gotel reads. The Go linker writes DIE names inline (DW_FORM_string), so each
@@ -76,7 +96,7 @@ WANTED_STRUCTS = ("runtime.g", "runtime.m", "runtime.gobuf")
 # _G + lower case are goroutine statuses; _GCoff, _GoidCacheBatch... are other constants.
 _STATUS_NAME = re.compile(r"runtime\._G(?!oid)(?:scan)?[a-z]")
 _WANTED_NAMES = re.compile(
-    rb"(?:runtime\.(?:g|m|gobuf|waitReasonStrings)|runtime\._G(?!oid)(?:scan)?[a-z]\w*)\0")
+    rb"(?:runtime\.(?:g|m|gobuf|stack|waitReasonStrings)|runtime\._G(?!oid)(?:scan)?[a-z]\w*)\0")
 
 
 def read_dwarf(elf):
@@ -181,6 +201,12 @@ def from_dwarf(runtime, go_version):
         for sub in ("sp", "pc", "bp"):
             if sub in gobuf:
                 g[f"sched.{sub}"] = g_struct["sched"] + gobuf[sub]
+    if "stack" in g_struct:
+        bounds = runtime.structs.get(runtime.member_types.get(("runtime.g", "stack"), "runtime.stack"), {})
+        for sub in ("lo", "hi"):
+            if sub in bounds:
+                g[f"stack.{sub}"] = g_struct["stack"] + bounds[sub]
+    g.update({f: g_struct[f] for f in G_EXTRA if f in g_struct})
     m = {f: m_struct[f] for f in M_FIELDS if f in m_struct}
     statuses = {k[len("runtime."):]: v for k, v in runtime.constants.items()}
     return finish(g, m, statuses, [], "dwarf", go_version)
@@ -227,7 +253,8 @@ def from_table(go_version):
             f"(known: {known}); rebuild without -ldflags=-w, or run scripts/gen_layouts.py with "
             f"that Go toolchain installed"
         )
-    return finish(entry["g"], entry["m"], entry["statuses"], entry["wait_reasons"], "table", go_version)
+    lay = finish(entry["g"], entry["m"], entry["statuses"], entry["wait_reasons"], "table", go_version)
+    return replace(lay, structs=entry.get("structs", {}), class_to_size=tuple(entry.get("class_to_size", ())))
 
 
 def _release_key(version):

@@ -32,6 +32,14 @@ from receiver.errors import CorruptBinary, UnsupportedGoVersion
 MAGIC_118 = 0xFFFFFFF0
 MAGIC_120 = 0xFFFFFFF1
 MAGIC_116 = 0xFFFFFFFA
+PCDATA_INLTREE = 2       # PCDATA_InlTreeIndex: the inline tree entry at each PC (-1: none)
+FUNCDATA_INLTREE = 3     # FUNCDATA_InlTree: the function's inlinedCall array, in go:func.*
+# runtime.inlinedCall (Go 1.20+): funcID u8, pad [3], nameOff i32, parentPc i32, startLine i32.
+INLINED_CALL_120 = np.dtype([("funcID", "u1"), ("pad", "V3"), ("nameOff", "<i4"),
+                             ("parentPc", "<i4"), ("startLine", "<i4")])
+# Go 1.18/1.19: parent i16, funcID u8, pad u8, file i32, line i32, nameOff i32, parentPc i32.
+INLINED_CALL_118 = np.dtype([("parent", "<i2"), ("funcID", "u1"), ("pad", "u1"), ("file", "<i4"),
+                             ("line", "<i4"), ("nameOff", "<i4"), ("parentPc", "<i4")])
 HEADER = struct.Struct("<IBBBBQQQQQQQQ")
 # Offsets in runtime.moduledata (Go 1.18 through 1.27 agree on its first fields): pcHeader pointer,
 # six slices (funcnametab, cutab, filetab, pctab, pclntable, ftab), findfunctab, minpc, maxpc, text.
@@ -83,6 +91,7 @@ class PcLnTab:
         self.entries = entryoffs + np.uint64(self.text_start)
         self._fields = None
         self._names = None
+        self.gofunc = None      # vaddr of go:func.* (funcdata base); set by the binary that loads it
 
     # --- _func records -------------------------------------------------------------------------
 
@@ -141,9 +150,46 @@ class PcLnTab:
     # --- pc-value tables -----------------------------------------------------------------------
 
     def pcvalue_table(self, func_index, word):
-        """(end_pcs, values) of a function's pc-value table (``word`` 5 = pcfile, 6 = pcln): value[k]
-        holds for PCs below end_pcs[k] (and at or above end_pcs[k-1])."""
-        off = int(self.field(word)[func_index])
+        """(end_pcs, values) of a function's pc-value table (``word`` 4 = pcsp, 5 = pcfile, 6 = pcln):
+        value[k] holds for PCs below end_pcs[k] (and at or above end_pcs[k-1])."""
+        return self.pcvalue_table_at(func_index, int(self.field(word)[func_index]))
+
+    def _tail_word(self, func_index, k):
+        """u32 word k after a function's fixed fields (its pcdata, then its funcdata offsets)."""
+        p = self.pcln_off + int(self.funcoffs[func_index]) + 4 * (self.func_fields + k)
+        if p + 4 > len(self.raw):
+            raise CorruptBinary(f"pclntab function {func_index}: pcdata/funcdata past its end")
+        return int.from_bytes(self.raw[p:p + 4], "little")
+
+    def func_ids(self):
+        """The funcID byte of every function (runtime special functions, wrappers), as uint8."""
+        return (self.field(self.func_fields - 1) & 0xFF).astype(np.uint8)
+
+    def pcdata_offset(self, func_index, table):
+        """Offset in pctab of a function's pcdata table ``table`` (e.g. PCDATA_INLTREE), 0 if none."""
+        if table >= int(self.field(7)[func_index]):
+            return 0
+        return self._tail_word(func_index, table)
+
+    def funcdata_offset(self, func_index, index):
+        """Offset from moduledata.gofunc of a function's funcdata ``index`` (e.g. FUNCDATA_INLTREE),
+        or None when it has none."""
+        nfuncdata = int(self.field(self.func_fields - 1)[func_index]) >> 24
+        if index >= nfuncdata:
+            return None
+        off = self._tail_word(func_index, int(self.field(7)[func_index]) + index)
+        return None if off == 0xFFFFFFFF else off
+
+    def name_at(self, name_off):
+        """A function name by its offset in funcnametab (inline tree entries name functions so)."""
+        start = self.funcname_off + int(name_off)
+        end = self.raw.find(b"\0", start, self.cu_off)
+        if not self.funcname_off <= start < self.cu_off or end < 0:
+            raise CorruptBinary(f"pclntab: name offset {name_off} outside funcnametab")
+        return self.raw[start:end].decode("utf-8", "replace")
+
+    def pcvalue_table_at(self, func_index, off):
+        """(end_pcs, values) of the pc-value table at offset ``off`` in pctab, for func_index."""
         pc = int(self.entries[func_index])
         if off == 0:
             return np.array([int(self.entries[func_index + 1])], np.uint64), np.array([-1], np.int64)
@@ -255,6 +301,29 @@ def find_moduledata(image, pclntab_vaddr):
         if image.read_pointer(int(addr) + MODULEDATA_FUNCNAMETAB) == pclntab_vaddr + funcname_off:
             return int(addr)
     return None
+
+
+# Index of moduledata.gofunc in words after moduledata.text, by release (fields were added before it:
+# covctrs/ecovctrs in Go 1.20, typedesclen/itaboffset/itabsize in Go 1.27).
+_GOFUNC_AFTER_TEXT = (((1, 27), 21), ((1, 20), 18), ((1, 18), 16))
+
+
+def gofunc_address(image, tab, version):
+    """Virtual address of ``go:func.*`` (moduledata.gofunc), which funcdata offsets are relative to:
+    the symbol when .symtab has it, else the field of runtime.firstmoduledata for this release
+    (``version`` a (major, minor, patch) tuple). None when neither is found or it is implausible."""
+    for name in ("go:func.*", "go.func.*"):
+        sym = image.symbols([name], functions_only=False).get(name)
+        if sym is not None:
+            return sym[0]
+    md = find_moduledata(image, tab.vaddr)
+    index = next((i for since, i in _GOFUNC_AFTER_TEXT if tuple(version[:2]) >= since), None)
+    if md is None or index is None:
+        return None
+    addr = image.read_pointer(md + MODULEDATA_TEXT + 8 * index)
+    in_rodata = any(not seg.flags & 3 and seg.vaddr <= addr < seg.vaddr + seg.filesz
+                    for seg in image.segments)
+    return addr if in_rodata else None
 
 
 def load(image):

@@ -11,11 +11,14 @@ first ``forget``s the old one, which drops every cached fact and calls the ``on_
 that the encoder's caches, the metric series and the decoder's goroutines of the old process go
 with it. ``forget(pid)`` is the one way facts are dropped.
 
-Thread-safety: every method may be called from any thread (the receiver's control path adds and
-retires, the pipeline and the exporters read); the maps are guarded by one lock, held only for the
-dict operations, never while symbolizing. ``forget`` hooks run on the caller's thread.
+Thread-safety: every method may be called from any thread (the receiver's control path and its
+watcher add and retire, the pipeline and the exporters read); the maps are guarded by one lock,
+held only for the dict operations, never while symbolizing. The ``on_forget`` hooks touch the
+pipeline's state, so they run only in ``settle()``, which the receiver's poller calls before it
+hands on each batch: a PID forgotten on another thread is settled there.
 """
 
+import collections
 import dataclasses
 import os
 import re
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from receiver import platform
 from receiver.errors import GotelError
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -48,6 +52,8 @@ class Process:
     attachment: object = None    # receiver.probes.Attachment owned by this process (pid-filtered)
     popen: object = None         # subprocess.Popen for launched commands
     load_bias: int = None        # what to subtract from its PCs to get the file's (PIE), once known
+    exe_id: tuple = None         # (device, inode) of the executable it ran when registered
+    platform: dict = dataclasses.field(default_factory=dict)   # container, pod, own PID
 
     @classmethod
     def found(cls, pid, binary, target, popen=None):
@@ -61,7 +67,15 @@ class Process:
             args = tuple(target.value)
         else:
             args = read_cmdline(pid)
-        return cls(pid, binary, exe, start_time_ns(pid), target, args=args, popen=popen)
+        exe_id = None
+        if popen is None:            # a launched command is still the shell that will exec it
+            try:
+                st = os.stat(f"/proc/{pid}/exe")
+                exe_id = (st.st_dev, st.st_ino)
+            except OSError:
+                pass
+        return cls(pid, binary, exe, start_time_ns(pid), target, args=args, popen=popen,
+                   exe_id=exe_id, platform=platform.describe(pid))
 
     def pc_bias(self):
         """The PIE load bias of this process (0 for non-PIE), read once while the process lives.
@@ -81,13 +95,15 @@ class Process:
 class Processes:
     """Traced processes keyed by PID, and every fact about them. Iteration returns a snapshot."""
 
-    def __init__(self, host_name=None):
+    def __init__(self, host_name=None, pods=None):
         self.host_name = host_name or socket.gethostname()
+        self.pods = pods          # receiver.platform.PodIndex, when the cluster can be asked
         self._lock = threading.Lock()
         self._procs = {}
         self._names = {}          # (pid, pc) -> (function, file, line)
         self._described = {}      # pid -> attributes
         self._hooks = []
+        self._forgotten = collections.deque()    # PIDs whose hooks have not run yet
 
     # -- membership ------------------------------------------------------------------------------
     def add(self, process):
@@ -134,19 +150,26 @@ class Processes:
             return proc
 
     def on_forget(self, hook):
-        """Call hook(pid) whenever the facts of pid are dropped (its PID now names another process)."""
+        """Call hook(pid), in ``settle()``, whenever the facts of pid were dropped (its PID now
+        names another process)."""
         self._hooks.append(hook)
 
     def forget(self, pid):
-        """Drop every fact about pid and tell the hooks (the process is gone for good)."""
+        """Drop every fact about pid; its hooks run at the next ``settle()``."""
         pid = int(pid)
         with self._lock:
             self._procs.pop(pid, None)
             self._described.pop(pid, None)
             for key in [k for k in self._names if k[0] == pid]:
                 del self._names[key]
-        for hook in self._hooks:
-            hook(pid)
+        self._forgotten.append(pid)
+
+    def settle(self):
+        """Run the hooks of the PIDs forgotten since the last call (on the pipeline's thread)."""
+        while self._forgotten:
+            pid = self._forgotten.popleft()
+            for hook in self._hooks:
+                hook(pid)
 
     # -- names -----------------------------------------------------------------------------------
     def names(self, pid, pcs):
@@ -201,15 +224,17 @@ class Processes:
         with self._lock:
             attrs = self._described.get(pid)
         if attrs is None:
-            attrs = describe(pid, self.get(pid), self.host_name)
+            attrs = describe(pid, self.get(pid), self.host_name, self.pods)
             with self._lock:
                 if pid in self._procs:
                     self._described[pid] = attrs
         return dict(attrs)
 
 
-def describe(pid, proc, host_name):
-    """Attributes of a process (a ``Process`` or None), by OpenTelemetry's semantic conventions."""
+def describe(pid, proc, host_name, pods=None):
+    """Attributes of a process (a ``Process`` or None), by OpenTelemetry's semantic conventions.
+    ``process.pid`` is the PID the process sees itself as; ``gotel.process.host_pid`` the host's,
+    when they differ (a process in a container's PID namespace)."""
     exe = proc.exe if proc is not None else ""
     exe_name = Path(exe).name if exe else ""
     binary = proc.binary if proc is not None else None
@@ -238,6 +263,14 @@ def describe(pid, proc, host_name):
             attrs["go.module.version"] = version
     for key, value in sorted((getattr(binary, "build_settings", None) or {}).items()):
         attrs[f"go.build.{key.lstrip('-')}"] = value
+    where = dict(proc.platform) if proc is not None else {}
+    own_pid = where.pop("gotel.process.pid_in_namespace", None)
+    if own_pid is not None and own_pid != pid:
+        attrs["process.pid"] = own_pid
+        attrs["gotel.process.host_pid"] = pid
+    attrs.update(where)
+    if pods is not None and where.get("k8s.pod.uid"):
+        attrs.update(pods.attributes(where["k8s.pod.uid"], where.get("container.id", "")))
     return {k: v for k, v in attrs.items() if v != ""}
 
 

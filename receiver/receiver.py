@@ -27,6 +27,7 @@ Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.c
 import dataclasses
 import logging
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -34,7 +35,7 @@ import time
 
 import numpy as np
 
-from receiver import existing, privileges, probes, targets
+from receiver import discovery as discovery_mod, existing, platform, privileges, probes, targets
 from receiver.clock import MonotonicClock
 from receiver.drain import EventBuffer
 from receiver.errors import ConfigError, GotelError, ProbeError, TargetError
@@ -65,12 +66,13 @@ class Config:
     # 128 MiB, only when the pipeline is that far behind): ~2 s at the probes' top rate here.
     buffer_events: int = 1 << 21
     max_batch_events: int = 1 << 18        # the most events the pipeline takes in one batch
+    discovery: discovery_mod.Rules = dataclasses.field(default_factory=discovery_mod.Rules)
 
     def validate(self, path="receivers::goroutines"):
         problems = []
-        if not (self.pids or self.paths or self.command):
-            problems.append(f"{path}: give at least one of pids, paths, command (or the targets "
-                            f"on the command line: --pid, --binary or -- COMMAND)")
+        if not (self.pids or self.paths or self.command or self.discovery.enabled):
+            problems.append(f"{path}: give at least one of pids, paths, command, discovery (or the "
+                            f"targets on the command line: --pid, --binary or -- COMMAND)")
         for pid in self.pids:
             if not isinstance(pid, int) or pid <= 0:
                 problems.append(f"{path}::pids: {pid!r} is not a process id")
@@ -127,10 +129,13 @@ class GoroutineReceiver:
         # at once (no runtime.allgs symbol): their unknown goroutines are read one by one.
         self._lazy = {}
         self._mem = {}                      # pid -> existing.ProcessMemory
-        self._pending = []                  # EXISTING batches to emit before the first poll
+        self._pending = queue.SimpleQueue()  # EXISTING batches of processes attached since
+        self._watcher = None                # follows execs, replaced binaries, discovery
         self._retiring = set()              # pids whose probes are being detached
         self._unbiased = set()              # pids of PIE load bias to learn from their events
         self._retirements = []              # the threads that detach them
+        self.discovery = None               # discovery_mod.Discovery when rules are given
+        self._next_scan = 0.0
         self._shut = False
 
     # -- control path -----------------------------------------------------------------------------
@@ -140,6 +145,8 @@ class GoroutineReceiver:
         missing = privileges.problems(self.config.pids)
         if missing:
             raise ProbeError("cannot trace: " + "; ".join(missing))
+        if self.registry.pods is None:
+            self.registry.pods = platform.PodIndex.from_environment()
         if self.next is not None:
             self.next.start()
         self.probes = probes.Probes(self.config.probe_config())
@@ -151,6 +158,9 @@ class GoroutineReceiver:
                 self._attach_path(targets.Target.path(path))
             if self.config.command:
                 self._launch(targets.Target.command(self.config.command))
+            if self.config.discovery.enabled:
+                self.discovery = discovery_mod.Discovery(self.config.discovery, self.registry.pods)
+                self._discover()
         except BaseException:
             self._teardown()
             raise
@@ -165,6 +175,8 @@ class GoroutineReceiver:
         self._pipeline_thread.start()
         self._thread = threading.Thread(target=self._run, name="gotel-receiver", daemon=True)
         self._thread.start()
+        self._watcher = threading.Thread(target=self._watch, name="gotel-watch", daemon=True)
+        self._watcher.start()
         return self
 
     @property
@@ -222,7 +234,7 @@ class GoroutineReceiver:
         if batch is None:
             self._lazy[proc.pid] = set()
         else:
-            self._pending.append(batch)
+            self._pending.put(batch)
 
     def _memory(self, pid):
         mem = self._mem.get(pid)
@@ -251,6 +263,8 @@ class GoroutineReceiver:
         self.buffer.close()
         if self._pipeline_thread is not None:
             self._pipeline_thread.join(max(0.0, deadline - time.monotonic()))
+        if self._watcher is not None:
+            self._watcher.join(max(0.0, deadline - time.monotonic()))
         self._teardown()
         if self.next is not None:
             self.next.shutdown(max(0.0, deadline - time.monotonic()))
@@ -276,9 +290,7 @@ class GoroutineReceiver:
         """The poller: ring -> EventBuffer, and the periodic check. Never runs a stage."""
         next_check = 0.0
         try:
-            for batch in self._pending:
-                self._buffer(batch)
-            self._pending.clear()
+            self._deliver_pending()
             while not self._stop.is_set():
                 self._buffer(self.reader.poll(self.config.poll_interval_s))
                 now = time.monotonic()
@@ -340,6 +352,7 @@ class GoroutineReceiver:
             self._note_pids(pids)
         if self._unbiased:
             self._learn_biases(batch)
+        self.registry.settle()          # hooks of a PID given to a new process, before its events
         if self._lazy:
             batch = self._with_unknown(batch)
         self.clock.to_unix(batch["ts_ns"])
@@ -446,6 +459,8 @@ class GoroutineReceiver:
         for target, binary, _att, path_ident in self._path_targets:
             if ident is None and len(self._path_targets) > 1:
                 break
+            if binary is None:
+                continue
             if ident is None or ident == path_ident:
                 proc = Process.found(pid, binary, target)
                 proc.alive = ident is not None
@@ -455,10 +470,83 @@ class GoroutineReceiver:
                 log.info("tracing new %s", proc)
                 return
 
+    def _deliver_pending(self):
+        """EXISTING batches of processes attached since the last poll, into the buffer (poller)."""
+        while True:
+            try:
+                batch = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            self._buffer(batch)
+
+    # -- watcher thread ---------------------------------------------------------------------------
+
+    def _watch(self):
+        """Every check interval: follow execs and replaced binaries; every discovery interval: scan
+        for new processes. Attaching takes tens of ms a process and detaching 0.1 s: done here,
+        the poller keeps draining the ring meanwhile."""
+        while not self._stop.wait(self.config.check_interval_s):
+            try:
+                self._follow()
+                if self.discovery is not None and time.monotonic() >= self._next_scan:
+                    self._discover()
+            except Exception:  # noqa: BLE001  (a bad /proc read must not end the watching)
+                log.exception("watching the targets failed; trying again")
+
+    def _discover(self):
+        """Attach to the processes the discovery rules select that are not traced yet."""
+        traced = {p.pid for p in self.registry.alive()} | self._retiring
+        for pid in self.discovery.scan(skip=traced):
+            try:
+                self._attach_pid(targets.Target("discovered", pid), pid)
+            except GotelError as e:          # gone, or refused: the others go on
+                log.info("discovered process %d not traced: %s", pid, e)
+        self._next_scan = time.monotonic() + self.config.discovery.interval_s
+
+    def _follow(self):
+        """Follow what changed under the targets: a process that exec'd another program is traced
+        as that program (or dropped, said, when it is not Go); a binary target whose file was
+        replaced (a deploy's ``mv``: a new inode) is traced in its new file too."""
+        for proc in self.registry.alive():
+            if proc.popen is not None or proc.pid in self._retiring:
+                continue
+            now = targets.exe_identity(proc.pid)
+            if now is None or proc.exe_id is None or now == proc.exe_id:
+                continue
+            if proc.attachment is not None:
+                self.probes.detach(proc.attachment)
+                proc.attachment = None
+            self.registry.mark_exited(proc.pid)
+            try:
+                new = self._attach_pid(proc.target, proc.pid)
+                log.info("process %d exec'd %s; tracing it as that program", proc.pid, new.exe)
+            except GotelError as e:
+                log.warning("process %d exec'd another program and is no longer traced: %s",
+                            proc.pid, e)
+        for target, _binary, _att, ident in list(self._path_targets):
+            try:
+                st = os.stat(target.value)
+            except OSError:
+                continue                               # removed: its running processes go on
+            now = (st.st_dev, st.st_ino)
+            if now == ident or any(t[3] == now for t in self._path_targets):
+                continue
+            try:
+                binary = targets.open_binary(target.value)
+                att = self.probes.attach(binary, -1)
+            except GotelError as e:
+                log.warning("%s was replaced by a file gotel cannot trace: %s", target.value, e)
+                self._path_targets.append((target, None, None, now))
+                continue
+            self._path_targets.append((target, binary, att, now))
+            log.info("%s was replaced (new inode); tracing the new file too", target.value)
+
     def _check(self):
-        """Retire exited processes and report lost events."""
+        """Retire exited processes, follow execs and replaced binaries, discover new processes,
+        report lost events."""
         if self.probes is None or self.reader is None:
             return
+        self._deliver_pending()
         for proc in self.registry.alive():
             if proc.pid in self._retiring:
                 continue
@@ -494,7 +582,7 @@ class GoroutineReceiver:
                         "event buffer was full); raise buffer_events or trace fewer kinds",
                         overflowed - self.overflowed, self.config.buffer_events)
             self.overflowed = overflowed
-        if not self._path_targets and not self.registry.alive():
+        if not self._path_targets and self.discovery is None and not self.registry.alive():
             self.finished.set()
 
     def _retire(self, proc, status, mark=0):

@@ -44,6 +44,15 @@ class Target:
         return f"{self.kind} {self.value}"
 
 
+def exe_identity(pid):
+    """(device, inode) of the executable a process runs now, None when it is gone."""
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def is_running(pid):
     """True while pid exists and is not a zombie."""
     try:

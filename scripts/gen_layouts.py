@@ -2,14 +2,21 @@
 
 For each toolchain (``pipeline.app.gotool.toolchains()``), build a small probe program with DWARF, read
 its ``runtime.g`` / ``runtime.m`` offsets and goroutine status constants from the DWARF and its
-``runtime.waitReasonStrings`` from its data, exactly as gotel does for an unstripped binary. gotel
-uses the table only for binaries without DWARF, and only for a release it holds exactly.
+``runtime.waitReasonStrings`` from its data, exactly as gotel does for an unstripped binary; likewise
+the runtime structures runtime metrics read (``receiver.runtime_structs``) and the size class table.
+gotel uses the table only for binaries without DWARF, and only for a release it holds exactly.
+
+Each release is also the proof that gotel can find the runtime globals without ``.symtab``: the probe
+program is stripped with ``strip`` (same addresses, no symbols) and every instruction pattern of
+``receiver.globals`` must give the address ``.symtab`` gives in the unstripped file, else no table is
+written. Extra toolchains (e.g. every patch release): GOTEL_CACHE=DIR with DIR/go/<version>/go/bin/go.
 
 Usage: .venv/bin/python scripts/gen_layouts.py [--check]   (--check: fail if the file would change)
 """
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -18,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline.app import gotool  # noqa: E402
-from receiver import layout  # noqa: E402
+from receiver import globals as globals_mod, layout  # noqa: E402
 from receiver.binary import GoBinary  # noqa: E402
 
 PROBE_GO_MOD = "module example.com/gotel/layoutprobe\n\ngo 1.19\n"
@@ -44,8 +51,26 @@ def probe(version, src, out):
     if binary.layout.source != "dwarf":
         raise SystemExit(f"{version}: the probe program has no DWARF")
     lay = binary.layout
-    entry = {"g": lay.g, "m": lay.m, "statuses": lay.statuses, "wait_reasons": lay.wait_reasons}
+    entry = {"g": lay.g, "m": lay.m, "statuses": lay.statuses, "wait_reasons": lay.wait_reasons,
+             "structs": lay.structs, "class_to_size": list(lay.class_to_size)}
+    check_globals(binary)
     return binary.go_version, entry
+
+
+def check_globals(binary):
+    """Raise SystemExit unless every instruction pattern finds, in a stripped copy of ``binary``,
+    the address its .symtab names."""
+    stripped_path = Path(str(binary.image.path) + ".stripped")
+    subprocess.run(["strip", "-o", str(stripped_path), str(binary.image.path)], check=True)
+    stripped = GoBinary.open(stripped_path)
+    if not stripped.stripped:
+        raise SystemExit(f"{stripped_path}: strip left a .symtab")
+    for name in globals_mod.PATTERNS:
+        want = globals_mod.symtab_address(binary, name)
+        got = globals_mod.pattern_address(stripped, name, verified=True)
+        if want is None or got != want:
+            raise SystemExit(f"{binary.go_version}: the pattern for {name} gives {got:#x}, .symtab says "
+                             f"{want if want is None else hex(want)}; fix receiver/globals.py")
 
 
 def generate():

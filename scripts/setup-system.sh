@@ -3,7 +3,7 @@
 # only checks. Runs as root on Debian 12 (bookworm).
 set -euo pipefail
 
-packages=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv golang-1.19-go wrk)
+packages=(python3-bpfcc bpfcc-tools linux-headers-amd64 python3-venv golang-1.19-go wrk tmux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

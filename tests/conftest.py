@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,33 @@ def inspectme(go_build):
         return go_build("inspectme", version, flags, cgo)
 
     return build
+
+
+@pytest.fixture
+def blocked_program(go_build, require_bpf):
+    """start(*args, version="1.25") -> a running tests/go/blocked, once every goroutine is parked
+    (it prints its pprof address, then "ready"); killed after the test."""
+    procs = []
+
+    def start(*args, version="1.25"):
+        p = subprocess.Popen([str(go_build("blocked", version)), *args], stdout=subprocess.PIPE,
+                             text=True)
+        procs.append(p)
+        p.stdout.readline()
+        assert p.stdout.readline().strip() == "ready"
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def wait_for(predicate, timeout=20.0, every=0.02):
+    """True once predicate() is, False after timeout seconds of trying."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False

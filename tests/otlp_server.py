@@ -1,4 +1,4 @@
-"""A real OTLP/gRPC server for tests: opentelemetry-proto's TraceService and MetricsService servicers
+"""A real OTLP/gRPC server for tests: opentelemetry-proto's Trace, Metrics and Logs service servicers
 on 127.0.0.1, port 0, recording every request and answering from a script."""
 
 import contextlib
@@ -9,6 +9,7 @@ from concurrent import futures
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
@@ -59,11 +60,22 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer,
         if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
             return self._answer(request, context, trace_service_pb2.ExportTraceServiceResponse,
                                 "rejected_spans")
+        if isinstance(request, logs_service_pb2.ExportLogsServiceRequest):
+            return self._answer(request, context, logs_service_pb2.ExportLogsServiceResponse,
+                                "rejected_log_records")
         return self._answer(request, context, metrics_service_pb2.ExportMetricsServiceResponse,
                             "rejected_data_points")
 
 
 class MetricsCollector(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, collector):
+        self.collector = collector
+
+    def Export(self, request, context):
+        return self.collector.Export(request, context)
+
+
+class LogsCollector(logs_service_pb2_grpc.LogsServiceServicer):
     def __init__(self, collector):
         self.collector = collector
 
@@ -79,6 +91,7 @@ def serve(port=0, collector=None):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(c, server)
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsCollector(c), server)
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsCollector(c), server)
     port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     c.endpoint = f"127.0.0.1:{port}"

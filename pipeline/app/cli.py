@@ -12,6 +12,7 @@ import sys
 from pipeline import config
 from pipeline.app import demo
 from pipeline.app.runner import run_service
+from receiver import targets
 from receiver.errors import ConfigError, GotelError, TargetError
 
 class UsageError(GotelError):
@@ -29,6 +30,18 @@ def build_parser():
     p.add_argument("target", help="path of a Go binary, or a PID")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser(
+        "dump", help="print every goroutine of a running Go process, as Go's traceback does",
+        description="Read every goroutine's state, wait and stack from the process's memory, "
+                    "without stopping it, and print them as /debug/pprof/goroutine?debug=2 does.")
+    p.add_argument("pid", type=int, help="a running Go process")
+    p.add_argument("--group", action="store_true", help="fold identical stacks, with counts")
+    p.add_argument("--pprof", metavar="FILE", help="write a goroutine profile (go tool pprof FILE)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--all", action="store_true", help="include the runtime's own goroutines")
+    p.add_argument("--depth", type=int, default=64, metavar="N", help="frames per stack (default 64)")
+    p.set_defaults(func=_dump)
 
     p = sub.add_parser(
         "validate", help="check a configuration file and report every problem",
@@ -57,6 +70,24 @@ def build_parser():
                         "stopped with gotel, and killed if gotel is killed)")
     _target_arguments(p)
     p.set_defaults(func=_trace)
+
+    p = sub.add_parser(
+        "top", help="goroutines per process and per group, live, from memory (no probe)",
+        description="Watch Go processes' goroutines like top: counts, creation and exit rates, "
+                    "longest waits, leak suspects, per process and per group. Nothing is attached: "
+                    "goroutines are read from the processes' memory. q quits.")
+    p.add_argument("--pid", nargs="+", action="extend", default=[], type=int, metavar="PID")
+    p.add_argument("--binary", action="append", default=[], metavar="PATH",
+                   help="every process running this Go binary")
+    p.add_argument("-c", "--config", metavar="FILE",
+                   help="the targets of receivers::goroutines in FILE (pids, paths, discovery)")
+    p.add_argument("--interval", default="2s", metavar="DURATION", help="refresh (default 2s)")
+    p.add_argument("--leak-after", default="60s", metavar="DURATION",
+                   help="a rising group blocked this long is a leak suspect (default 60s)")
+    p.add_argument("--iterations", type=int, metavar="N", help="print N frames and exit")
+    p.add_argument("--no-stacks", action="store_true",
+                   help="group without stacks (cheaper on huge processes)")
+    p.set_defaults(func=_top)
 
     p = sub.add_parser("demo", help="build a bundled Go HTTP server, trace it, print a summary")
     p.add_argument("--out", metavar="DIR", default="./gotel-out")
@@ -90,6 +121,47 @@ def _inspect(args):
     from receiver import inspect
 
     return inspect.command(args.target, as_json=args.json)
+
+
+def _top(args):
+    from pipeline.app import top
+
+    def duration(flag, text):
+        try:
+            seconds = config.parse_duration_ns(text) / 1e9
+        except ValueError:
+            raise UsageError(f"{flag} {text!r}: give a duration like 2s or 500ms") from None
+        if seconds <= 0:
+            raise UsageError(f"{flag} {text!r}: give a duration above 0")
+        return seconds
+
+    interval, leak_after = duration("--interval", args.interval), duration("--leak-after",
+                                                                          args.leak_after)
+    pids, binaries, rules = list(args.pid), list(args.binary), None
+    if args.config:
+        for comp in config.load(args.config).receivers.values():
+            pids += list(getattr(comp.config, "pids", ()))
+            binaries += list(getattr(comp.config, "paths", ()))
+            rules = getattr(comp.config, "discovery", None) or rules
+    if not (pids or binaries or (rules is not None and rules.enabled)):
+        raise UsageError("nothing to watch: give --pid PID, --binary PATH, or -c FILE with targets")
+    for pid in pids:
+        if not targets.is_running(pid):
+            raise TargetError(f"process {pid} does not exist (it exited?); give a running PID")
+    if args.iterations is not None and args.iterations < 1:
+        raise UsageError("--iterations: give 1 or more")
+    view = top.Top(top.pid_finder(pids, binaries, rules), interval, leak_after,
+                   stacks=not args.no_stacks)
+    return top.run(view, iterations=args.iterations)
+
+
+def _dump(args):
+    from receiver import dump
+
+    if not 1 <= args.depth <= 1024:
+        raise UsageError(f"--depth {args.depth}: give 1 to 1024 frames")
+    return dump.command(args.pid, group=args.group, pprof=args.pprof, as_json_out=args.json,
+                        all_goroutines=args.all, depth=args.depth)
 
 
 def _validate(args):

@@ -1,6 +1,6 @@
 """What every exporter shares: the payload it is handed, its counters, its bounded sending queue.
 
-An exporter receives ``Payload``s, each one serialized OTLP export request (traces or metrics) with
+An exporter receives ``Payload``s, each one serialized OTLP export request (traces, metrics or logs) with
 the number of items in it, from the pipeline thread, and never blocks that thread: ``export`` puts
 the payload on a bounded sending queue (``queue.py``: in memory, or on disk with ``storage``) whose
 worker threads do the I/O. A full queue drops the payload and counts its items as enqueue-failed
@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
@@ -27,6 +28,7 @@ log = logging.getLogger("gotel.exporter")
 REQUEST_TYPES = {
     "traces": trace_service_pb2.ExportTraceServiceRequest,
     "metrics": metrics_service_pb2.ExportMetricsServiceRequest,
+    "logs": logs_service_pb2.ExportLogsServiceRequest,
 }
 
 
@@ -57,9 +59,11 @@ class Payload:
 
 
 def count_items(signal, message):
-    """Spans, or metric data points, in an export request message."""
+    """Spans, metric data points or log records in an export request message."""
     if signal == "traces":
         return sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans)
+    if signal == "logs":
+        return sum(len(sl.log_records) for rl in message.resource_logs for sl in rl.scope_logs)
     total = 0
     for rm in message.resource_metrics:
         for sm in rm.scope_metrics:
@@ -70,7 +74,7 @@ def count_items(signal, message):
     return total
 
 
-ITEM_NAMES = {"traces": "spans", "metrics": "metric_points"}
+ITEM_NAMES = {"traces": "spans", "metrics": "metric_points", "logs": "log_records"}
 
 
 class Counters:

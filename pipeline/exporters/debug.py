@@ -16,7 +16,7 @@ from pipeline.exporters.base import Exporter, QueueConfig
 
 
 TYPE = "debug"
-SIGNALS = ("traces", "metrics")
+SIGNALS = ("traces", "metrics", "logs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,13 @@ def describe(payload, verbosity="basic"):
                         lines.append(f"    {span.name} trace={span.trace_id.hex()} span="
                                      f"{span.span_id.hex()} parent={span.parent_span_id.hex() or '-'} "
                                      f"{dur:.3f}ms goid={a.get('gotel.goroutine.id')}{extra}")
+    elif payload.signal == "logs":
+        lines = [f"logs: {len(msg.resource_logs)} resource(s), {payload.count} log record(s)"]
+        if verbosity == "normal":
+            for rl in msg.resource_logs:
+                for sl in rl.scope_logs:
+                    for rec in sl.log_records:
+                        lines.append(f"    {rec.severity_text} {rec.body.string_value}")
     else:
         n_metrics = sum(len(sm.metrics) for rm in msg.resource_metrics for sm in rm.scope_metrics)
         lines = [f"metrics: {len(msg.resource_metrics)} resource(s), {n_metrics} metric(s), "

@@ -47,3 +47,15 @@ class TraceFanout(Stage):
 
     def shutdown(self, timeout=5.0):
         pass
+
+
+class PayloadRoute:
+    """The ``next`` of a receiver that emits whole export requests (the goruntime census): hands
+    each payload to the exporters of the pipelines of its signal."""
+
+    def __init__(self, routes):
+        self.routes = {signal: list(exporters) for signal, exporters in routes.items()}
+
+    def consume(self, payload):
+        for exporter in self.routes.get(payload.signal, ()):
+            exporter.export(payload)

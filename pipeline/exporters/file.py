@@ -24,7 +24,7 @@ from pipeline.exporters.base import Exporter, QueueConfig
 from receiver.errors import ConfigError
 
 TYPE = "file"
-SIGNALS = ("traces", "metrics")
+SIGNALS = ("traces", "metrics", "logs")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
@@ -35,7 +36,11 @@ METHODS = {
                trace_service_pb2.ExportTraceServiceResponse),
     "metrics": ("/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
                 metrics_service_pb2.ExportMetricsServiceResponse),
+    "logs": ("/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+             logs_service_pb2.ExportLogsServiceResponse),
 }
+REJECTED_FIELD = {"traces": "rejected_spans", "metrics": "rejected_data_points",
+                  "logs": "rejected_log_records"}
 
 RETRYABLE = frozenset({
     grpc.StatusCode.CANCELLED,
@@ -55,7 +60,7 @@ def _fmt_duration(seconds):
 
 
 TYPE = "otlp_grpc"
-SIGNALS = ("traces", "metrics")
+SIGNALS = ("traces", "metrics", "logs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +194,7 @@ class OTLPGrpcExporter(Exporter):
         self.compression = grpc.Compression.Gzip if config.compression == "gzip" else \
             grpc.Compression.NoCompression
         self.retries = 0
-        self.rejected = {"traces": 0, "metrics": 0}
+        self.rejected = {"traces": 0, "metrics": 0, "logs": 0}
 
     def start(self):
         """Create the channel (it connects lazily, on the first export), then the workers."""
@@ -281,8 +286,7 @@ class OTLPGrpcExporter(Exporter):
 
     def _partial_success(self, payload, response):
         partial = response.partial_success
-        rejected = getattr(partial, "rejected_spans", 0) if payload.signal == "traces" else \
-            getattr(partial, "rejected_data_points", 0)
+        rejected = getattr(partial, REJECTED_FIELD[payload.signal], 0)
         if rejected or partial.error_message:
             self.rejected[payload.signal] += rejected
             self.log_limited(logging.WARNING, "partial",

@@ -14,6 +14,7 @@ its metric series dropped here.
 """
 
 import dataclasses
+import time
 
 from pipeline import decoder as span_decoder, metrics as runtime_metrics
 from pipeline.stage import Stage
@@ -100,7 +101,9 @@ class GoroutinesReceiver:
         return self.source.command
 
     def shutdown(self, timeout=5.0):
-        """Drain the ring, end every goroutine, flush the stages after it (idempotent)."""
+        """Drain the ring, end every goroutine (at this moment), flush the stages after it
+        (idempotent)."""
+        self.decoder.stop_at(time.time_ns())
         self.source.shutdown(timeout)
 
     def collect(self, resource_for, names):

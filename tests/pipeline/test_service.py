@@ -84,7 +84,7 @@ def test_components_come_from_the_one_registry_with_one_create_signature():
 
     for kind, modules in components.REGISTRY.items():
         for module in modules:
-            assert module.TYPE and set(module.SIGNALS) <= {"traces", "metrics"}, module
+            assert module.TYPE and set(module.SIGNALS) <= {"traces", "metrics", "logs"}, module
             params = list(inspect.signature(module.create).parameters)
             assert params[:3] == ["settings", "config", "next_stage"], (module, params)
             assert dataclasses.is_dataclass(module.Config)
@@ -152,9 +152,9 @@ service: {{pipelines: {{traces: {{receivers: [goroutines], processors: [truncate
              for ss in rs["scopeSpans"] for sp in ss["spans"]]
     assert len(spans) == 10
     with pytest.raises(ConfigError, match="processors::truncate::keep must be > 0"):
-        config.loads(f"""
-receivers: {{goroutines: {{pids: [1]}}}}
-processors: {{truncate: {{keep: 0}}}}
-exporters: {{debug: {{}}}}
-service: {{pipelines: {{traces: {{receivers: [goroutines], processors: [truncate], exporters: [debug]}}}}}}
+        config.loads("""
+receivers: {goroutines: {pids: [1]}}
+processors: {truncate: {keep: 0}}
+exporters: {debug: {}}
+service: {pipelines: {traces: {receivers: [goroutines], processors: [truncate], exporters: [debug]}}}
 """)

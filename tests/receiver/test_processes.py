@@ -3,9 +3,10 @@ a new process takes over after a traced one exited (recycled for real with ns_la
 
 import os
 import subprocess
-import time
 
 import pytest
+
+from conftest import wait_for
 
 from collect import Collect, start_held, untraced
 from receiver import processes, targets
@@ -14,13 +15,6 @@ from receiver.processes import Process, Processes
 from receiver.receiver import Config, GoroutineReceiver
 
 
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_processes_are_kept_by_pid_and_a_new_one_under_an_old_pid_forgets_the_old():
@@ -33,7 +27,9 @@ def test_processes_are_kept_by_pid_and_a_new_one_under_an_old_pid_forgets_the_ol
     assert reg.mark_exited(42, -9) is p and not p.alive and p.exit_status == -9
     assert reg.alive() == [] and reg.get(7) is None and forgotten == []
     q = reg.add(Process(42, binary=None, exe="/y", start_time_ns=2, target=targets.Target.pid(42)))
-    assert reg.get(42) is q and forgotten == [42]
+    assert reg.get(42) is q and forgotten == []          # hooks wait for the pipeline's thread
+    reg.settle()
+    assert forgotten == [42]
     assert reg.describe(42)["process.executable.path"] == "/y"     # not the cached /x
     assert reg.names(42, [0x1234]) == [("", "", 0)]                # no binary: unknown, no error
     assert reg.names(7, [1]) == [("", "", 0)]
@@ -108,7 +104,7 @@ def test_a_recycled_pid_under_a_binary_target_is_traced_as_the_new_process(requi
 def test_command_args_come_from_proc():
     p = subprocess.Popen(["sleep", "5"])
     try:
-        assert processes.read_cmdline(p.pid) == ("sleep", "5")
+        assert wait_for(lambda: processes.read_cmdline(p.pid) == ("sleep", "5"), timeout=5)
     finally:
         p.kill()
         p.wait()

@@ -12,19 +12,14 @@ import time
 import numpy as np
 import pytest
 
+from conftest import wait_for
+
 from collect import Collect, start_held, untraced
 from receiver import processes, targets
 from receiver.errors import ConfigError, TargetError
 from receiver.events import Kind
 from receiver.receiver import Config, GoroutineReceiver, run_command
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_exits_are_described_by_signal_name():

@@ -1,0 +1,3 @@
+module example.com/gotel/execer
+
+go 1.19
