@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-for folder in (HERE, HERE.parent, HERE.parent / "pipeline"):     # faultkit, otlp_server, spanfactory
+# faultkit, otlp_server, spanfactory; appended, so that `import conftest` elsewhere still finds
+# tests/conftest.py first.
+for folder in (HERE, HERE.parent, HERE.parent / "pipeline"):
     if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+        sys.path.append(str(folder))
 
 FIGURES = []
 

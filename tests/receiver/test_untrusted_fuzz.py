@@ -1,7 +1,10 @@
 """More untrusted input, fuzzed: configuration files, ring-buffer records (the data area and its
 positions, then the decoder fed whatever records come out), and another process's memory (the
-goroutine list and g structs read through /proc/PID/mem). Only gotel's own errors, never a
+census of runtime.allgs and every g, and one g read on its own). Only gotel's own errors, never a
 traceback: anything else would reach a user, or stop the pipeline thread."""
+
+import ctypes
+import struct
 
 import numpy as np
 import pytest
@@ -16,7 +19,8 @@ from receiver import existing
 from receiver.binary import GoBinary
 from receiver.errors import ConfigError, GotelError
 from receiver.events import EVENT_DTYPE, Kind
-from receiver.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_SIZE, RingBufferReader
+from receiver.procmem import ProcessMemory
+from receiver.ringbuf import RingBufferReader
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -109,23 +113,36 @@ def test_decoder_takes_any_records(raw, kind):
 
 
 # --- another process's memory --------------------------------------------------------------------
-class GarbageMemory:
-    """A process memory that answers reads from a seeded stream of bytes (or not at all)."""
+class GarbageMemory(ProcessMemory):
+    """A process whose memory is a seeded stream of bytes, readable everywhere but in ``holes``
+    (which 4 KiB pages, modulo 7): the real ProcessMemory bounds and batching over fake data."""
 
-    pid = 4242
-
-    def __init__(self, blob, holes):
-        self.blob = blob or b"\0"
+    def __init__(self, blob, holes, overlay=None):
+        self.blob = np.frombuffer((blob or b"\0") * 64, np.uint8)
         self.holes = holes
+        self.overlay = overlay or {}      # {address: bytes} laid over the random bytes
+        super().__init__(4242)
 
-    def read(self, addr, size):
-        if size < 0 or (addr // 4096) % 7 in self.holes:
-            return None
-        if size > 1 << 24:
-            raise AssertionError(f"gotel asked for {size} bytes of another process: unbounded")
-        start = addr % len(self.blob)
-        out = (self.blob[start:] + self.blob * (size // len(self.blob) + 1))[:size]
-        return out
+    def refresh(self):
+        self._starts = np.array([0x1000], np.uint64)
+        self._ends = np.array([1 << 47], np.uint64)
+
+    def _transfer(self, base, sizes, addrs, ok, offsets=None):
+        sizes = np.broadcast_to(np.asarray(sizes, np.uint64), addrs.shape)
+        if offsets is None:
+            offsets = np.arange(len(addrs), dtype=np.uint64) * (sizes[0] if len(addrs) else 0)
+        for k in np.flatnonzero(ok).tolist():
+            addr, size = int(addrs[k]), int(sizes[k])
+            if (addr // 4096) % 7 in self.holes:
+                ok[k] = False
+                continue
+            start = addr % len(self.blob)
+            data = np.resize(np.roll(self.blob, -start), size)
+            for at, raw in self.overlay.items():
+                lo, hi = max(at, addr), min(at + len(raw), addr + size)
+                if lo < hi:
+                    data[lo - addr:hi - addr] = np.frombuffer(raw[lo - at:hi - at], np.uint8)
+            ctypes.memmove(int(base) + int(offsets[k]), data.ctypes.data, size)
 
 
 @pytest.fixture(scope="module")
@@ -134,14 +151,25 @@ def go_binary(inspectme):
 
 
 @FUZZ
-@given(st.binary(min_size=1, max_size=512), st.sets(st.integers(0, 6), max_size=3))
-def test_goroutine_list_from_garbage(go_binary, blob, holes):
+@given(st.binary(min_size=1, max_size=512), st.sets(st.integers(0, 6), max_size=3),
+       st.integers(0, 300), st.lists(st.integers(0, 2**64 - 1), max_size=8))
+def test_goroutine_census_from_garbage(go_binary, blob, holes, n, pointers):
+    """The census (runtime.allgs, every g, their fields, their stacks) over memory of random bytes
+    behind a plausible goroutine list: n pointers, some given, the rest random."""
+    from receiver.census import CensusReader
+
     mem = GarbageMemory(blob, holes)
     try:
-        out = existing.read_goroutines(4242, go_binary, mem)
+        reader = CensusReader(go_binary, 4242, mem=mem)
+        list_at = 0x7f0000000000
+        mem.overlay[reader.allgs + reader.bias] = struct.pack("<QQQ", list_at, n, n)
+        if reader.allglen is not None:
+            mem.overlay[reader.allglen + reader.bias] = struct.pack("<Q", n)
+        mem.overlay[list_at] = b"".join(struct.pack("<Q", p) for p in pointers)
+        census = reader.read(stacks=True)
     except GotelError:
         return
-    assert out is None or out.dtype == EVENT_DTYPE
+    assert len(census.goroutines) <= n
 
 
 @FUZZ
