@@ -7,8 +7,8 @@ Measured on Linux 6.18 as a non-root user with ``setpriv`` (tests/faults/test_le
 - A way to create the uprobe. The uprobe PMU (``perf_event_open`` with the type in
   ``/sys/bus/event_source/devices/uprobe/type``) needs CAP_SYS_ADMIN since the 2025 fix "perf:
   Require CAP_SYS_ADMIN for uprobes" (it accepted CAP_PERFMON from 5.8 on). bcc falls back to
-  tracefs: writing ``/sys/kernel/tracing/uprobe_events`` (root's, mode 0640) needs
-  CAP_DAC_OVERRIDE, or that file made writable for gotel's group. CAP_DAC_OVERRIDE is the smaller.
+  tracefs: writing ``/sys/kernel/tracing/uprobe_events`` (root's) needs CAP_DAC_OVERRIDE, a
+  smaller grant than CAP_SYS_ADMIN.
 - CAP_SYS_PTRACE only for processes of another user: probing them (``perf_event_open`` on their
   PID) and reading their memory (``/proc/PID/mem``) need ptrace access. A command gotel launches
   runs as gotel's user and needs none.
@@ -82,8 +82,7 @@ def problems(pids=(), caps=None, writable=None):
                        f"{TRACEFS}), or give CAP_SYS_ADMIN to create uprobes without it")
         elif not (tracefs_writable() if writable is None else writable):
             out.append(f"CAP_DAC_OVERRIDE is missing: creating a uprobe means writing "
-                       f"{UPROBE_EVENTS} (the uprobe PMU needs CAP_SYS_ADMIN on this kernel); or "
-                       f"make that file writable for gotel's group")
+                       f"{UPROBE_EVENTS} (the uprobe PMU needs CAP_SYS_ADMIN on this kernel)")
     if "CAP_SYS_PTRACE" not in caps:
         me = os.geteuid()
         others = [p for p in pids if process_uid(p) not in (None, me)]
