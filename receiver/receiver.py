@@ -122,7 +122,8 @@ class GoroutineReceiver:
         self._stop = threading.Event()
         self._thread = None
         self._pipeline_thread = None
-        self._idents = {}                   # pid -> (dev, ino) of its executable, read on the poller
+        self._idents = {}                   # pid -> ((dev, ino) of its executable, start ns), read
+                                            # on the poller when its first events came
         self._path_targets = []             # (Target, GoBinary, Attachment, (dev, ino))
         self._seen_pids = set()             # pids whose events came through (registered or not)
         # pid -> goids seen, only for processes whose goroutines at attach could not be read
@@ -314,7 +315,7 @@ class GoroutineReceiver:
         if pids[0] not in self._idents or not (pids == pids[0]).all():
             for pid in np.unique(pids).tolist():
                 if pid not in self._idents:
-                    self._idents[pid] = self._identify(pid)
+                    self._idents[pid] = (self._identify(pid), start_time_ns(pid))
         self.buffer.put(batch)
 
     @staticmethod
@@ -404,7 +405,8 @@ class GoroutineReceiver:
                 known = self.registry.get(pid)
                 if known is None:
                     self._adopt(pid)
-                elif not known.alive and start_time_ns(pid) not in (0, known.start_time_ns):
+                elif not known.alive and (start_time_ns(pid) or self._idents.get(pid, (0, 0))[1]) \
+                        not in (0, known.start_time_ns):
                     self._adopt(pid)       # the PID of a process that exited, now another's
                 now = self.registry.get(pid)
                 if now is not None and not now.alive:
@@ -455,7 +457,7 @@ class GoroutineReceiver:
 
     def _adopt(self, pid):
         """A PID seen in events but not registered: a new process running a traced binary."""
-        ident = self._identify(pid) or self._idents.get(pid)
+        ident = self._identify(pid) or self._idents.get(pid, (None, 0))[0]
         for target, binary, _att, path_ident in self._path_targets:
             if ident is None and len(self._path_targets) > 1:
                 break
@@ -596,6 +598,9 @@ class GoroutineReceiver:
         finally:
             self._idents.pop(proc.pid, None)
             self.registry.mark_exited(proc.pid, status)
+            # Its PID may name another process next: let that one's events be adopted afresh
+            # (also before the next check comes round).
+            self._seen_pids.discard(proc.pid)
             # Its PID may name another process next: let that one's events be adopted afresh.
             self._lazy.pop(proc.pid, None)
             self._unbiased.discard(proc.pid)

@@ -177,6 +177,7 @@ def _validate(args):
         untargeted = [p for p in e.problems if "give at least one of pids, paths, command" in p]
         if settings is not None or not untargeted or len(untargeted) != len(e.problems):
             raise
+        # The rest is checked with a stand-in target (this process), as `gotel trace` would.
         cfg = config.load(args.config, receiver_settings={"pids": [os.getpid()]})
         note = (" (it names no targets: give them on the command line, `gotel trace -c FILE "
                 "--pid PID`, or in receivers::goroutines for `gotel run`)")

@@ -1,4 +1,7 @@
-"""Helpers of the fault suite: configurations, a Service from YAML, spans in an OTLP/JSON file."""
+"""Helpers of the fault suite (tests/faults: gotel under collector outages, killed and crowded
+targets, reused PIDs, ring overflow storms, its own SIGKILL, and the least capability set; each
+test records its figures with the ``figure`` fixture of tests/conftest.py): configurations, a
+Service from YAML, spans in an OTLP/JSON file."""
 
 import json
 import os
@@ -8,6 +11,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# spanfactory (tests/pipeline) and otlp_server (tests/): appended, never ahead of tests/conftest.py.
+for _folder in (REPO / "tests", REPO / "tests" / "pipeline"):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 
 def config_text(out, otlp=None, storage=None, shutdown_timeout="0.5s", collection="1s"):

@@ -8,9 +8,9 @@ import time
 import grpc
 import pytest
 
-import otlp_server
-import spanfactory
-from faultkit import config_text, file_spans, service_for
+from faultkit import config_text, file_spans, service_for  # first: it puts tests/pipeline on the path
+import otlp_server  # noqa: E402
+import spanfactory  # noqa: E402
 from pipeline.exporters import otlp_grpc
 from pipeline.exporters.base import Payload
 from pipeline.exporters.queue import QueueConfig

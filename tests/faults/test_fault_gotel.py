@@ -135,3 +135,41 @@ def test_each_missing_capability_is_named(require_bpf, lp_dir, missing):
     assert len(lines) == 1 and lines[0].startswith("gotel: cannot trace: "), p.stderr
     assert f"CAP_{missing} is missing" in lines[0]
     assert "Failed to compile" not in p.stderr
+
+
+@pytest.mark.bpf
+def test_least_privilege_gotel_sigkilled_leaves_no_breakpoint_and_its_uprobe_event_is_removed(
+        require_bpf, lp_dir, figure):
+    """Without CAP_SYS_ADMIN the uprobe is a tracefs event: a SIGKILLed gotel leaves it listed in
+    uprobe_events (inert: the breakpoint goes with the perf event), and the next gotel removes it."""
+    spec = ",".join(["-all"] + [f"+{c.lower()}" for c in LEAST])
+    target = subprocess.Popen([str(lp_dir / "lingerer"), "-for", "60s"], stdout=subprocess.DEVNULL,
+                              user=USER)
+    gotel = subprocess.Popen(["setpriv", "--reuid", USER, "--regid", USER, "--clear-groups",
+                              f"--inh-caps={spec}", f"--ambient-caps={spec}",
+                              f"--bounding-set={spec}", sys.executable, "-m", "pipeline.app.cli",
+                              "-v", "trace", "--pid", str(target.pid), "--out",
+                              str(lp_dir / "out-killed")], cwd=REPO, env={**ENV, "HOME": str(lp_dir)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in gotel.stderr:
+            if "tracing" in line:
+                break
+        assert probe_byte(target.pid, lp_dir / "lingerer")[0] == 0xCC
+        gotel.kill()
+        gotel.wait(10)
+        stale = [l for l in UPROBE_EVENTS.read_text().splitlines() if f"_bcc_{gotel.pid} " in l]
+        live, file_byte = probe_byte(target.pid, lp_dir / "lingerer")
+        assert live == file_byte and target.poll() is None
+        p = as_user(LEAST, [sys.executable, "-m", "pipeline.app.cli", "trace", "--out",
+                            str(lp_dir / "out-next"), "--", str(lp_dir / "lingerer"), "-for", "1s"],
+                    REPO)
+        assert p.returncode == 0, p.stderr
+    finally:
+        gotel.kill()
+        target.kill()
+        target.wait()
+    left = [l for l in UPROBE_EVENTS.read_text().splitlines() if f"_bcc_{gotel.pid} " in l]
+    figure("least privilege, gotel SIGKILLed: tracefs uprobe events left / after the next run",
+           f"{len(stale)} / {len(left)}")
+    assert len(stale) == 1 and left == []
