@@ -144,7 +144,7 @@ def test_least_privilege_gotel_sigkilled_leaves_no_breakpoint_and_its_uprobe_eve
     uprobe_events (inert: the breakpoint goes with the perf event), and the next gotel removes it."""
     spec = ",".join(["-all"] + [f"+{c.lower()}" for c in LEAST])
     target = subprocess.Popen([str(lp_dir / "lingerer"), "-for", "60s"], stdout=subprocess.DEVNULL,
-                              user=USER)
+                              user=USER, group=USER, extra_groups=[])     # gotel's user's own
     gotel = subprocess.Popen(["setpriv", "--reuid", USER, "--regid", USER, "--clear-groups",
                               f"--inh-caps={spec}", f"--ambient-caps={spec}",
                               f"--bounding-set={spec}", sys.executable, "-m", "pipeline.app.cli",
@@ -152,10 +152,12 @@ def test_least_privilege_gotel_sigkilled_leaves_no_breakpoint_and_its_uprobe_eve
                               str(lp_dir / "out-killed")], cwd=REPO, env={**ENV, "HOME": str(lp_dir)},
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        said = []
         for line in gotel.stderr:
+            said.append(line)
             if "tracing" in line:
                 break
-        assert probe_byte(target.pid, lp_dir / "lingerer")[0] == 0xCC
+        assert probe_byte(target.pid, lp_dir / "lingerer")[0] == 0xCC, said
         gotel.kill()
         gotel.wait(10)
         stale = [l for l in UPROBE_EVENTS.read_text().splitlines() if f"_bcc_{gotel.pid} " in l]
