@@ -152,7 +152,7 @@ class Exporter:
         if self._started:
             return
         self._started = True
-        self._queue = queue_mod.create(self.queue_config, self.name)
+        self._queue = queue_mod.create(self.queue_config, self.name, Payload)
         if self._queue is None:
             return
         if getattr(self._queue, "recovered", (0, 0))[0]:

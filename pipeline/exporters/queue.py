@@ -176,8 +176,9 @@ class PersistentQueue(MemoryQueue):
 
     persistent = True
 
-    def __init__(self, capacity, directory):
+    def __init__(self, capacity, directory, payload_type):
         super().__init__(capacity)
+        self.payload_type = payload_type    # makes a request read back: (signal, data, count)
         self.directory = Path(directory).expanduser()
         self.where = str(self.directory)
         try:
@@ -254,8 +255,6 @@ class PersistentQueue(MemoryQueue):
             return True
 
     def _load(self, item):
-        from pipeline.exporters.base import Payload
-
         meta = item.payload
         try:
             data = item.path.read_bytes()
@@ -263,7 +262,7 @@ class PersistentQueue(MemoryQueue):
             log.error("sending queue in %s: cannot read %s (%s); skipped", self.directory,
                       item.path.name, e.strerror or e)
             data = b""
-        return Item(Payload(meta.signal, data, meta.count), item.path)
+        return Item(self.payload_type(meta.signal, data, meta.count), item.path)
 
     def _unload(self, item):
         return _Meta(item.payload.signal, item.payload.count)
@@ -289,10 +288,12 @@ def storage_folder(storage, exporter_id):
     return Path(storage).expanduser() / re.sub(r"[^A-Za-z0-9_.-]", "-", exporter_id)
 
 
-def create(config, exporter_id):
-    """The queue a QueueConfig asks for, or None when it is disabled (send on the caller's thread)."""
+def create(config, exporter_id, payload_type):
+    """The queue a QueueConfig asks for, or None when it is disabled (send on the caller's thread).
+    ``payload_type(signal, data, count)`` makes the requests a queue on disk reads back."""
     if not config.enabled:
         return None
     if config.storage:
-        return PersistentQueue(config.queue_size, storage_folder(config.storage, exporter_id))
+        return PersistentQueue(config.queue_size, storage_folder(config.storage, exporter_id),
+                               payload_type)
     return MemoryQueue(config.queue_size)

@@ -26,7 +26,7 @@ def payload(n=10, signal="traces"):
 
 
 def test_persistent_queue_survives_a_crash_in_order(tmp_path):
-    q = PersistentQueue(10, tmp_path)
+    q = PersistentQueue(10, tmp_path, Payload)
     sent = [payload(n) for n in (3, 5, 7)]
     for p in sent:
         assert q.put(p)
@@ -34,7 +34,7 @@ def test_persistent_queue_survives_a_crash_in_order(tmp_path):
     assert taken.payload.data == sent[0].data
     (tmp_path / "0000000000000099.traces.4.tmp").write_bytes(b"half a reque")  # a cut write
     q.close()                                # the process ends without acking anything
-    q2 = PersistentQueue(10, tmp_path)
+    q2 = PersistentQueue(10, tmp_path, Payload)
     assert q2.recovered == (3, 15)
     got = [q2.get(0) for _ in range(3)]
     assert [g.payload.data for g in got] == [p.data for p in sent]
@@ -48,11 +48,11 @@ def test_persistent_queue_survives_a_crash_in_order(tmp_path):
 
 
 def test_persistent_queue_is_bounded_and_locked(tmp_path):
-    q = PersistentQueue(2, tmp_path)
+    q = PersistentQueue(2, tmp_path, Payload)
     assert q.put(payload()) and q.put(payload())
     assert not q.put(payload())
     with pytest.raises(ConfigError, match="in use by another gotel"):
-        PersistentQueue(2, tmp_path)
+        PersistentQueue(2, tmp_path, Payload)
     item = q.get(0)
     q.keep(item)                             # back at the head, still on disk
     assert q.get(0).path == item.path
