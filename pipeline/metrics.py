@@ -15,7 +15,9 @@ Cumulative temporality, one series per process (pid) and attribute value:
 
 ``go.goroutine.count`` counts the goroutines gotel knows to be alive: created, found at attach
 (EXISTING) or first seen through another event, minus exits. Lifetimes are recorded only for
-goroutines whose creation was seen.
+goroutines whose creation was seen. For a process whose memory gotel reads, ``go.goroutine.count``
+and ``go.schedule.duration`` are exported from the runtime's own values instead
+(``pipeline/runtime_metrics.py``, passed to ``to_request`` as ``extra``): one owner per name.
 
 Histograms are kept at a fixed fine scale (``base_scale``, 16 buckets per power of two, 1 ns to
 ~12 days) in one numpy row per series, bucketed vectorized (``log2`` then ``ceil``); at export each
@@ -284,15 +286,17 @@ class GoRuntimeMetrics:
         return groups
 
     # -------------------------------------------------------------- OTLP
-    def to_request(self, resource_for, names=None, now_ns=None):
+    def to_request(self, resource_for, names=None, now_ns=None, extra=None):
         """The current state as one ``ExportMetricsServiceRequest``, a ResourceMetrics per process.
 
         ``resource_for(pid)`` returns that process's ``Resource`` proto; ``names`` resolves
         (pid, pc) and (pid, reason) (see the module docstring). Series whose start PCs resolve to
-        the same function name are merged. Safe from any thread (encodes a frozen copy)."""
-        return self.frozen()._to_request(resource_for, names, now_ns)
+        the same function name are merged. Safe from any thread (encodes a frozen copy). ``extra``:
+        {pid: [Metric]} from another producer (the runtime's own metrics read from memory); each
+        replaces this aggregator's metric of the same name for that process (one owner per name)."""
+        return self.frozen()._to_request(resource_for, names, now_ns, extra)
 
-    def _to_request(self, resource_for, names=None, now_ns=None):
+    def _to_request(self, resource_for, names=None, now_ns=None, extra=None):
         names = names or _PlainNames()
         now = self.clock() if now_ns is None else now_ns
         start = self.start_ns
@@ -347,6 +351,9 @@ class GoRuntimeMetrics:
                     "Goroutine lifetimes, creation to exit, by start function.",
                     "function", "code.function.name")
 
+        for pid, produced in (extra or {}).items():
+            for m in produced:
+                per_pid.setdefault(pid, {})[m.name] = m
         request = ExportMetricsServiceRequest()
         for pid in sorted(per_pid):
             rm = request.resource_metrics.add()

@@ -79,6 +79,10 @@ class Service:
             self._settings(self.receiver_id), rc.config, self.tap, launch_options=launch_options)
         self.collection_interval = float(rc.config.collection_interval) if rc else 10.0
         self.census_receivers = [self._census_receiver(cid) for cid in census_ids]
+        # One owner per metric name: the census reads every traced process's runtime metrics.
+        owned = {n for c in self.census_receivers for n in getattr(c, "owned_metric_names", ())}
+        if owned and self.receiver is not None:
+            self.receiver.disown(owned)
 
     def _census_receiver(self, cid):
         """A goruntime receiver: its payloads go to the exporters of the pipelines naming it; it
@@ -117,6 +121,8 @@ class Service:
         try:
             if self.receiver is not None:
                 self.receiver.start()
+                # Arguments of function spans (receivers::goroutines::functions::arguments).
+                self.encoder.extra_attributes = getattr(self.receiver, "extra_attributes", None)
             for census in self.census_receivers:
                 census.start()
         except BaseException:

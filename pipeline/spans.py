@@ -19,6 +19,7 @@ import numpy as np
 class SpanKind(enum.IntEnum):
     GOROUTINE = 0   # a goroutine's whole life (or a continuation of it in a new trace)
     PARK = 1        # one park: from park to running again
+    FUNCTION = 2    # one call of a probed function (pipeline/funcspans.py), start_pc = its entry
 
 
 class SpanFlag(enum.IntFlag):
@@ -30,6 +31,7 @@ class SpanFlag(enum.IntFlag):
     EXITED = 32                # the goroutine's exit was seen
     SPLIT = 64                 # creator's trace was full: root of a new trace, linked to the creator
     AS_EVENT = 128             # PARK row to attach as a span event to its parent (park_mode "events")
+    UNWOUND = 512              # FUNCTION: left without a RET (panic, Goexit) or open at goroutine exit
     TRACE_END = 256            # the trace's last goroutine part ended: no more rows of this trace
 
 

@@ -133,5 +133,20 @@ def global_address(binary, name):
     return cache[name]
 
 
+def describe(binary):
+    """{name: {"address": int, "source": "symtab" | "instructions"} or {"error": str}} for every global
+    gotel can locate (``gotel inspect`` shows it)."""
+    from receiver.errors import GotelError
+
+    out = {}
+    for name in PATTERNS:
+        try:
+            source = "symtab" if symtab_address(binary, name) is not None else "instructions"
+            out[name] = {"address": global_address(binary, name), "source": source}
+        except GotelError as e:
+            out[name] = {"error": str(e)}
+    return out
+
+
 def _known():
     return ", ".join(sorted(layout_mod.table(), key=parse_go_version)) or "none"

@@ -7,6 +7,7 @@ returns the exit status. Errors are ``receiver.errors`` types, which the CLI pri
 import json
 import sys
 
+from receiver import globals as runtime_globals
 from receiver.binary import GoBinary
 
 
@@ -42,6 +43,7 @@ def report(target):
         "notes": list(lay.notes),
         "statuses": lay.statuses,
         "wait_reasons": lay.wait_reasons,
+        "globals": runtime_globals.describe(binary),
     }
 
 
@@ -70,6 +72,10 @@ def render(rep):
         lines.append(f"    {struct:<10} " + ", ".join(f"{k}={v}" for k, v in fields.items()))
     for note in rep["notes"]:
         lines.append(f"    note: {note}")
+    lines.append("  runtime globals (virtual address, from):")
+    for name, g in rep["globals"].items():
+        lines.append(f"    {name:<24} " + (f"{g['address']:#x} {g['source']}" if "address" in g
+                                           else f"not found: {g['error']}"))
     lines.append("  statuses: " + ", ".join(f"{k}={v}" for k, v in rep["statuses"].items()))
     lines.append(f"  wait reasons ({len(rep['wait_reasons'])}):")
     reasons = [f"{i}={r!r}" for i, r in enumerate(rep["wait_reasons"])]

@@ -160,8 +160,9 @@ class GoroutineReceiver:
             if self.config.command:
                 self._launch(targets.Target.command(self.config.command))
             if self.config.discovery.enabled:
+                # The first scan is the watcher's, once the poller drains the ring: attaching a
+                # node's worth of processes takes seconds, their events must not wait for it.
                 self.discovery = discovery_mod.Discovery(self.config.discovery, self.registry.pods)
-                self._discover()
         except BaseException:
             self._teardown()
             raise

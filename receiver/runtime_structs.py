@@ -30,13 +30,18 @@ STRUCT_FIELDS = {
     ),
     "runtime.gcControllerState": (
         "gcPercent", "memoryLimit", "gcPercentHeapGoal", "sweepDistMinTrigger", "triggered",
-        "heapMarked", "heapGoal",
+        "heapMarked", "heapGoal", "heapFree", "totalAlloc", "totalFree", "mappedReady",
     ),
     "runtime.schedt": (
         "timeToRun", "stwTotalTimeGC", "ngsys", "gFree.n", "gFree.stack.size", "gFree.noStack.size",
     ),
     "runtime.p": ("gFree.n", "gFree.size", "status"),
     "runtime.timeHistogram": ("counts", "counts.$len", "underflow", "overflow", "$size"),
+    # work.cpuStats: the /cpu/classes/... snapshot the runtime takes at each GC (Go 1.20+).
+    "runtime.workType": ("cpuStats",),
+    # Exported field names since Go 1.23, lower case in 1.20-1.22.
+    "runtime.cpuStats": ("GCTotalTime", "ScavengeTotalTime", "IdleTime", "UserTime",
+                         "gcTotalTime", "scavengeTotalTime", "idleTime", "userTime"),
 }
 
 _NAMES = re.compile(rb"(?:" + b"|".join(re.escape(n.encode()) for n in STRUCT_FIELDS) + rb")\0")

@@ -11,7 +11,7 @@ import sys
 
 from pipeline import config
 from pipeline.app import demo
-from pipeline.app.runner import run_service
+from pipeline.app.runner import Stopper, run_service
 from receiver import targets
 from receiver.errors import ConfigError, GotelError, TargetError
 
@@ -68,8 +68,34 @@ def build_parser():
     p.add_argument("--keep-running", action="store_true",
                    help="leave a launched command running when gotel stops (by default it is "
                         "stopped with gotel, and killed if gotel is killed)")
+    p.add_argument("--func", dest="functions", action="append", default=[], metavar="PATTERN",
+                   help="also make each call of the Go functions PATTERN matches a span inside its "
+                        "goroutine (glob, repeatable; receivers::goroutines::functions::patterns)")
+    p.add_argument("--func-args", action="store_true",
+                   help="record the probed functions' arguments and results as span attributes")
     _target_arguments(p)
     p.set_defaults(func=_trace)
+
+    p = sub.add_parser(
+        "funcs", help="count or time calls of Go functions per goroutine (like bcc funccount/funclatency)",
+        usage="gotel funcs {count,latency} PATTERN [-e PATTERN ...] [-i S] [--duration S] "
+              "(--pid PID ... | --binary PATH | -- COMMAND ARGS...)")
+    p.add_argument("mode", choices=("count", "latency"))
+    p.add_argument("pattern", metavar="PATTERN",
+                   help="glob over Go function names, e.g. 'main.(*Server).handle*' or 'net/http.*'")
+    p.add_argument("-e", "--pattern", dest="more", action="append", default=[], metavar="PATTERN",
+                   help="another pattern")
+    p.add_argument("-i", "--interval", type=float, metavar="S", help="print and reset every S seconds")
+    p.add_argument("--duration", type=duration, metavar="S", help="stop after S seconds")
+    p.add_argument("--max-functions", type=int, default=1000, metavar="N",
+                   help="refuse patterns matching more functions than this (default 1000)")
+    p.add_argument("--pid", nargs="+", action="extend", default=[], metavar="PID",
+                   help="running processes to trace")
+    p.add_argument("--binary", action="append", default=[], metavar="PATH",
+                   help="trace every process running this Go binary, now and later")
+    # Options may follow PATTERN: the command, everything after "--", is split off in main().
+    p.set_defaults(argv=[])
+    p.set_defaults(func=_funcs)
 
     p = sub.add_parser(
         "top", help="goroutines per process and per group, live, from memory (no probe)",
@@ -236,9 +262,23 @@ def _trace(args):
         if "command" not in settings:
             raise UsageError("--keep-running is for a launched command (-- COMMAND ARGS...)")
         settings["keep_running"] = True
+    if args.functions:
+        settings["functions"] = {"patterns": list(args.functions), "arguments": args.func_args}
     overrides = {"GOTEL_OUT": args.out} if args.out is not None else None
     cfg = config.load(args.config, overrides=overrides, receiver_settings=settings)
     return run_service(cfg, args.duration).exit_status
+
+
+def _funcs(args):
+    from pipeline import functrace
+
+    settings = parse_targets(args.pid, args.binary, args.argv)
+    with Stopper() as stop:
+        functrace.run(args.mode, [args.pattern, *args.more], pids=settings.get("pids", ()),
+                      paths=settings.get("paths", ()), command=settings.get("command"),
+                      interval=args.interval, duration=args.duration, limit=args.max_functions,
+                      stop=stop.event)
+    return 0
 
 
 def _demo(args):
@@ -246,7 +286,15 @@ def _demo(args):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    subcommand = next((a for a in argv if not a.startswith("-")), None)
+    if subcommand == "funcs" and "--" in argv:
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    if command is not None:
+        args.argv = command
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="gotel: %(message)s", stream=sys.stderr)
     try:

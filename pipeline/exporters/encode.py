@@ -241,6 +241,7 @@ _FLAG_ATTRIBUTES = (
     (SpanFlag.CONTINUED, "gotel.goroutine.continued"),
     (SpanFlag.ANOMALY, "gotel.sampler.anomaly"),
     (SpanFlag.SPLIT, "gotel.trace.split"),
+    (SpanFlag.UNWOUND, "gotel.function.unwound"),
 )
 
 
@@ -263,6 +264,8 @@ class TraceEncoder:
         self._park_blob = {}        # (pid, wait_reason) -> name field + wait reason attribute
         self._flag_blob = {}
         self._state_blob = {}
+        # span_id -> serialized attributes of a FUNCTION span (arguments; pipeline/funcspans.py)
+        self.extra_attributes = None
 
     # cached parts
     def _resource_bytes(self, pid):
@@ -445,7 +448,9 @@ class TraceEncoder:
         columns = [spans[c].tolist() for c in (
             "start_pc", "create_pc", "sample_threshold", "kind", "wait_reason", "flags",
             "link_span_id")]
-        span_ids = spans["span_id"].tolist() if events else None
+        extra = self.extra_attributes
+        span_ids = spans["span_id"].tolist() if events or extra else None
+        function = int(SpanKind.FUNCTION)
         memo = {}
         for i, (spc, cpc, threshold, kind, reason, flags, link) in enumerate(zip(*columns)):
             head = numeric[offsets[i]:offsets[i + 1]]
@@ -455,8 +460,9 @@ class TraceEncoder:
                 blob = memo.get((spc, cpc))
                 if blob is None:
                     blob = memo[(spc, cpc)] = goroutine_bytes(pid, spc, cpc)
-            if flags or threshold or link or events:
-                parts = [head, blob]
+            more = extra(span_ids[i]) if extra is not None and kind == function else b""
+            if flags or threshold or link or events or more:
+                parts = [head, blob, more]
                 if flags:
                     parts.append(flags_bytes(flags))
                 if link:

@@ -15,8 +15,10 @@ ERROR), body naming the group, attributes with its count history and ``code.stac
 group's stack in Go's format).
 
 The metric producers are a list (``GoRuntimeReceiver.producers``): each is called with
-(pid, census, groups) and returns OTLP ``Metric`` messages; Go runtime metrics (go.* semantic
-conventions, read from the same process memory) join that list.
+(target, census, groups) and returns OTLP ``Metric`` messages. The Go runtime metrics (go.* semantic
+conventions, ``pipeline.runtime_metrics``, read from the same process memory) are one of them unless
+``runtime_metrics::enabled`` is false; they are then this receiver's alone
+(``owned_metric_names``): the service has the goroutines receiver drop its own of those names.
 
 Thread: one collector thread; ``next`` receives ``Payload``s (``consume(payload)``). A target that
 exits is dropped from the census, logged once; nothing else stops collection.
@@ -33,6 +35,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
+from pipeline import runtime_metrics as memory_metrics
 from pipeline.exporters.base import Payload
 from pipeline.exporters.encode import GOTEL_VERSION, Resources, key_value
 from receiver import census as census_mod, groups as groups_mod, processes as processes_mod
@@ -56,9 +59,10 @@ class Config:
     # how long a leak suspect's oldest member has been blocked, at least
     leak_threshold: float = dataclasses.field(default=60.0, metadata={"duration": "s"})
     leak_censuses: int = 3                 # censuses in a row its count must rise
+    runtime_metrics: memory_metrics.Config = dataclasses.field(default_factory=memory_metrics.Config)
 
     def validate(self, path="receivers::goruntime"):
-        problems = []
+        problems = self.runtime_metrics.validate(f"{path}::runtime_metrics")
         for pid in self.pids:
             if not isinstance(pid, int) or pid <= 0:
                 problems.append(f"{path}::pids: {pid!r} is not a process id")
@@ -179,6 +183,11 @@ class GoRuntimeReceiver:
         self.next = next_stage
         self.processes = getattr(settings, "processes", None)   # receiver.processes.Processes
         self.producers = [self._goroutine_metrics]
+        self.memory_metrics = memory_metrics.create(config.runtime_metrics)
+        self.owned_metric_names = ()
+        if config.runtime_metrics.enabled:
+            self.producers.append(self._runtime_metrics)
+            self.owned_metric_names = memory_metrics.NAMES
         self.targets = {}
         self.censuses = 0
         self.failures = 0
@@ -197,6 +206,9 @@ class GoRuntimeReceiver:
 
     def _goroutine_metrics(self, target, census, gs):
         return goroutine_metrics(target, census, gs, self.config.max_groups)
+
+    def _runtime_metrics(self, target, census, gs):
+        return self.memory_metrics.collect(target.pid, target.binary, target.started_ns)
 
     def pids(self):
         found = list(self.config.pids)
@@ -233,6 +245,7 @@ class GoRuntimeReceiver:
                 census = t.reader.read(stacks=self.config.stacks, max_depth=self.config.max_depth)
             except GotelError as e:
                 self.failures += 1
+                self.memory_metrics.forget(pid)
                 if self.targets.pop(pid, None) is not None:
                     log.warning("goruntime: process %d: %s; no more censuses of it", pid, e)
                 continue

@@ -12,9 +12,9 @@ import (
 	"time"
 )
 
-// Each worker works in slices of 1 ms: it makes the ops that are due at once, then sleeps until
-// the next slice, so the rate holds over any window longer than a few slices.
-const slice = time.Millisecond
+// Each worker works in slices (1 ms by default): it makes the ops that are due at once, then sleeps
+// until the next slice, so the rate holds over any window longer than a few slices.
+var slice = time.Millisecond
 
 func handBack(ch chan<- int) { ch <- 1 }
 
@@ -48,6 +48,7 @@ func main() {
 	workers := flag.Int("workers", 1, "goroutines making ops")
 	duration := flag.Duration("duration", 3*time.Second, "how long to run")
 	wait := flag.Bool("wait", false, "wait for a line on stdin before starting")
+	flag.DurationVar(&slice, "slice", time.Millisecond, "how long a worker sleeps between bursts")
 	flag.Parse()
 	if *wait {
 		fmt.Fscanln(os.Stdin)

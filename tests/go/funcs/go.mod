@@ -1,0 +1,3 @@
+module funcs
+
+go 1.21

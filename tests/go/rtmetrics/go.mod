@@ -1,0 +1,3 @@
+module example.com/gotel/rtmetrics
+
+go 1.19
