@@ -209,13 +209,16 @@ class Service:
         if self.receiver is not None:
             self.receiver.shutdown(left(0.4))
         # Let the span exporters drain first, so that the last self-telemetry counts what they sent.
+        # Each exporter may drain for its own shutdown_timeout, when longer than what is left.
+        drain_start = time.monotonic()
         for eid in self.traces_exporters - self.metrics_exporters:
-            self.exporters[eid].flush(left(0.5))
+            self.exporters[eid].flush(max(left(0.5), self._drain_time(eid) - 0.5 * (
+                time.monotonic() - drain_start)))
         try:
             self.export_metrics()
         except Exception:  # noqa: BLE001
             log.exception("final metrics collection failed")
-        self._shutdown_exporters(left())
+        self._shutdown_exporters(left(), drain_start)
         self._shutdown_extensions()
 
     def health_state(self):
@@ -229,10 +232,47 @@ class Service:
         for extension in self.extensions.values():
             extension.shutdown()
 
-    def _shutdown_exporters(self, timeout):
+    def _drain_time(self, eid):
+        return float(getattr(self.exporters[eid], "shutdown_timeout", 0.0) or 0.0)
+
+    def _shutdown_exporters(self, timeout, start=None):
+        start = time.monotonic() if start is None else start
         deadline = time.monotonic() + timeout
+        for eid, exporter in self.exporters.items():
+            own = start + self._drain_time(eid)
+            exporter.shutdown(max(0.0, max(deadline, own) - time.monotonic()))
+
+    def abort(self):
+        """At a second signal, just before gotel exits without draining: let a file exporter
+        finish the line it is writing (at most a second), so that the files stay whole."""
         for exporter in self.exporters.values():
-            exporter.shutdown(max(0.0, deadline - time.monotonic()))
+            hold = getattr(exporter, "hold", None)
+            if hold is not None:
+                hold(1.0)
+
+    def losses(self):
+        """What this run lost, one phrase per cause with its count and why (empty: nothing)."""
+        out = []
+        source = getattr(self.receiver, "source", None)
+        if source is None:
+            pass
+        elif source.lost:
+            out.append(f"{source.lost} events (the kernel's ring buffer was full: raise ring_bytes)")
+        if source is not None and source.overflowed:
+            out.append(f"{source.overflowed} events (the pipeline fell behind and gotel's event "
+                       f"buffer was full: raise buffer_events)")
+        if source is not None and source.failed_events:
+            out.append(f"{source.failed_events} events (a pipeline stage failed on them; see the "
+                       f"log)")
+        for eid, exporter in self.exporters.items():
+            for signal, item in (("traces", "spans"), ("metrics", "metric points")):
+                key = item.replace(" ", "_")
+                n = (exporter.counters.get(f"send_failed_{key}", signal)
+                     + exporter.counters.get(f"enqueue_failed_{key}", signal))
+                if n:
+                    why = getattr(exporter, "last_failure", "") or "send failed"
+                    out.append(f"{n} {item} not delivered by exporter {eid} ({why})")
+        return out
 
     # reporting
     def counters(self):
@@ -267,7 +307,7 @@ class Service:
                 dropped[f"{pipeline_id}/{pid}"] = n
             anomalies += getattr(stage, "anomalies_kept", 0)
         decoder = getattr(self.receiver, "decoder", None)
-        summary = Summary(self.tap, self.processes, lost_events=getattr(source, "lost", 0),
+        summary = Summary(self.tap, self.processes, lost_events=getattr(source, "refused", 0),
                           events=getattr(source, "events", 0), outputs=self.output_paths(),
                           exported={k: tuple(v) for k, v in sent.items()},
                           processes=list(self.processes),

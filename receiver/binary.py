@@ -29,6 +29,7 @@ from receiver import buildinfo, layout as layout_mod, placement, runtime_structs
 from receiver.elf import EM_AARCH64, EM_X86_64, ElfImage, map_file
 from receiver.errors import (
     CorruptBinary, GotelError, TargetError, UnsupportedBinary, UnsupportedGoVersion,
+    denied_hint,
 )
 
 # The runtime functions gotel probes. casgstatus is the main probe (every status change of every
@@ -82,7 +83,8 @@ def resolve_target(target):
     except FileNotFoundError as e:
         raise TargetError(f"process {pid} has no executable (a kernel thread, or it exited)") from e
     except PermissionError as e:
-        raise TargetError(f"process {pid}: permission denied reading /proc/{pid}/exe; run as root") from e
+        raise TargetError(f"process {pid}: permission denied reading /proc/{pid}/exe; "
+                          f"{denied_hint(pid)}") from e
     # /proc/PID/exe reaches the file even when it was deleted (go run's temp binaries) or lives in
     # another mount namespace (a container); uprobes attach through the same link.
     return exe, exe, pid

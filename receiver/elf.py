@@ -279,7 +279,9 @@ def map_file(path):
     except IsADirectoryError as e:
         raise TargetError(f"{path}: is a directory; give the path of a Go executable or a PID") from e
     except PermissionError as e:
-        raise TargetError(f"{path}: permission denied; run gotel as root") from e
+        raise TargetError(f"{path}: permission denied reading it; "
+                          + ("check the file's permissions" if os.geteuid() == 0 else
+                             "give gotel's user read access, or run gotel as root")) from e
     except OSError as e:
         if isinstance(e, GotelError):
             raise

@@ -38,3 +38,16 @@ class ConfigError(GotelError):
     def __init__(self, problems):
         self.problems = list(problems)
         super().__init__("invalid configuration: " + "; ".join(self.problems))
+
+
+def denied_hint(pid=None):
+    """What to do about a permission error, for the user gotel runs as: as root, the kernel itself
+    refuses (a process not dumpable, in another user namespace, or guarded by a security module);
+    otherwise the capability that is missing."""
+    import os
+
+    if os.geteuid() == 0:
+        what = f"process {pid}" if pid is not None else "it"
+        return (f"the kernel denies this even to root: {what} is protected from tracing (not "
+                f"dumpable, another user namespace, or a security module such as Yama or AppArmor)")
+    return "run gotel as root, or give it CAP_SYS_PTRACE (see README: Requirements)"

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from receiver.errors import TargetError
+from receiver.errors import TargetError, denied_hint
 from receiver.events import EVENT_DTYPE, Kind
 
 G_FIELDS = ("goid", "parentGoid", "gopc", "startpc", "waitreason", "atomicstatus")
@@ -37,7 +37,8 @@ class ProcessMemory:
         except FileNotFoundError as e:
             raise TargetError(f"process {pid} does not exist (it exited?)") from e
         except PermissionError as e:
-            raise TargetError(f"process {pid}: permission denied reading its memory; run as root") from e
+            raise TargetError(f"process {pid}: permission denied reading its memory; "
+                              f"{denied_hint(pid)}") from e
 
     def read(self, addr, size):
         """size bytes at addr, or None when the range is not mapped (or the process is gone)."""

@@ -23,12 +23,14 @@ receiver's control path only.
 """
 
 import dataclasses
+import logging
 import os
 import threading
 
 from receiver.errors import ProbeError
 from receiver.events import BPF_DIR, Kind, check_statuses
 
+log = logging.getLogger("gotel.probes")
 SOURCE = BPF_DIR / "gotel.c"
 MAX_LAYOUTS = 8
 COUNTERS = ("lost", "wakeups", "hits", "held_full", "submitted")
@@ -181,6 +183,11 @@ class Probes:
             raise ProbeError("bcc is not importable: install Debian's python3-bpfcc and use a venv "
                              "made with --system-site-packages (make setup)") from e
         self._BPF = BPF
+        from receiver import privileges
+
+        if privileges.tracefs_writable():
+            for name in privileges.remove_stale_uprobes():
+                log.info("removed %s, left by a gotel that was killed", name)
         try:
             self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=config.cflags())
             self._fns = [self.bpf.load_func(f"probe_casgstatus_{i}".encode(), BPF.KPROBE)
@@ -197,6 +204,7 @@ class Probes:
         self._hits = self.bpf["hits"]
         self._slots = {}
         self.attachments = {}
+        self._writable = None
         self._lock = threading.Lock()
 
     @property
@@ -284,9 +292,13 @@ class Probes:
 
             fd = lib.bpf_attach_uprobe(fn.fd, 0, ev_name, path.encode(), offset, pid)
             if fd < 0:
+                from receiver import privileges
+
+                missing = privileges.problems([pid] if pid > 0 else [])
                 raise ProbeError(
                     f"attaching the uprobe to {path} at file offset {offset:#x} (pid {pid}) failed; "
-                    f"does the process still exist, and is this gotel running as root?")
+                    + ("; ".join(missing) if missing else
+                       f"does the process still exist? ({privileges.hint()})"))
             self.bpf._add_uprobe_fd(ev_name, fd)
             extra = []
             stop = binary.functions.get(PREEMPT_FUNCTION)
@@ -316,6 +328,10 @@ class Probes:
 
     def _detach_names(self, names):
         for name in names:
+            if name in self.bpf.uprobe_fds and not self._tracefs_writable():
+                # Made by the uprobe PMU (gotel cannot write tracefs): closing the perf fd removes
+                # it; bcc's detach would also try tracefs and print its permission error.
+                os.close(self.bpf.uprobe_fds.pop(name))
             if name in self.bpf.uprobe_fds:
                 try:
                     self.bpf.detach_uprobe_event(name)
@@ -323,6 +339,13 @@ class Probes:
                     # The perf fd is closed first; what can fail after is only tracefs clean-up of
                     # a probe that perf_event_open created without tracefs.
                     self.bpf.uprobe_fds.pop(name, None)
+
+    def _tracefs_writable(self):
+        if self._writable is None:
+            from receiver import privileges
+
+            self._writable = privileges.tracefs_writable()
+        return self._writable
 
     def forget(self, pid):
         """Drop what the kernel side still holds for an exited process (creations of Go <= 1.23

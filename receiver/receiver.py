@@ -3,20 +3,25 @@ processes, as numpy batches of ``EVENT_DTYPE``, handed to the next stage.
 
 ``start()`` compiles the probes, resolves the targets (PIDs, binaries, a command it launches held
 until the probe is in place), attaches, emits the goroutines that already exist as ``Kind.EXISTING``
-events, and starts the one poller thread. That thread waits on the ring buffer (a wakeup past the
-watermark, or ``poll_interval_s``), converts timestamps to Unix ns in bulk, fills in goroutines it
-has never heard of (read from the process), and calls ``next.consume(batch)``, then
-``next.tick()`` (if it has one) after every poll, so timers downstream fire on this thread; every
-``check_interval_s`` it retires processes that exited (detaching their probe, after their last
-events came out) and reports lost events from the kernel's counter. A PID that a retired process
-held and a new process of a traced binary now holds is registered afresh (``Processes.add``
-forgets the old one's facts).
+events, and starts two threads. The poller waits on the ring buffer (a wakeup past the watermark, or
+``poll_interval_s``) and only copies the records into a bounded ``EventBuffer`` (``buffer_events``
+events): it never waits on a pipeline stage, so a slow stage cannot make the kernel's ring overflow.
+Every ``check_interval_s`` it retires processes that exited (detaching their probe, and marking them
+exited once the pipeline went through their last events) and reports lost events: the kernel's
+counter (ring full) and the buffer's (``overflowed``: the pipeline fell ``buffer_events`` behind).
+The pipeline thread takes everything buffered as one batch (up to ``max_batch_events``), registers
+processes first seen in it, converts timestamps to Unix ns in bulk, fills in goroutines it has never
+heard of (read from the process), and calls ``next.consume(batch)``, then ``next.tick()`` (if it
+has one) after every batch or 50 ms without one, so timers downstream fire on this thread. A PID
+that a retired process held and a new process of a traced binary now holds is registered afresh
+(``Processes.add`` forgets the old one's facts, on the pipeline thread, before its events).
 
 Errors: ``start()`` raises ``TargetError`` (no such PID, not a Go program, ...) or ``ProbeError``
 before anything runs; after that, nothing raises: a process that dies is logged and retired, and
-gotel keeps tracing the others. ``lost`` counts events the kernel could not store (ring full).
+gotel keeps tracing the others. ``lost`` counts events the kernel could not store (ring full),
+``overflowed`` those the buffer could not hold; ``refused`` is both.
 Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.consume`` and
-``next.tick`` run on the poller thread only.
+``next.tick`` run on the pipeline thread only.
 """
 
 import collections
@@ -25,14 +30,17 @@ import logging
 import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 
-from receiver import discovery as discovery_mod, existing, levels, platform, probes, targets
+from receiver import (discovery as discovery_mod, existing, levels, platform, privileges, probes,
+                      targets)
 from receiver.clock import MonotonicClock
-from receiver.errors import ConfigError, GotelError, TargetError
+from receiver.drain import EventBuffer
+from receiver.errors import ConfigError, GotelError, ProbeError, TargetError
 from receiver.events import EVENT_DTYPE, Kind
 from receiver.processes import Process, Processes, start_time_ns
 from receiver.ringbuf import RingBufferReader
@@ -49,6 +57,7 @@ class Config:
     pids: tuple = ()
     paths: tuple = ()
     command: tuple = ()                    # argv of a program to launch and trace from its start
+    keep_running: bool = False             # the launched command outlives gotel (else dies with it)
     # "preempt" (Gosched, preemption) is needed for go.schedule.duration to see those waits.
     kinds: tuple = ("create", "run", "park", "ready", "exit", "preempt")
     ring_bytes: int = 8 << 20
@@ -70,6 +79,10 @@ class Config:
     trigger_oldest_wait_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
     # at least this long between two anomaly triggers
     trigger_cooldown_s: float = dataclasses.field(default=30.0, metadata={"duration": "s"})
+    # Events copied out of the ring and not yet through the pipeline (64 bytes each; 2 Mi events,
+    # 128 MiB, only when the pipeline is that far behind): ~2 s at the probes' top rate here.
+    buffer_events: int = 1 << 21
+    max_batch_events: int = 1 << 18        # the most events the pipeline takes in one batch
     discovery: discovery_mod.Rules = dataclasses.field(default_factory=discovery_mod.Rules)
 
     def validate(self, path="receivers::goroutines"):
@@ -85,6 +98,8 @@ class Config:
             problems.append(f"{path}::kinds: unknown {unknown}; choose from {sorted(KIND_NAMES)}")
         if self.poll_interval_s <= 0 or self.check_interval_s <= 0:
             problems.append(f"{path}: poll_interval_s and check_interval_s must be > 0")
+        if self.buffer_events < 1 or self.max_batch_events < 1:
+            problems.append(f"{path}: buffer_events and max_batch_events must be >= 1")
         problems += [f"{path}: {p}" for p in self.probe_config().validate()] if not unknown else []
         if self.level not in levels.LEVELS:
             problems.append(f"{path}::level must be one of {', '.join(levels.LEVELS)}, not {self.level!r}")
@@ -113,6 +128,8 @@ class GoroutineReceiver:
     ``start()``, ``consume(batch)`` and ``shutdown(timeout)``; ``registry`` is the ``Processes``
     that owns every fact about the traced processes."""
 
+    SWITCH_INTERVAL_S = 0.001
+
     def __init__(self, config, next_stage=None, registry=None, launch_options=None):
         self.next = next_stage
         problems = config.validate()
@@ -124,7 +141,10 @@ class GoroutineReceiver:
         self.reader = None
         self.clock = MonotonicClock()
         self.lost = 0
+        self.overflowed = 0                 # events the EventBuffer had no room for
+        self.max_poll_gap_s = 0.0           # longest the ring went unread (kept after shutdown)
         self.events = 0
+        self.buffer = EventBuffer(config.buffer_events, config.max_batch_events)
         self.failed_batches = 0             # batches the next stage raised on (dropped)
         self.failed_events = 0              # the events in them
         self._next_error_log = 0.0
@@ -133,6 +153,9 @@ class GoroutineReceiver:
         self._launch_options = dict(launch_options or {})   # subprocess.Popen keywords (stdio)
         self._stop = threading.Event()
         self._thread = None
+        self._pipeline_thread = None
+        self._idents = {}                   # pid -> ((dev, ino) of its executable, start ns), read
+                                            # on the poller when its first events came
         self._path_targets = []             # (Target, GoBinary, Attachment, (dev, ino))
         self._seen_pids = set()             # pids whose events came through (registered or not)
         # pid -> goids seen, only for processes whose goroutines at attach could not be read
@@ -155,6 +178,9 @@ class GoroutineReceiver:
 
     def start(self):
         """Attach to every target and start polling. Raises TargetError / ProbeError up front."""
+        missing = privileges.problems(self.config.pids)
+        if missing:
+            raise ProbeError("cannot trace: " + "; ".join(missing))
         if self.registry.pods is None:
             self.registry.pods = platform.PodIndex.from_environment()
         if self.next is not None:
@@ -179,6 +205,15 @@ class GoroutineReceiver:
         except BaseException:
             self._teardown()
             raise
+        # The poller must get the GIL within milliseconds of waking: at the probes' top rate the
+        # ring holds ~0.1 s. Python hands the GIL over every 5 ms by default; with the pipeline
+        # thread busy and the CPU shared, gaps of 0.2 s between reads were measured (and lost
+        # events); at 1 ms they stayed under 0.1 s.
+        if sys.getswitchinterval() > self.SWITCH_INTERVAL_S:
+            sys.setswitchinterval(self.SWITCH_INTERVAL_S)
+        self._pipeline_thread = threading.Thread(target=self._pipeline_loop, daemon=True,
+                                                 name="gotel-pipeline")
+        self._pipeline_thread.start()
         self._thread = threading.Thread(target=self._run, name="gotel-receiver", daemon=True)
         self._thread.start()
         self._watcher = threading.Thread(target=self._watch, name="gotel-watch", daemon=True)
@@ -221,6 +256,11 @@ class GoroutineReceiver:
                 self._window_lazy.discard(pid)
                 self._lazy.pop(pid, None)
 
+    @property
+    def refused(self):
+        """Events lost before the pipeline: ring full (kernel) plus buffer full (user space)."""
+        return self.lost + self.overflowed
+
     def _attach_pid(self, target, pid, binary=None, popen=None):
         if not targets.is_running(pid):
             raise TargetError(f"process {pid} does not exist (it exited?); give a running PID")
@@ -258,7 +298,8 @@ class GoroutineReceiver:
                                                          if p.binary is binary])
 
     def _launch(self, target):
-        self.command = targets.LaunchedCommand(list(target.value), **self._launch_options)
+        self.command = targets.LaunchedCommand(list(target.value), self.config.keep_running,
+                                               **self._launch_options)
         try:
             binary = targets.open_binary(self.command.program)
             self._attach_pid(target, self.command.pid, binary=binary, popen=self.command.popen)
@@ -304,6 +345,9 @@ class GoroutineReceiver:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
+        self.buffer.close()
+        if self._pipeline_thread is not None:
+            self._pipeline_thread.join(max(0.0, deadline - time.monotonic()))
         if self._watcher is not None:
             self._watcher.join(max(0.0, deadline - time.monotonic()))
         self._teardown()
@@ -313,9 +357,11 @@ class GoroutineReceiver:
     def _teardown(self):
         if self.levels is not None:
             self.levels.stop()
+        self.buffer.close()
         for retire in self._retirements:
             retire.join()
         if self.reader is not None:
+            self.max_poll_gap_s = self.reader.max_gap_s
             self.reader.close()
             self.reader = None
         if self.probes is not None:
@@ -328,21 +374,62 @@ class GoroutineReceiver:
     # -- poller thread ----------------------------------------------------------------------------
 
     def _run(self):
+        """The poller: ring -> EventBuffer, and the periodic check. Never runs a stage."""
         next_check = 0.0
         try:
             self._deliver_pending()
             while not self._stop.is_set():
-                self._deliver(self.reader.poll(self.config.poll_interval_s))
-                self._tick()
+                self._buffer(self.reader.poll(self.config.poll_interval_s))
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + self.config.check_interval_s
                     self._check()
-            self._deliver(self.reader.read())   # what was committed before shutdown
+            self._buffer(self.reader.read())   # what was committed before shutdown
             self._check()
         except Exception:
             log.exception("receiver poller stopped by an unexpected error")
             self.finished.set()
+        finally:
+            self.buffer.close()     # the pipeline thread empties the buffer, then ends
+
+    def _buffer(self, batch):
+        if not len(batch):
+            return
+        # Who a new PID is, read now, while the process most likely still runs (the pipeline
+        # thread registers it, maybe after it exited).
+        pids = batch["pid"]
+        if pids[0] not in self._idents or not (pids == pids[0]).all():
+            for pid in np.unique(pids).tolist():
+                if pid not in self._idents:
+                    self._idents[pid] = (self._identify(pid), start_time_ns(pid))
+        self.buffer.put(batch)
+
+    @staticmethod
+    def _identify(pid):
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+            return (st.st_dev, st.st_ino)
+        except OSError:
+            return None
+
+    def _pipeline_loop(self):
+        """The pipeline thread: takes everything buffered as one batch and runs the stages on it,
+        and lets them fire their timers between batches."""
+        while True:
+            batch = self.buffer.take(0.05)
+            if batch is None:
+                if self.buffer.closed:
+                    return
+                self._tick()
+                continue
+            try:
+                self._deliver(batch)
+            except Exception:   # noqa: BLE001  (this thread must live: the buffer would fill)
+                log.exception("receiver dropped a batch of %d events on an unexpected error",
+                              len(batch))
+            finally:
+                self.buffer.done(len(batch))
+            self._tick()
 
     def _deliver(self, batch):
         if self._inject:
@@ -409,8 +496,14 @@ class GoroutineReceiver:
                 known = self.registry.get(pid)
                 if known is None:
                     self._adopt(pid)
-                elif not known.alive and start_time_ns(pid) not in (0, known.start_time_ns):
+                elif not known.alive and (start_time_ns(pid) or self._idents.get(pid, (0, 0))[1]) \
+                        not in (0, known.start_time_ns):
                     self._adopt(pid)       # the PID of a process that exited, now another's
+                now = self.registry.get(pid)
+                if now is not None and not now.alive:
+                    # Gone already (its events came after it): a new process may take the PID at
+                    # any moment, so its next events are looked at again.
+                    self._seen_pids.discard(pid)
 
     def _with_unknown(self, batch):
         """Prefix EXISTING events for goroutines never seen created (read from the process), for
@@ -455,11 +548,7 @@ class GoroutineReceiver:
 
     def _adopt(self, pid):
         """A PID seen in events but not registered: a new process running a traced binary."""
-        try:
-            st = os.stat(f"/proc/{pid}/exe")
-            ident = (st.st_dev, st.st_ino)
-        except OSError:
-            ident = None
+        ident = self._identify(pid) or self._idents.get(pid, (None, 0))[0]
         for target, binary, _att, path_ident in self._path_targets:
             if ident is None and len(self._path_targets) > 1:
                 break
@@ -475,12 +564,13 @@ class GoroutineReceiver:
                 return
 
     def _deliver_pending(self):
+        """EXISTING batches of processes attached since the last poll, into the buffer (poller)."""
         while True:
             try:
                 batch = self._pending.get_nowait()
             except queue.Empty:
                 return
-            self._deliver(batch)
+            self._buffer(batch)
 
     # -- watcher thread ---------------------------------------------------------------------------
 
@@ -555,15 +645,17 @@ class GoroutineReceiver:
             status = proc.popen.poll() if proc.popen is not None else None
             if status is None and targets.is_running(proc.pid):
                 continue
-            # Its last events were committed before it died: drain them before detaching.
-            self._deliver(self.reader.read())
+            # Its last events were committed before it died: drain them before detaching, and
+            # mark it exited only once the pipeline went through them.
+            self._buffer(self.reader.read())
+            mark = self.buffer.appended
             mem = self._mem.pop(proc.pid, None)
             if mem is not None:
                 mem.close()
             # Unregistering a uprobe waits on the kernel (0.1-0.15 s measured here): that happens
             # on a thread of its own, while this one keeps draining the ring for other targets.
             self._retiring.add(proc.pid)
-            retire = threading.Thread(target=self._retire, args=(proc, status), daemon=True,
+            retire = threading.Thread(target=self._retire, args=(proc, status, mark), daemon=True,
                                       name=f"gotel-retire-{proc.pid}")
             self._retirements = [t for t in self._retirements if t.is_alive()] + [retire]
             retire.start()
@@ -576,17 +668,28 @@ class GoroutineReceiver:
             log.warning("%d events lost: the ring buffer (%d bytes) was full; raise ring_bytes",
                         lost - self.lost, self.config.ring_bytes)
             self.lost = lost
+        overflowed = self.buffer.overflowed
+        if overflowed > self.overflowed:
+            log.warning("%d events lost: the pipeline fell %d events behind the probes (gotel's "
+                        "event buffer was full); raise buffer_events or trace fewer kinds",
+                        overflowed - self.overflowed, self.config.buffer_events)
+            self.overflowed = overflowed
         if not self._path_targets and self.discovery is None and not self.registry.alive():
             self.finished.set()
 
-    def _retire(self, proc, status):
-        """Detach an exited process's probe and mark it exited (on a thread of its own)."""
+    def _retire(self, proc, status, mark=0):
+        """Detach an exited process's probe and mark it exited (on a thread of its own), once the
+        pipeline consumed the events buffered up to ``mark``."""
         try:
             self.levels.remove(proc.pid)     # every probe of the process, whatever its level
             self.probes.forget(proc.pid)
+            self.buffer.wait_consumed(mark)
         finally:
+            self._idents.pop(proc.pid, None)
             self.registry.mark_exited(proc.pid, status)
-            # Its PID may name another process next: let that one's events be adopted afresh.
+            # Its PID may name another process next: let that one's events be adopted afresh
+            # (also before the next check comes round).
+            self._seen_pids.discard(proc.pid)
             self._lazy.pop(proc.pid, None)
             self._unbiased.discard(proc.pid)
             self._retiring.discard(proc.pid)

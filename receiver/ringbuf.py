@@ -103,7 +103,9 @@ class RingBufferReader:
         self.records_read = 0
         self.bytes_read = 0
         self.polls = 0
+        self.max_gap_s = 0.0        # longest time between two reads not spent waiting for records
         self._last_read = 0.0
+        self._last_wait = 0.0
         self._closed = False
 
     def fileno(self):
@@ -123,15 +125,20 @@ class RingBufferReader:
     def poll(self, timeout=0.1):
         """Wait up to timeout seconds for records (and at least MIN_READ_INTERVAL_S since the last
         read), then return every committed record."""
-        pause = self._last_read + self.MIN_READ_INTERVAL_S - time.monotonic()
+        now = time.monotonic()
+        pause = self._last_read + self.MIN_READ_INTERVAL_S - now
         if pause > 0:
             time.sleep(pause)
+        elif self._last_read:
+            self.max_gap_s = max(self.max_gap_s, now - self._last_read - self._last_wait)
         self._last_read = time.monotonic()
+        self._last_wait = 0.0
         if self.pending_bytes == 0 and timeout and self._epoll is not None:
             try:
                 self._epoll.poll(timeout)
             except InterruptedError:
                 pass
+            self._last_wait = time.monotonic() - self._last_read
         self.polls += 1
         return self.read()
 
@@ -141,6 +148,12 @@ class RingBufferReader:
         producer = int(self._producer[0])
         if producer == consumer:
             return np.empty(0, dtype=self.dtype)
+        if producer < consumer:
+            return np.empty(0, dtype=self.dtype)     # positions the kernel never writes
+        if producer - consumer > self.size:
+            # Nor this (a ring holds at most its size): read what one ring can hold, never past
+            # the mapping.
+            producer = consumer + self.size
         start = consumer & self.mask
         count = (producer - consumer) // self.record_size
         records = np.frombuffer(self._data, dtype=self._record_dtype, count=count, offset=start)
@@ -168,12 +181,15 @@ class RingBufferReader:
     def _read_mixed(self, consumer, producer):
         """Slow path for a ring whose records differ in size (not gotel's own): walk the headers."""
         out, pos = [], consumer
-        while pos < producer:
+        end = consumer + self.size
+        while pos < min(producer, end):
             start = pos & self.mask
             length = int(self._data[start:start + 4].view("<u4")[0])
             if length & BUSY_BIT:
                 break
             size = length & ~(BUSY_BIT | DISCARD_BIT)
+            if pos + record_size(size) > producer:
+                break             # a record longer than what was committed: not (yet) whole
             if not length & DISCARD_BIT and size == self.dtype.itemsize:
                 out.append(self._data[start + HEADER_SIZE:start + HEADER_SIZE + size])
             pos += record_size(size)

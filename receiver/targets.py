@@ -89,19 +89,55 @@ def processes_running(path):
     return sorted(found)
 
 
+def resolve_program(name):
+    """The absolute path of the program a command names (as the shell would find it), or a
+    TargetError that says what is wrong with it."""
+    if "/" in name:
+        if not os.path.lexists(name):
+            raise TargetError(f"{name}: no such file")
+        if os.path.isdir(name):
+            raise TargetError(f"{name}: is a directory, not a program; give the Go executable "
+                              f"inside it")
+        if not os.path.exists(name):
+            raise TargetError(f"{name}: a broken symbolic link")
+        if not os.access(name, os.X_OK):
+            raise TargetError(f"{name}: is not executable (chmod +x {name}?)")
+        return os.path.realpath(name)
+    program = shutil.which(name)
+    if program is None:
+        raise TargetError(f"{name}: command not found in PATH (give its path, e.g. ./{name})")
+    return os.path.realpath(program)
+
+
+def _die_with_parent(parent):
+    """preexec_fn of a launched command: the kernel kills it when gotel dies, even by SIGKILL
+    (PR_SET_PDEATHSIG survives exec, except of set-user-ID programs)."""
+    import ctypes
+    import signal
+
+    def arm():
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)      # PR_SET_PDEATHSIG
+        if os.getppid() != parent:                   # gotel died before the prctl
+            os._exit(1)
+    return arm
+
+
 class LaunchedCommand:
-    """A command started held: the shell waits on a pipe until ``release()``, then execs argv."""
+    """A command started held: the shell waits on a pipe until ``release()``, then execs argv.
+    Unless ``keep_running``, it dies with gotel (PR_SET_PDEATHSIG: even when gotel is killed)."""
 
     HOLD = 'read _ <&{fd}; exec {fd}<&-; exec "$0" "$@"'
 
-    def __init__(self, argv, **popen_kwargs):
+    def __init__(self, argv, keep_running=False, **popen_kwargs):
         if not argv:
             raise TargetError("empty command; give the program to run and its arguments")
-        program = shutil.which(argv[0])
-        if program is None:
-            raise TargetError(f"{argv[0]}: command not found")
-        self.program = os.path.realpath(program)
+        self.program = resolve_program(argv[0])
+        program = argv[0] if "/" in argv[0] else shutil.which(argv[0])
+        self.keep_running = keep_running
         self._read, self._write = os.pipe()
+        if not keep_running:
+            popen_kwargs.setdefault("preexec_fn", _die_with_parent(os.getpid()))
         try:
             self.popen = subprocess.Popen(
                 [SHELL, "-c", self.HOLD.format(fd=self._read), program, *argv[1:]],

@@ -91,3 +91,29 @@ def wait_for(predicate, timeout=20.0, every=0.02):
             return True
         time.sleep(every)
     return False
+
+
+# --- the fault suite's figures (tests/faults) ---------------------------------------------------
+FIGURES = []
+
+
+@pytest.fixture
+def figure(request):
+    """figure(what, value, unit=""): one line of the run's reliability figures, under this test's
+    name; printed at the end of the run ("Reliability figures") and copied by hand into
+    benchmarks/RESULTS.md."""
+
+    def record(what, value, unit=""):
+        FIGURES.append((request.node.name, what, value, unit))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FIGURES:
+        return
+    terminalreporter.section("Reliability figures")
+    for test, what, value, unit in FIGURES:
+        v = f"{value:,}" if isinstance(value, int) else (f"{value:.3g}" if isinstance(value, float)
+                                                         else str(value))
+        terminalreporter.write_line(f"{test}: {what}: {v} {unit}".rstrip())

@@ -84,18 +84,33 @@ class LogsCollector(logs_service_pb2_grpc.LogsServiceServicer):
 
 
 @contextlib.contextmanager
-def serve():
-    """A started Collector; its ``endpoint`` is host:port."""
-    c = Collector()
+def serve(port=0, collector=None):
+    """A started Collector (or the given one, e.g. back after an outage) on 127.0.0.1:port (0: any
+    free port); its ``endpoint`` is host:port."""
+    c = collector or Collector()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(c, server)
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsCollector(c), server)
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(LogsCollector(c), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     c.endpoint = f"127.0.0.1:{port}"
     try:
         yield c
     finally:
         c.release.set()
-        server.stop(0)
+        server.stop(0).wait(5)
+
+
+def free_port():
+    """A TCP port nothing listens on now (for a collector that is down, then comes up)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spans_received(collector):
+    return sum(len(ss.spans) for r in collector.requests if hasattr(r, "resource_spans")
+               for rs in r.resource_spans for ss in rs.scope_spans)

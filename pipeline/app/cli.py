@@ -7,7 +7,6 @@ SIGINT and SIGTERM stop tracing, flush what was collected, and exit; a second on
 import argparse
 import logging
 import os
-import shutil
 import signal
 import sys
 
@@ -15,7 +14,7 @@ from pipeline import config
 from pipeline.app import demo
 from pipeline.app.runner import Stopper, run_service
 from receiver import targets
-from receiver.errors import GotelError, TargetError
+from receiver.errors import ConfigError, GotelError, TargetError
 
 # `gotel run` (an always-on agent) holds each target under this share of its CPU time unless the
 # file sets level or max_overhead (README, "Levels, windows, triggers and a budget").
@@ -60,7 +59,7 @@ def build_parser():
 
     p = sub.add_parser("run", help="run the pipelines of a configuration file until stopped")
     p.add_argument("-c", "--config", required=True, metavar="FILE")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--duration", type=duration, metavar="S", help="stop after S seconds")
     p.set_defaults(func=_run)
 
     p = sub.add_parser(
@@ -78,9 +77,13 @@ def build_parser():
         usage="gotel trace [-c FILE] [--out DIR] [--duration S] "
               "(--pid PID ... | --binary PATH | -- COMMAND ARGS...)")
     p.add_argument("-c", "--config", metavar="FILE", help="configuration (default: built in)")
-    p.add_argument("--out", metavar="DIR", default="./gotel-out",
-                   help="where the default file exporters write (default: ./gotel-out)")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="where the default file exporters write (default: $GOTEL_OUT, else "
+                        "./gotel-out)")
+    p.add_argument("--duration", type=duration, metavar="S", help="stop after S seconds")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave a launched command running when gotel stops (by default it is "
+                        "stopped with gotel, and killed if gotel is killed)")
     p.add_argument("--func", dest="functions", action="append", default=[], metavar="PATTERN",
                    help="also make each call of the Go functions PATTERN matches a span inside its "
                         "goroutine (glob, repeatable; receivers::goroutines::functions::patterns)")
@@ -100,7 +103,7 @@ def build_parser():
     p.add_argument("-e", "--pattern", dest="more", action="append", default=[], metavar="PATTERN",
                    help="another pattern")
     p.add_argument("-i", "--interval", type=float, metavar="S", help="print and reset every S seconds")
-    p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--duration", type=duration, metavar="S", help="stop after S seconds")
     p.add_argument("--max-functions", type=int, default=1000, metavar="N",
                    help="refuse patterns matching more functions than this (default 1000)")
     p.add_argument("--pid", nargs="+", action="extend", default=[], metavar="PID",
@@ -131,10 +134,21 @@ def build_parser():
 
     p = sub.add_parser("demo", help="build a bundled Go HTTP server, trace it, print a summary")
     p.add_argument("--out", metavar="DIR", default="./gotel-out")
-    p.add_argument("--duration", type=float, default=None, metavar="S",
+    p.add_argument("--duration", type=duration, default=None, metavar="S",
                    help="how long the demo program runs (default: its own few seconds)")
     p.set_defaults(func=_demo)
     return parser
+
+
+def duration(text):
+    """--duration: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds greater than 0")
+    return value
 
 
 def _target_arguments(p):
@@ -245,12 +259,24 @@ def _validate(args):
     settings = None
     if args.pid or args.binary or args.argv:
         settings = parse_targets(args.pid, args.binary, args.argv)
-    cfg = config.load(args.config, receiver_settings=settings)
+    note = ""
+    try:
+        cfg = config.load(args.config, receiver_settings=settings)
+    except ConfigError as e:
+        # A file without targets is what `gotel trace -c FILE TARGETS` takes: valid for that, and
+        # it says so, rather than failing the README's first step.
+        untargeted = [p for p in e.problems if "give at least one of pids, paths, command" in p]
+        if settings is not None or not untargeted or len(untargeted) != len(e.problems):
+            raise
+        # The rest is checked with a stand-in target (this process), as `gotel trace` would.
+        cfg = config.load(args.config, receiver_settings={"pids": [os.getpid()]})
+        note = (" (it names no targets: give them on the command line, `gotel trace -c FILE "
+                "--pid PID`, or in receivers::goroutines for `gotel run`)")
     parts = []
     for p in cfg.pipelines.values():
         chain = " -> ".join([", ".join(p.receivers), *p.processors, ", ".join(p.exporters)])
         parts.append(f"{p.id} ({chain})")
-    print(f"{args.config}: valid; pipelines: {'; '.join(parts)}")
+    print(f"{args.config}: valid; pipelines: {'; '.join(parts)}{note}")
     return 0
 
 
@@ -286,10 +312,7 @@ def parse_targets(pids=(), binaries=(), argv=()):
                 raise TargetError(f"{path}: no such file")
             targets.open_binary(path)
         return {"paths": [os.path.abspath(p) for p in binaries]}
-    program = shutil.which(argv[0])
-    if program is None:
-        raise TargetError(f"{argv[0]}: command not found")
-    targets.open_binary(os.path.realpath(program))
+    targets.open_binary(targets.resolve_program(argv[0]))
     return {"command": argv}
 
 
@@ -298,18 +321,21 @@ def _run(args):
     rc = [c.config for c in cfg.receivers.values()]
     if all(c.level == "full" and not c.max_overhead for c in rc):
         cfg = config.load(args.config, receiver_settings={"max_overhead": RUN_DEFAULT_BUDGET})
-    run_service(cfg, args.duration)
-    return 0
+    return run_service(cfg, args.duration).exit_status
 
 
 def _trace(args):
     settings = parse_targets(args.pid, args.binary, args.argv)
+    if args.keep_running:
+        if "command" not in settings:
+            raise UsageError("--keep-running is for a launched command (-- COMMAND ARGS...)")
+        settings["keep_running"] = True
     if args.functions:
         settings["functions"] = {"patterns": list(args.functions), "arguments": args.func_args}
     settings.update(level_settings(args))
-    cfg = config.load(args.config, overrides={"GOTEL_OUT": args.out}, receiver_settings=settings)
-    run_service(cfg, args.duration)
-    return 0
+    overrides = {"GOTEL_OUT": args.out} if args.out is not None else None
+    cfg = config.load(args.config, overrides=overrides, receiver_settings=settings)
+    return run_service(cfg, args.duration).exit_status
 
 
 def _funcs(args):

@@ -2,23 +2,26 @@
 
 An exporter receives ``Payload``s, each one serialized OTLP export request (traces, metrics or logs) with
 the number of items in it, from the pipeline thread, and never blocks that thread: ``export`` puts
-the payload on a bounded ``SendingQueue`` whose worker threads do the I/O. A full queue drops the
-payload and counts its items as enqueue-failed (the Collector's exporterhelper semantics).
-``shutdown(timeout)`` is idempotent: it stops accepting, lets the workers drain the queue until the
-deadline, then interrupts them (``stop_event`` wakes any retry back-off) and counts what is left as
-failed.
+the payload on a bounded sending queue (``queue.py``: in memory, or on disk with ``storage``) whose
+worker threads do the I/O. A full queue drops the payload and counts its items as enqueue-failed
+(the Collector's exporterhelper semantics). ``shutdown(timeout)`` is idempotent: it stops
+accepting, lets the workers drain the queue until the deadline, then interrupts them
+(``stop_event`` wakes any retry back-off) and counts what is left as failed, or, for a queue on
+disk, leaves it there for the next start (``left``). ``send`` may return ``KEEP``: not delivered,
+not refused either (interrupted by shutdown): kept on disk when the queue is, else failed.
 """
 
 import collections
-import dataclasses
 import logging
-import queue
 import threading
 import time
 
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from pipeline.exporters import queue as queue_mod
+from pipeline.exporters.queue import QueueConfig  # noqa: F401  (exporters' configs import it here)
 
 log = logging.getLogger("gotel.exporter")
 
@@ -116,29 +119,19 @@ class RateLimitedLog:
         return True
 
 
-@dataclasses.dataclass(frozen=True)
-class QueueConfig:
-    """sending_queue: the Collector's exporterhelper queue, sized in requests."""
-
-    enabled: bool = True
-    num_consumers: int = 10
-    queue_size: int = 1000
-
-    def validate(self):
-        problems = []
-        if self.num_consumers < 1:
-            problems.append("num_consumers must be >= 1")
-        if self.queue_size < 1:
-            problems.append("queue_size must be >= 1")
-        return problems
+KEEP = "keep"     # send(): not delivered, to be retried later (kept on disk when the queue is)
 
 
 class Exporter:
     """Base exporter: a bounded queue of payloads drained by worker threads calling ``send``.
 
-    Subclasses implement ``send(payload) -> bool`` (True: delivered) and may override ``close()``.
-    With the queue disabled, ``export`` sends on the caller's thread.
+    Subclasses implement ``send(payload) -> bool | KEEP`` (True: delivered), may set
+    ``last_failure`` (why the last payload was not delivered: the summary quotes it), and may
+    override ``close()``. With the queue disabled, ``export`` sends on the caller's thread.
+    ``shutdown_timeout`` is how long shutdown lets the queue drain.
     """
+
+    shutdown_timeout = 5.0
 
     def __init__(self, name, queue_config=QueueConfig()):
         self.name = name
@@ -146,21 +139,27 @@ class Exporter:
         self.counters = Counters()
         self.stop_event = threading.Event()
         self.log_limited = RateLimitedLog()
-        self._queue = queue.Queue(maxsize=queue_config.queue_size) if queue_config.enabled else None
+        self._queue = None
         self._workers = []
-        self._pending = 0                    # queued or being sent
-        self._idle = threading.Condition()   # notified when _pending drops to 0
         self._closed = False
         self._started = False
         self._shutdown_lock = threading.Lock()
         self.failing_since = None
+        self.last_failure = ""
+        self.left = {}                  # {signal: (requests, items)} left on disk at shutdown
 
     # life cycle
     def start(self):
-        if self._started or self._queue is None:
-            self._started = True
+        if self._started:
             return
         self._started = True
+        self._queue = queue_mod.create(self.queue_config, self.name, Payload)
+        if self._queue is None:
+            return
+        if getattr(self._queue, "recovered", (0, 0))[0]:
+            requests, items = self._queue.recovered
+            log.warning("exporter %s: %d requests (%d items) left unsent by an earlier run in %s; "
+                        "sending them first", self.name, requests, items, self._queue.where)
         for i in range(self.queue_config.num_consumers):
             t = threading.Thread(target=self._work, name=f"gotel-export-{self.name}-{i}", daemon=True)
             t.start()
@@ -170,66 +169,73 @@ class Exporter:
         return self._queue.qsize() if self._queue is not None else 0
 
     def queue_capacity(self):
-        return self.queue_config.queue_size if self._queue is not None else 0
+        return self.queue_config.queue_size if self.queue_config.enabled else 0
 
     def export(self, payload):
         """Hand a payload over; never blocks. Returns False if it was dropped (counted)."""
         item = ITEM_NAMES[payload.signal]
         if self._closed:
             self.counters.add("enqueue_failed_" + item, payload.signal, payload.count)
+            self.last_failure = "exported after shutdown"
             return False
+        if not self._started:
+            self.start()
         if self._queue is None:
             self._deliver(payload)
             return True
-        if not self._started:
-            self.start()
-        with self._idle:
-            self._pending += 1
-        try:
-            self._queue.put_nowait(payload)
+        if self._queue.put(payload):
             return True
-        except queue.Full:
-            self._done()
-            self.counters.add("enqueue_failed_" + item, payload.signal, payload.count)
-            self.log_limited(logging.WARNING, "queue-full",
-                             "exporter %s: sending queue is full (%d requests); dropping "
-                             "%d %s", self.name, self.queue_config.queue_size, payload.count,
-                             item.replace("_", " "))
-            return False
+        self.counters.add("enqueue_failed_" + item, payload.signal, payload.count)
+        self.last_failure = f"sending queue full ({self.queue_config.queue_size} requests)"
+        self.log_limited(logging.WARNING, "queue-full",
+                         "exporter %s: sending queue is full (%d requests); dropping "
+                         "%d %s", self.name, self.queue_config.queue_size, payload.count,
+                         item.replace("_", " "))
+        return False
 
     def _work(self):
         while True:
-            try:
-                payload = self._queue.get(timeout=0.05)
-            except queue.Empty:
+            entry = self._queue.get(timeout=0.05)
+            if entry is None:
                 if self.stop_event.is_set():
                     return
                 continue
+            result = False
             try:
-                self._deliver(payload)
+                result = self._deliver(entry.payload)
             finally:
-                self._done()
-
-    def _done(self):
-        with self._idle:
-            self._pending -= 1
-            if not self._pending:
-                self._idle.notify_all()
+                if result == KEEP and self._queue.persistent:
+                    self._queue.keep(entry)
+                else:
+                    self._queue.ack(entry)
+            if result == KEEP and self.stop_event.is_set():
+                return
 
     def _deliver(self, payload):
+        """Send one payload and count the outcome; returns what send returned."""
         item = ITEM_NAMES[payload.signal]
-        try:
-            ok = self.send(payload)
-        except Exception as e:  # noqa: BLE001  (an exporter bug must not kill a worker)
-            self.log_limited(logging.ERROR, "send-crash", "exporter %s: %s: %s", self.name,
-                             type(e).__name__, e)
+        if not payload.data and payload.count:
             ok = False
+            self.last_failure = "a queued request could not be read back"
+        else:
+            try:
+                ok = self.send(payload)
+            except Exception as e:  # noqa: BLE001  (an exporter bug must not kill a worker)
+                self.log_limited(logging.ERROR, "send-crash", "exporter %s: %s: %s", self.name,
+                                 type(e).__name__, e)
+                self.last_failure = f"{type(e).__name__}: {e}"
+                ok = False
+        if ok == KEEP:
+            if self._queue is None or not self._queue.persistent:
+                self.counters.add("send_failed_" + item, payload.signal, payload.count)
+            return KEEP
         self.counters.add(("sent_" if ok else "send_failed_") + item, payload.signal, payload.count)
         # Since when every send has failed (None after a success): the health check's readiness.
         if ok:
             self.failing_since = None
         elif self.failing_since is None:
             self.failing_since = time.monotonic()
+        return bool(ok)
 
     def send(self, payload):
         raise NotImplementedError
@@ -241,8 +247,7 @@ class Exporter:
         """Wait until everything queued was sent (or failed), at most timeout; True if it was."""
         if self._queue is None or not self._workers:
             return True
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._pending, max(0.0, timeout))
+        return self._queue.wait_idle(max(0.0, timeout))
 
     def shutdown(self, timeout=5.0):
         """Stop accepting, drain within timeout, then interrupt and count what is left. Idempotent."""
@@ -252,24 +257,32 @@ class Exporter:
             self._closed = True
         deadline = time.monotonic() + max(0.0, timeout)
         if self._queue is not None and self._workers:
-            self.flush(timeout)
+            if not self.flush(timeout) and not self.last_failure:
+                self.last_failure = f"not sent within the shutdown time ({timeout:g}s)"
             self.stop_event.set()
-            # Whatever was not sent in time is counted as failed, not silently lost.
-            while True:
-                try:
-                    payload = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                self.counters.add("send_failed_" + ITEM_NAMES[payload.signal], payload.signal,
-                                  payload.count)
-                self._done()
+            # Whatever was not sent in time is counted as failed, not silently lost (a queue on
+            # disk keeps it for the next start instead).
+            for entry in self._queue.take_all():
+                self.counters.add("send_failed_" + ITEM_NAMES[entry.payload.signal],
+                                  entry.payload.signal, entry.payload.count)
             for t in self._workers:
                 t.join(max(0.0, deadline - time.monotonic()) + 0.5)
         self.stop_event.set()
+        if self._queue is not None and self._queue.persistent:
+            self.left = self._queue.held()
+            if self.left:
+                what = " and ".join(f"{n} {ITEM_NAMES[s].replace('_', ' ')}"
+                                    for s, (_, n) in sorted(self.left.items()))
+                log.warning("exporter %s: %d requests (%s) left on disk in %s; they are sent "
+                            "when gotel starts again with this storage", self.name,
+                            sum(r for r, _ in self.left.values()), what, self._queue.where)
+        if self._queue is not None:
+            self._queue.close()
         self.close()
         lost = [(signal, item, self.counters.get(f"send_failed_{item}", signal)
                  + self.counters.get(f"enqueue_failed_{item}", signal))
                 for signal, item in ITEM_NAMES.items()]
         lost = [f"{n} {item.replace('_', ' ')}" for signal, item, n in lost if n]
         if lost:
-            log.warning("exporter %s: %s not delivered", self.name, " and ".join(lost))
+            why = f" ({self.last_failure})" if self.last_failure else ""
+            log.warning("exporter %s: %s not delivered%s", self.name, " and ".join(lost), why)

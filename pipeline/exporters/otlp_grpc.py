@@ -8,12 +8,16 @@ delay is honoured. Back-off is exponential with jitter (``retry_on_failure``: in
 multiplier, randomization_factor, max_interval, max_elapsed_time; the Collector's defaults), and
 waits on ``stop_event`` so that shutdown interrupts it. Partial success is logged. An unreachable
 collector gives one clear, rate-limited error line while the data stays queued (or is dropped and
-counted when the queue is full); nothing is raised into the pipeline.
+counted when the queue is full); nothing is raised into the pipeline. With the queue on disk
+(``sending_queue::storage``) a retryable failure is retried until the collector is back, whatever
+``max_elapsed_time`` says (the data has somewhere to wait), and what shutdown interrupts stays on
+disk for the next start; ``shutdown_timeout`` is how long shutdown lets the queue drain.
 """
 
 import dataclasses
 import logging
 import random
+import re
 import time
 import typing
 from pathlib import Path
@@ -25,7 +29,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from pipeline.exporters.base import ITEM_NAMES, Exporter, QueueConfig
+from pipeline.exporters.base import ITEM_NAMES, KEEP, Exporter, QueueConfig
 
 METHODS = {
     "traces": ("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
@@ -113,6 +117,9 @@ class Config:
     timeout: float = dataclasses.field(default=5.0, metadata={"duration": "s"})
     retry_on_failure: RetryConfig = RetryConfig()
     sending_queue: QueueConfig = QueueConfig()
+    # How long gotel's shutdown lets the queue drain; then what is left stays on disk
+    # (sending_queue::storage) or is dropped, and the summary says which.
+    shutdown_timeout: float = dataclasses.field(default=5.0, metadata={"duration": "s"})
 
     def target(self):
         """(host:port, use TLS) from the endpoint; an http:// scheme means plaintext."""
@@ -127,6 +134,14 @@ class Config:
         problems = []
         target, _ = self.target()
         host, sep, port = target.rpartition(":")
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", target)
+        if scheme:
+            problems.append(f"endpoint: scheme {scheme.group(1)}:// is not supported (OTLP/gRPC "
+                            f"takes host:port, http://host:port or https://host:port), not "
+                            f"{self.endpoint!r}")
+            return problems + ([] if self.timeout > 0 else ["timeout must be > 0"])
+        if self.shutdown_timeout < 0:
+            problems.append("shutdown_timeout must be >= 0")
         if not target:
             problems.append("endpoint must not be empty")
         elif not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -167,6 +182,10 @@ class OTLPGrpcExporter(Exporter):
     def __init__(self, name, config=Config(), sleep_jitter=random.random):
         super().__init__(name, config.sending_queue)
         self.config = config
+        self.shutdown_timeout = config.shutdown_timeout
+        # With the queue on disk, an outage of any length is waited out (max_elapsed_time does
+        # not drop data that has somewhere to stay); shutdown leaves it there.
+        self.persistent = bool(config.sending_queue.enabled and config.sending_queue.storage)
         self.target, self.secure = config.target()
         self._random = sleep_jitter
         self._channel = None
@@ -226,30 +245,41 @@ class OTLPGrpcExporter(Exporter):
                 detail = (error.details() or "") if hasattr(error, "details") else str(error)
                 detail = detail.splitlines()[0][:200] if detail else ""
                 elapsed = time.monotonic() - started
-                if (delay is None or not retry.enabled or self.stop_event.is_set()
-                        or (retry.max_elapsed_time and elapsed + delay > retry.max_elapsed_time)):
+                out_of_time = (retry.max_elapsed_time and not self.persistent
+                               and elapsed + delay > retry.max_elapsed_time) if delay else False
+                if delay is None or not retry.enabled or self.stop_event.is_set() or out_of_time:
                     why = ("not retryable" if delay is None else
                            "retries disabled" if not retry.enabled else
                            "shutting down" if self.stop_event.is_set() else
                            f"gave up after {_fmt_duration(elapsed)}")
+                    self.last_failure = f"{self.target}: {code.name}" + (
+                        f" ({detail})" if detail else "") + f"; {why}"
+                    if delay is not None and retry.enabled and self.stop_event.is_set():
+                        return KEEP         # on disk for the next start, or counted as failed
                     self.log_limited(logging.ERROR, ("failed", code),
                                      "exporter %s: export of %d %s to %s failed (%s: %s); %s, "
                                      "data dropped", self.name, payload.count, item, self.target,
                                      code.name, detail, why)
                     return False
+                self.last_failure = f"{self.target}: {code.name}" + (f" ({detail})" if detail else "")
                 if code == grpc.StatusCode.UNAVAILABLE:
                     self.log_limited(logging.ERROR, "unavailable",
                                      "exporter %s: cannot reach the collector at %s (%s); "
-                                     "retrying for up to %s, %d requests queued", self.name,
+                                     "retrying %s, %d requests queued%s", self.name,
                                      self.target, detail or "UNAVAILABLE",
-                                     _fmt_duration(retry.max_elapsed_time), self.queue_size())
+                                     "until it is back" if self.persistent else
+                                     f"for up to {_fmt_duration(retry.max_elapsed_time)}",
+                                     self.queue_size(),
+                                     f" on disk in {self._queue.where}" if self.persistent and
+                                     self._queue is not None else "")
                 else:
                     self.log_limited(logging.WARNING, ("retry", code),
                                      "exporter %s: export to %s failed (%s: %s); retrying in "
                                      "%.1fs", self.name, self.target, code.name, detail, delay)
                 self.retries += 1
                 if self.stop_event.wait(delay):
-                    return False        # shutdown: counted, and reported once by shutdown()
+                    self.last_failure += "; gotel was stopping"
+                    return KEEP         # shutdown: kept on disk, or counted as failed
                 continue
             self._partial_success(payload, response)
             return True

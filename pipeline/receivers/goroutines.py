@@ -170,7 +170,7 @@ class GoroutinesReceiver:
 
     def counters(self):
         """{name: value} of what this receiver accepted and dropped (self-telemetry)."""
-        out = {"accepted_events": self.source.events, "refused_events": self.source.lost,
+        out = {"accepted_events": self.source.events, "refused_events": self.source.refused,
                "failed_events": self.source.failed_events}
         out.update({f"decoder_{k}": v for k, v in self.decoder.counters().items()})
         if self.functions is not None:

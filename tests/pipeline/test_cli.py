@@ -38,9 +38,9 @@ def test_validate_a_good_file(capsys, tmp_path):
 
 def test_validate_with_targets_like_trace(capsys, go_build):
     shipped = str(REPO / "config" / "default.yaml")
-    code, _, err = run(capsys, "validate", "-c", shipped)
-    assert code == 2
-    one_line_error(err, "receivers::goroutines: give at least one of pids, paths, command")
+    code, out, err = run(capsys, "validate", "-c", shipped)    # the README's first step
+    assert code == 0 and err == ""
+    assert "valid; pipelines" in out and "names no targets" in out
     code, out, err = run(capsys, "validate", "-c", shipped, "--binary", str(go_build("spawner")))
     assert code == 0 and "valid; pipelines" in out
 
@@ -71,6 +71,8 @@ def test_validate_a_missing_file(capsys):
     (["trace", "--pid", "1", "--binary", "/bin/true"], ["give only one of"]),
     (["trace", "--binary", "/no/such/binary"], ["/no/such/binary: no such file"]),
     (["trace", "--", "no-such-command-gotel"], ["no-such-command-gotel: command not found"]),
+    (["trace", "--", "/tmp"], ["/tmp: is a directory, not a program"]),
+    (["trace", "--", "./no-such-file"], ["./no-such-file: no such file"]),
 ])
 def test_trace_usage_errors(capsys, argv, words):
     code, _, err = run(capsys, *argv)
@@ -130,3 +132,58 @@ def test_the_installed_entry_point_exits_2_with_one_line():
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert proc.returncode == 2
     one_line_error(proc.stderr, "--pid '0' is not a process id")
+
+
+def test_trace_a_file_that_is_not_executable(capsys, tmp_path, go_build):
+    target = tmp_path / "server"
+    target.write_bytes(Path(go_build("spawner")).read_bytes())
+    target.chmod(0o644)
+    code, _, err = run(capsys, "trace", "--", str(target))
+    assert code == 2
+    one_line_error(err, f"{target}: is not executable")
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "soon"])
+def test_a_duration_that_is_not_positive_is_refused(capsys, value):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["trace", "--duration", value, "--pid", "1"])
+    assert e.value.code == 2
+    assert "--duration" in capsys.readouterr().err
+
+
+def test_an_endpoint_with_another_scheme_says_so(capsys, tmp_path):
+    f = tmp_path / "ftp.yaml"
+    f.write_text("receivers: {goroutines: {pids: [1]}}\nexporters: {otlp: {endpoint: "
+                 "'ftp://collector:4317'}}\nservice: {pipelines: {traces: {receivers: "
+                 "[goroutines], exporters: [otlp]}}}\n")
+    code, _, err = run(capsys, "validate", "-c", str(f))
+    assert code == 2
+    one_line_error(err, "scheme ftp:// is not supported")
+    assert "path" not in err
+
+
+def test_pid_1_says_what_the_kernel_refuses(capsys):
+    code, _, err = run(capsys, "trace", "--pid", "1")
+    assert code == 2
+    if os.geteuid() == 0:
+        # PID 1 here is not a Go program, or is protected: either way, never "run as root".
+        assert "run as root" not in err
+        one_line_error(err, "process 1")
+
+
+def test_gotel_out_is_honoured_with_a_config(tmp_path, monkeypatch, go_build):
+    """`gotel trace -c FILE` without --out: ${env:GOTEL_OUT} in the file is the environment's;
+    with --out, --out wins."""
+    seen = []
+
+    class Ran:
+        exit_status = 0
+
+    monkeypatch.setattr(cli, "run_service", lambda cfg, duration=None: seen.append(cfg) or Ran())
+    monkeypatch.setenv("GOTEL_OUT", str(tmp_path / "elsewhere"))
+    target = str(go_build("spawner"))
+    shipped = str(REPO / "config" / "default.yaml")
+    assert cli.main(["trace", "-c", shipped, "--binary", target]) == 0
+    assert cli.main(["trace", "-c", shipped, "--out", str(tmp_path / "here"), "--binary", target]) == 0
+    paths = [cfg.exporters["file/traces"].config.path for cfg in seen]
+    assert paths == [f"{tmp_path}/elsewhere/traces.jsonl", f"{tmp_path}/here/traces.jsonl"]

@@ -1,0 +1,3 @@
+module example.com/gotel/lingerer
+
+go 1.19
