@@ -1,4 +1,4 @@
-"""Row 14: gotel as a node agent: discovery on a node of 50 Go processes, gotel's own CPU and memory.
+"""Row 11: gotel as a node agent: discovery on a node of 50 Go processes, gotel's own CPU and memory.
 
 The row starts 50 copies of benchmarks/go/paced, a node's worth of modest services (each 100
 goroutines a second started, handed a value and exited, in bursts every 20 ms: about 750 goroutine
@@ -119,7 +119,7 @@ def run(quick=False):
     notes = [f"{n} copies of paced at {OPS} goroutines/s each, 20 sleep processes, discovery by "
              f"exe_paths, default configuration otherwise; {repeats} runs of {seconds} s.",
              f"Row wall time {time.monotonic() - started:.0f} s."]
-    return harness.row(14, "Node agent: discovery over 50 Go processes", __doc__, figs, (), notes,
+    return harness.row(11, "Node agent: discovery over 50 Go processes", __doc__, figs, (), notes,
                        {"processes": n, "goroutines_per_s": OPS, "slice": SLICE, "seconds": seconds})
 
 

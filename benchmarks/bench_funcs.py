@@ -1,4 +1,4 @@
-"""Row 16: what a function probe costs per call, beside bcc's uprobe + uretprobe pair; attach/detach.
+"""Row 12: what a function probe costs per call, beside bcc's uprobe + uretprobe pair; attach/detach.
 
 benchmarks/go/calls calls ``main.leaf`` in a loop (GOMAXPROCS=1, pinned, GODEBUG=asyncpreemptoff=1
 in every variant). Per repetition, interleaved: untraced; gotel's function probes (bpf/funcs.c: an
@@ -238,7 +238,7 @@ def run(quick=False):
              "GODEBUG=asyncpreemptoff=1, target pinned to one CPU, gotel's reader on the other.",
              "The bcc pair matches returns to entries by thread id: right here only because the "
              "leaf never blocks; gotel matches by goroutine and stack frame."]
-    return harness.row(16, "Function probes: cost per call, attach and detach", __doc__, figures, (),
+    return harness.row(12, "Function probes: cost per call, attach and detach", __doc__, figures, (),
                        notes, {"calls": calls, "repeat": repeat})
 
 

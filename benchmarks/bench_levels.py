@@ -1,4 +1,4 @@
-"""Row 12: what each level costs, side by side on the net/http server of row 2 under wrk.
+"""Row 10: what each level costs, side by side on the net/http server of row 2 under wrk.
 
 Variants, each on a freshly started server warmed up first, interleaved over the repetitions:
 untraced; ``gotel trace --pid PID --level census`` (no probe), ``--level lifecycle``, ``--level
@@ -176,7 +176,7 @@ def run(quick=False):
     notes = [f"wrk -t1 -c{connections} -d{seconds}s --latency after a {warmup}s warm-up; server "
              f"GOMAXPROCS=1 on CPU {harness.TARGET_CPU}; {repeats} interleaved repetitions.",
              f"Row wall time {time.monotonic() - started:.0f} s."]
-    return harness.row(12, "Levels and budgets: net/http server under wrk", __doc__, figs, goals,
+    return harness.row(10, "Levels and budgets: net/http server under wrk", __doc__, figs, goals,
                        notes, {"seconds": seconds, "connections": connections, "repeats": repeats})
 
 

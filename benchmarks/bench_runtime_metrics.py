@@ -8,7 +8,7 @@ ns/op with and without a reader thread, interleaved repetitions, on its own CPU;
 /proc/PID/mem takes no lock the program holds and sends it no signal, so any difference is noise
 or cache effects, and the figure says how large that noise is.
 
-Row 10 of ``make bench`` (``run(quick)``).
+Row 9 of ``make bench`` (``run(quick)``).
 """
 
 import statistics
@@ -100,7 +100,7 @@ def run(quick=False):
     }
     notes = [f"{reads} reads for the CPU figure; ping-pong {n:,} round trips, {repeat} interleaved pairs; "
              f"median {statistics.median(nreads):.0f} reads per polled run."]
-    return harness.row(10, "Go runtime metrics from memory", __doc__, figures, (), notes,
+    return harness.row(9, "Go runtime metrics from memory", __doc__, figures, (), notes,
                        {"reads": reads, "repeat": repeat, "round_trips": n})
 
 

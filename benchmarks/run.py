@@ -37,10 +37,10 @@ ROWS = (
     (6, "benchmarks.bench_uprobe_floor", 120),
     (7, "benchmarks.bench_inspect", 300),
     (8, "benchmarks.bench_census", 420),
-    (10, "benchmarks.bench_runtime_metrics", 180),
-    (12, "benchmarks.bench_levels", 500),
-    (14, "benchmarks.bench_agent", 300),
-    (16, "benchmarks.bench_funcs", 420),
+    (9, "benchmarks.bench_runtime_metrics", 180),
+    (10, "benchmarks.bench_levels", 500),
+    (11, "benchmarks.bench_agent", 300),
+    (12, "benchmarks.bench_funcs", 420),
 )
 QUICK_BUDGET_S = 120
 LOG_DIR = REPO / "benchmarks" / ".work" / "logs"   # git-ignored

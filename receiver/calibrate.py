@@ -9,7 +9,7 @@ before it knows whether to keep the event: count the hit, look the layout up). T
 per call is the floor. ``IN_SITU`` turns it into what a hit costs a real program, per probe
 point: in a tight loop the trap finds the kernel's uprobe path and the BPF program warm in the
 caches, in a server it does not, and the fewer the hits per unit of work the colder they find them.
-The factors were fitted on benchmark row 12 (net/http under wrk, Go 1.25, 2-vCPU KVM guest): full
+The factors were fitted on benchmark row 10 (net/http under wrk, Go 1.25, 2-vCPU KVM guest): full
 tracing added 55.6% to the server's CPU per request with ~16 casgstatus hits per request (1.1 us a
 hit), the lifecycle probes 20.4% with 2 hits per request (1.9 us a hit), against a calibrated floor
 of 383 ns in the same runs. They are fitted, not predicted: on another machine or program, compare
@@ -36,7 +36,7 @@ SOURCE = BPF_DIR / "calibrate.c"
 CALLS = 60000
 ROUNDS = 3                   # the least of three runs (each the fastest of 100 blocks; see calibrate.c)
 DEFAULT_FLOOR_NS = 400.0     # what this calibration measured on the project's 2-vCPU machine
-# What a hit costs a real program, over the floor in a tight loop, per probe point (row 12).
+# What a hit costs a real program, over the floor in a tight loop, per probe point (row 10).
 IN_SITU = {"casgstatus": 2.85, "create": 5.0, "exit": 5.0}
 
 

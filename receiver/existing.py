@@ -161,3 +161,39 @@ def read_g(mem, g_addr, layout):
     if blob is None:
         return np.zeros(0, dtype=EVENT_DTYPE)
     return events_from_gs(mem.pid, [g_addr], [blob], layout)
+
+def census_events(binary, pid):
+    """EXISTING events of every goroutine of a process now, from a census (no stacks), each dated
+    when its wait began for the waiting ones (``g.waitsince``, when the runtime stamped it), else
+    at the census's time (CLOCK_MONOTONIC, like the kernel's events)."""
+    from receiver import census as census_mod
+
+    census = census_mod.CensusReader(binary, pid).read(stacks=False)
+    rows = census.goroutines
+    out = np.zeros(len(rows), dtype=EVENT_DTYPE)
+    waiting = rows["status"] == binary.layout.statuses["_Gwaiting"]
+    since = rows["waitsince"]
+    stamped = waiting & (since > 0) & (since <= census.mono_ns)
+    out["ts_ns"] = np.where(stamped, since, census.mono_ns).astype(np.uint64)
+    out["g"] = rows["g"]
+    out["goid"] = rows["goid"]
+    out["aux_goid"] = rows["parent_goid"]
+    out["pc_start"] = rows["startpc"]
+    out["pc_create"] = rows["gopc"]
+    out["pid"] = pid
+    out["kind"] = Kind.EXISTING
+    out["wait_reason"] = rows["wait_reason"]
+    out["new_status"] = out["old_status"] = rows["status"].astype(np.uint16)
+    return out
+
+
+def window_sync(existing_events, layout):
+    """The events that start a window from the state of the goroutines alive at its opening:
+    the EXISTING events as read, then a PARK (running -> waiting, same time, same wait reason)
+    for each goroutine waiting."""
+    waiting = layout.statuses["_Gwaiting"]
+    parks = existing_events[(existing_events["new_status"] & 0xFFF) == waiting].copy()
+    parks["kind"] = Kind.PARK
+    parks["old_status"] = layout.statuses["_Grunning"]
+    parks["aux_goid"] = parks["pc_start"] = parks["pc_create"] = 0
+    return np.concatenate([existing_events, parks])

@@ -41,9 +41,10 @@ from receiver import (discovery as discovery_mod, existing, levels, platform, pr
 from receiver.clock import MonotonicClock
 from receiver.drain import EventBuffer
 from receiver.errors import ConfigError, GotelError, ProbeError, TargetError
-from receiver.events import EVENT_DTYPE, Kind
+from receiver.events import Kind
 from receiver.processes import Process, Processes, start_time_ns
 from receiver.ringbuf import RingBufferReader
+from receiver.watch import Following
 
 log = logging.getLogger("gotel.receiver")
 
@@ -123,7 +124,7 @@ class Config:
                              kinds=frozenset(KIND_NAMES[k] for k in self.kinds if k in KIND_NAMES))
 
 
-class GoroutineReceiver:
+class GoroutineReceiver(Following):
     """Source of event batches: see the module docstring. ``next_stage`` is anything with
     ``start()``, ``consume(batch)`` and ``shutdown(timeout)``; ``registry`` is the ``Processes``
     that owns every fact about the traced processes."""
@@ -243,12 +244,12 @@ class GoroutineReceiver:
             if stage == "opening" and proc is not None:
                 batch = None
                 try:
-                    batch = census_events(proc.binary, pid)
+                    batch = existing.census_events(proc.binary, pid)
                 except GotelError as e:
                     log.info("process %d: goroutines at window %d not read: %s", pid,
                              window.number, e)
                 if batch is not None:
-                    self._inject.append(window_sync(batch, proc.binary.layout))
+                    self._inject.append(existing.window_sync(batch, proc.binary.layout))
                 elif pid not in self._lazy:
                     self._window_lazy.add(pid)
                     self._lazy[pid] = set()
@@ -572,67 +573,6 @@ class GoroutineReceiver:
                 return
             self._buffer(batch)
 
-    # -- watcher thread ---------------------------------------------------------------------------
-
-    def _watch(self):
-        """Every check interval: follow execs and replaced binaries; every discovery interval: scan
-        for new processes. Attaching takes tens of ms a process and detaching 0.1 s: done here,
-        the poller keeps draining the ring meanwhile."""
-        while not self._stop.wait(self.config.check_interval_s):
-            try:
-                self._follow()
-                if self.discovery is not None and time.monotonic() >= self._next_scan:
-                    self._discover()
-            except Exception:  # noqa: BLE001  (a bad /proc read must not end the watching)
-                log.exception("watching the targets failed; trying again")
-
-    def _discover(self):
-        """Attach to the processes the discovery rules select that are not traced yet."""
-        traced = {p.pid for p in self.registry.alive()} | self._retiring
-        for pid in self.discovery.scan(skip=traced):
-            try:
-                self._attach_pid(targets.Target("discovered", pid), pid)
-            except GotelError as e:          # gone, or refused: the others go on
-                log.info("discovered process %d not traced: %s", pid, e)
-        self._next_scan = time.monotonic() + self.config.discovery.interval_s
-
-    def _follow(self):
-        """Follow what changed under the targets: a process that exec'd another program is traced
-        as that program (or dropped, said, when it is not Go); a binary target whose file was
-        replaced (a deploy's ``mv``: a new inode) is traced in its new file too."""
-        for proc in self.registry.alive():
-            if proc.popen is not None or proc.pid in self._retiring:
-                continue
-            now = targets.exe_identity(proc.pid)
-            if now is None or proc.exe_id is None or now == proc.exe_id:
-                continue
-            self.levels.remove(proc.pid)       # every probe of the old program, whatever its level
-            proc.attachment = None
-            self.registry.mark_exited(proc.pid)
-            try:
-                new = self._attach_pid(proc.target, proc.pid)
-                log.info("process %d exec'd %s; tracing it as that program", proc.pid, new.exe)
-            except GotelError as e:
-                log.warning("process %d exec'd another program and is no longer traced: %s",
-                            proc.pid, e)
-        for target, _binary, _att, ident in list(self._path_targets):
-            try:
-                st = os.stat(target.value)
-            except OSError:
-                continue                               # removed: its running processes go on
-            now = (st.st_dev, st.st_ino)
-            if now == ident or any(t[3] == now for t in self._path_targets):
-                continue
-            try:
-                binary = targets.open_binary(target.value)
-                att = self._add_path_unit(binary)
-            except GotelError as e:
-                log.warning("%s was replaced by a file gotel cannot trace: %s", target.value, e)
-                self._path_targets.append((target, None, None, now))
-                continue
-            self._path_targets.append((target, binary, att, now))
-            log.info("%s was replaced (new inode); tracing the new file too", target.value)
-
     def _check(self):
         """Retire exited processes, follow execs and replaced binaries, discover new processes,
         report lost events."""
@@ -699,42 +639,6 @@ class GoroutineReceiver:
         log.log(level, "process %d (%s) %s; still tracing %d other process(es)", proc.pid,
                 proc.exe, targets.describe_exit(status), len(self.registry.alive()))
 
-
-def census_events(binary, pid):
-    """EXISTING events of every goroutine of a process now, from a census (no stacks), each dated
-    when its wait began for the waiting ones (``g.waitsince``, when the runtime stamped it), else
-    at the census's time (CLOCK_MONOTONIC, like the kernel's events)."""
-    from receiver import census as census_mod
-
-    census = census_mod.CensusReader(binary, pid).read(stacks=False)
-    rows = census.goroutines
-    out = np.zeros(len(rows), dtype=EVENT_DTYPE)
-    waiting = rows["status"] == binary.layout.statuses["_Gwaiting"]
-    since = rows["waitsince"]
-    stamped = waiting & (since > 0) & (since <= census.mono_ns)
-    out["ts_ns"] = np.where(stamped, since, census.mono_ns).astype(np.uint64)
-    out["g"] = rows["g"]
-    out["goid"] = rows["goid"]
-    out["aux_goid"] = rows["parent_goid"]
-    out["pc_start"] = rows["startpc"]
-    out["pc_create"] = rows["gopc"]
-    out["pid"] = pid
-    out["kind"] = Kind.EXISTING
-    out["wait_reason"] = rows["wait_reason"]
-    out["new_status"] = out["old_status"] = rows["status"].astype(np.uint16)
-    return out
-
-
-def window_sync(existing_events, layout):
-    """The events that start a window from the state of the goroutines alive at its opening:
-    the EXISTING events as read, then a PARK (running -> waiting, same time, same wait reason)
-    for each goroutine waiting."""
-    waiting = layout.statuses["_Gwaiting"]
-    parks = existing_events[(existing_events["new_status"] & 0xFFF) == waiting].copy()
-    parks["kind"] = Kind.PARK
-    parks["old_status"] = layout.statuses["_Grunning"]
-    parks["aux_goid"] = parks["pc_start"] = parks["pc_create"] = 0
-    return np.concatenate([existing_events, parks])
 
 
 def run_command(argv, next_stage=None, timeout=None, capture=True, **config):

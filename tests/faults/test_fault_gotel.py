@@ -6,7 +6,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -174,4 +173,4 @@ def test_least_privilege_gotel_sigkilled_leaves_no_breakpoint_and_its_uprobe_eve
     left = [l for l in UPROBE_EVENTS.read_text().splitlines() if f"_bcc_{gotel.pid} " in l]
     figure("least privilege, gotel SIGKILLed: tracefs uprobe events left / after the next run",
            f"{len(stale)} / {len(left)}")
-    assert len(stale) == 1 and left == []
+    assert stale and left == []      # one event per uprobe gotel had (casgstatus, preemptPark)

@@ -3,14 +3,12 @@ program. gotel keeps tracing what lives, ends what died, and never mixes two pro
 
 import collections
 import os
-import signal
 import subprocess
 import time
 
 import pytest
 
 from faultkit import config_text, file_spans, lingerers, service_for, wait_until
-from receiver import targets
 
 
 @pytest.mark.bpf

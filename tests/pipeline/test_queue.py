@@ -4,7 +4,6 @@ out a collector outage longer than max_elapsed_time, leaves what it could not se
 shutdown, and a new exporter (gotel restarted) sends it when the collector is back. Without it,
 what is left at shutdown is counted as failed, with the reason."""
 
-import os
 import time
 
 import pytest
