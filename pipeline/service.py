@@ -285,33 +285,4 @@ class Service:
         return [str(e.path) for e in self.exporters.values() if hasattr(e, "path")]
 
     def summary(self):
-        sent = {}
-        for signal, item, eids in (("traces", "spans", self.traces_exporters),
-                                   ("metrics", "metric_points", self.metrics_exporters)):
-            for eid in eids:
-                c = self.exporters[eid].counters
-                s = sent.setdefault(f"{signal} ({eid})", [0, 0])
-                s[0] += c.get(f"sent_{item}", signal)
-                s[1] += c.get(f"send_failed_{item}", signal) + c.get(f"enqueue_failed_{item}", signal)
-        for eid in {e for p in self.config.pipelines_for("logs") for e in p.exporters}:
-            c = self.exporters[eid].counters
-            sent[f"logs ({eid})"] = (c.get("sent_log_records", "logs"), c.get(
-                "send_failed_log_records", "logs") + c.get("enqueue_failed_log_records", "logs"))
-        source = getattr(self.receiver, "source", None)
-        # What processors dropped on purpose, per processor (pipeline/processor id), and the
-        # anomalies the samplers kept although their traces were dropped.
-        dropped, anomalies = {}, 0
-        for pipeline_id, pid, stage in self.processors:
-            n = stage.items_in - stage.items_out
-            if n > 0:
-                dropped[f"{pipeline_id}/{pid}"] = n
-            anomalies += getattr(stage, "anomalies_kept", 0)
-        decoder = getattr(self.receiver, "decoder", None)
-        summary = Summary(self.tap, self.processes, lost_events=getattr(source, "refused", 0),
-                          events=getattr(source, "events", 0), outputs=self.output_paths(),
-                          exported={k: tuple(v) for k, v in sent.items()},
-                          processes=list(self.processes),
-                          levels=getattr(source, "levels", None), dropped=dropped,
-                          anomalies_kept=anomalies, runtime_work=getattr(decoder, "runtime_work_by", {}))
-        summary.census_lines = [line for c in self.census_receivers for line in c.summary_lines()]
-        return summary
+        return Summary.of(self)

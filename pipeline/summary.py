@@ -99,6 +99,41 @@ class Summary:
         self.runtime_work = dict(runtime_work or {})  # (pid, wait reason) -> (count, ns)
         self.census_lines = []     # goruntime receivers: leaks and biggest groups
 
+    @classmethod
+    def of(cls, service):
+        """The report of a Service that ran (``pipeline.service.Service``): what its receiver
+        saw and lost, what each exporter sent, what the processors dropped on purpose."""
+        sent = {}
+        for signal, item, eids in (("traces", "spans", service.traces_exporters),
+                                   ("metrics", "metric_points", service.metrics_exporters)):
+            for eid in eids:
+                c = service.exporters[eid].counters
+                s = sent.setdefault(f"{signal} ({eid})", [0, 0])
+                s[0] += c.get(f"sent_{item}", signal)
+                s[1] += c.get(f"send_failed_{item}", signal) + c.get(f"enqueue_failed_{item}", signal)
+        for eid in {e for p in service.config.pipelines_for("logs") for e in p.exporters}:
+            c = service.exporters[eid].counters
+            sent[f"logs ({eid})"] = (c.get("sent_log_records", "logs"), c.get(
+                "send_failed_log_records", "logs") + c.get("enqueue_failed_log_records", "logs"))
+        source = getattr(service.receiver, "source", None)
+        # What processors dropped on purpose, per processor (pipeline/processor id), and the
+        # anomalies the samplers kept although their traces were dropped.
+        dropped, anomalies = {}, 0
+        for pipeline_id, pid, stage in service.processors:
+            n = stage.items_in - stage.items_out
+            if n > 0:
+                dropped[f"{pipeline_id}/{pid}"] = n
+            anomalies += getattr(stage, "anomalies_kept", 0)
+        decoder = getattr(service.receiver, "decoder", None)
+        summary = cls(service.tap, service.processes, lost_events=getattr(source, "refused", 0),
+                      events=getattr(source, "events", 0), outputs=service.output_paths(),
+                      exported={k: tuple(v) for k, v in sent.items()},
+                      processes=list(service.processes), levels=getattr(source, "levels", None),
+                      dropped=dropped, anomalies_kept=anomalies,
+                      runtime_work=getattr(decoder, "runtime_work_by", {}))
+        summary.census_lines = [line for c in service.census_receivers for line in c.summary_lines()]
+        return summary
+
     def _function(self, pid, pc):
         if self.names is None or not pc:
             return f"0x{pc:x}" if pc else "?"

@@ -47,6 +47,14 @@ def test_the_agent_runs_on_every_node_with_least_privilege():
     assert {"/etc/gotel", "/sys/kernel/tracing", "/lib/modules", "/usr/src", "/tmp"} <= mounts
     env = {e["name"] for e in container["env"]}
     assert "NODE_NAME" in env
+    # The probes ask gotel's health_check extension, on the port its config serves.
+    config = yaml.safe_load(by_kind(agent, "ConfigMap")["data"]["gotel.yaml"])
+    port = int(config["extensions"]["health_check"]["endpoint"].rsplit(":", 1)[1])
+    assert config["service"]["extensions"] == ["health_check"]
+    (declared,) = container["ports"]
+    assert declared["containerPort"] == port
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": declared["name"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": declared["name"]}
     rules = by_kind(agent, "ClusterRole")["rules"]
     assert rules == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
 

@@ -1,7 +1,8 @@
 // Command otelcol-gotel is the OpenTelemetry Collector gotel's tests run against: the OTLP
 // receiver, the batch processor, the debug, file, OTLP and prometheus exporters (the last is the
-// oracle for gotel's own OTLP -> Prometheus translation), and the bearer-token authenticator (it
-// proves gotel's headers arrive), all at one pinned release.
+// oracle for gotel's own OTLP -> Prometheus translation), the bearer-token authenticator (it
+// proves gotel's headers arrive) and the health_check extension (of the gateway configuration in
+// config/kubernetes), all at one pinned release.
 // It is what `ocb` would generate from a manifest, written by hand so set-up needs no builder.
 package main
 
@@ -27,6 +28,7 @@ import (
 	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/fileexporter"
 	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/prometheusexporter"
 	"github.com/open-telemetry/opentelemetry-collector-contrib/extension/bearertokenauthextension"
+	"github.com/open-telemetry/opentelemetry-collector-contrib/extension/healthcheckextension"
 )
 
 func factories() (otelcol.Factories, error) {
@@ -44,7 +46,7 @@ func factories() (otelcol.Factories, error) {
 		return f, err
 	}
 	if f.Extensions, err = otelcol.MakeFactoryMap[extension.Factory](
-		bearertokenauthextension.NewFactory()); err != nil {
+		bearertokenauthextension.NewFactory(), healthcheckextension.NewFactory()); err != nil {
 		return f, err
 	}
 	return f, nil
