@@ -137,10 +137,17 @@ def read_goroutines(pid, binary, mem=None, stacks_out=None):
     census = reader.read(stacks=stacks_out is not None)
     if stacks_out is not None:
         stacks_out.update(stack_texts(census, binary))
+    return census_to_events(census, binary, pid)
+
+
+def census_to_events(census, binary, pid):
+    """One EXISTING event per goroutine of a census, in time order: a waiting one whose wait start
+    the runtime stamped (``g.waitsince``) dated then, the others at the census's time
+    (CLOCK_MONOTONIC, like the kernel's events)."""
     rows = census.goroutines
     out = np.zeros(len(rows), dtype=EVENT_DTYPE)
     waiting = rows["status"] == binary.layout.statuses.get("_Gwaiting", 4)
-    stamped = waiting & (rows["waitsince"] > 0) & (rows["waitsince"] < census.mono_ns)
+    stamped = waiting & (rows["waitsince"] > 0) & (rows["waitsince"] <= census.mono_ns)
     out["ts_ns"] = np.where(stamped, rows["waitsince"].astype(np.uint64), np.uint64(census.mono_ns))
     out["g"] = rows["g"]
     out["goid"] = rows["goid"]
@@ -162,29 +169,13 @@ def read_g(mem, g_addr, layout):
         return np.zeros(0, dtype=EVENT_DTYPE)
     return events_from_gs(mem.pid, [g_addr], [blob], layout)
 
-def census_events(binary, pid):
-    """EXISTING events of every goroutine of a process now, from a census (no stacks), each dated
-    when its wait began for the waiting ones (``g.waitsince``, when the runtime stamped it), else
-    at the census's time (CLOCK_MONOTONIC, like the kernel's events)."""
-    from receiver import census as census_mod
 
-    census = census_mod.CensusReader(binary, pid).read(stacks=False)
-    rows = census.goroutines
-    out = np.zeros(len(rows), dtype=EVENT_DTYPE)
-    waiting = rows["status"] == binary.layout.statuses["_Gwaiting"]
-    since = rows["waitsince"]
-    stamped = waiting & (since > 0) & (since <= census.mono_ns)
-    out["ts_ns"] = np.where(stamped, since, census.mono_ns).astype(np.uint64)
-    out["g"] = rows["g"]
-    out["goid"] = rows["goid"]
-    out["aux_goid"] = rows["parent_goid"]
-    out["pc_start"] = rows["startpc"]
-    out["pc_create"] = rows["gopc"]
-    out["pid"] = pid
-    out["kind"] = Kind.EXISTING
-    out["wait_reason"] = rows["wait_reason"]
-    out["new_status"] = out["old_status"] = rows["status"].astype(np.uint16)
-    return out
+def census_events(binary, pid):
+    """EXISTING events of every goroutine of a process now, from a census without stacks (a
+    window's opening: see receiver/levels.py)."""
+    from receiver.census import CensusReader
+
+    return census_to_events(CensusReader(binary, pid).read(stacks=False), binary, pid)
 
 
 def window_sync(existing_events, layout):
