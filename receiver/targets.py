@@ -109,18 +109,11 @@ def resolve_program(name):
     return os.path.realpath(program)
 
 
-def _die_with_parent(parent):
-    """preexec_fn of a launched command: the kernel kills it when gotel dies, even by SIGKILL
-    (PR_SET_PDEATHSIG survives exec, except of set-user-ID programs)."""
-    import ctypes
-    import signal
-
-    def arm():
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)      # PR_SET_PDEATHSIG
-        if os.getppid() != parent:                   # gotel died before the prctl
-            os._exit(1)
-    return arm
+# The launched command dies with gotel, even when gotel is SIGKILLed: util-linux's setpriv sets
+# PR_SET_PDEATHSIG, which survives exec (except of set-user-ID programs), before it execs the
+# holding shell. Not a preexec_fn: Python code in the child of a threaded process (gRPC's threads)
+# can deadlock or die before the exec.
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 
 
 class LaunchedCommand:
@@ -136,11 +129,10 @@ class LaunchedCommand:
         program = argv[0] if "/" in argv[0] else shutil.which(argv[0])
         self.keep_running = keep_running
         self._read, self._write = os.pipe()
-        if not keep_running:
-            popen_kwargs.setdefault("preexec_fn", _die_with_parent(os.getpid()))
+        prefix = () if keep_running else DIE_WITH_PARENT
         try:
             self.popen = subprocess.Popen(
-                [SHELL, "-c", self.HOLD.format(fd=self._read), program, *argv[1:]],
+                [*prefix, SHELL, "-c", self.HOLD.format(fd=self._read), program, *argv[1:]],
                 pass_fds=(self._read,), **popen_kwargs)
         finally:
             os.close(self._read)
@@ -151,6 +143,8 @@ class LaunchedCommand:
         if self._write is not None:
             try:
                 os.write(self._write, b"\n")
+            except BrokenPipeError:
+                pass             # the shell is gone already: whatever failed says so, not this
             finally:
                 os.close(self._write)
                 self._write = None
