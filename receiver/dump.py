@@ -20,6 +20,7 @@ import re
 import sys
 
 import numpy as np
+from google.protobuf.internal.encoder import _VarintBytes
 
 from receiver import census as census_mod
 from receiver.binary import GoBinary
@@ -149,18 +150,9 @@ def grouped_text(gs):
     return "\n".join(lines)
 
 
-# --- pprof (profile.proto, written with protobuf wire helpers) -----------------------------------
+# --- pprof (profile.proto, written with protobuf's own varint encoder) ----------------------------
 def _varint(n):
-    out = bytearray()
-    n &= (1 << 64) - 1
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    return _VarintBytes(n & 0xFFFF_FFFF_FFFF_FFFF)   # uint64 fields: never a negative varint
 
 
 def _field_varint(num, value):

@@ -1,4 +1,4 @@
-"""Goroutines that exist before gotel attaches, read from the live process through /proc/PID/mem.
+"""Goroutines that exist before gotel attaches, read from the live process's memory.
 
 A probe only sees transitions after it is attached, so goroutines already alive at attach would
 surface later as unknown goids with no creation. ``read_goroutines`` walks ``runtime.allgs`` (a
@@ -11,55 +11,19 @@ goid it has never seen (e.g. a stripped binary without ``runtime.allgs``).
 The process keeps running while it is read, so the picture is a moment's, not an atomic snapshot:
 a goroutine created meanwhile may appear both here and as a CREATE, which consumers treat as the
 same goroutine. ``read_goroutines`` takes one census (batched process_vm_readv reads); ``read_g`` one
-pread through /proc/PID/mem. PIE binaries are handled by adding the load bias found in /proc/PID/maps.
+read through a ``receiver.procmem.ProcessMemory``. PIE binaries are handled by adding the load bias found in /proc/PID/maps.
 """
 
-import errno
 import os
 import time
 
 import numpy as np
 
-from receiver.errors import TargetError, denied_hint
+from receiver.errors import TargetError
 from receiver.events import EVENT_DTYPE, Kind
 
 G_FIELDS = ("goid", "parentGoid", "gopc", "startpc", "waitreason", "atomicstatus")
 SCAN_BIT = 0x1000
-
-
-class ProcessMemory:
-    """Reads of another process's memory through /proc/PID/mem (needs CAP_SYS_PTRACE; root)."""
-
-    def __init__(self, pid):
-        self.pid = pid
-        try:
-            self._fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-        except FileNotFoundError as e:
-            raise TargetError(f"process {pid} does not exist (it exited?)") from e
-        except PermissionError as e:
-            raise TargetError(f"process {pid}: permission denied reading its memory; "
-                              f"{denied_hint(pid)}") from e
-
-    def read(self, addr, size):
-        """size bytes at addr, or None when the range is not mapped (or the process is gone)."""
-        try:
-            data = os.pread(self._fd, size, addr)
-        except OSError as e:
-            if e.errno in (errno.EIO, errno.EFAULT, errno.ESRCH, errno.EINVAL):
-                return None
-            raise
-        return data if len(data) == size else None
-
-    def close(self):
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _span(layout):
@@ -115,7 +79,7 @@ def stack_texts(census, binary):
             if texts[k]}
 
 
-def read_goroutines(pid, binary, mem=None, stacks_out=None):
+def read_goroutines(pid, binary, stacks_out=None):
     """EXISTING events for every live goroutine of process pid running binary (a GoBinary), from
     one census (``receiver.census``: the one reader of ``runtime.allgs``).
 
@@ -123,7 +87,7 @@ def read_goroutines(pid, binary, mem=None, stacks_out=None):
     the GC: see receiver/census.py) gets that moment as its event time, so its park (and its span,
     marked as started before attach) begins when its wait began; the others get the attach time.
     Returns None when the binary's goroutine list cannot be located: unknown goroutines are then
-    read one by one with ``read_g`` as their events arrive. ``mem`` is unused (kept for callers).
+    read one by one with ``read_g`` as their events arrive.
     With ``stacks_out`` (a dict), the census unwinds stacks too and fills it with ``stack_texts``.
     """
     from receiver.census import CensusReader

@@ -37,6 +37,7 @@ import numpy as np
 from receiver import placement
 from receiver.errors import GotelError, ProbeError
 from receiver.events import BPF_DIR
+from receiver.probes import ring_problems
 
 log = logging.getLogger("gotel.funcs")
 
@@ -355,12 +356,7 @@ class Config:
     capture_registers: bool = False
 
     def validate(self):
-        problems = []
-        if self.ring_bytes < 4096 or self.ring_bytes & (self.ring_bytes - 1):
-            problems.append(f"ring_bytes must be a power of two >= 4096, got {self.ring_bytes}")
-        if not 0 <= self.wakeup_bytes < self.ring_bytes:
-            problems.append(f"wakeup_bytes must be in [0, ring_bytes), got {self.wakeup_bytes}")
-        return problems
+        return ring_problems(self.ring_bytes, self.wakeup_bytes)
 
     def cflags(self, goid_offset):
         wakeup = self.wakeup_bytes or self.ring_bytes // 4

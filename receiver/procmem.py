@@ -7,25 +7,29 @@ falls short (a mapping went away meanwhile) marks only the pieces it did not fil
 
 ``read_many(addrs, size)`` reads one fixed-size record per address into one numpy array, with up
 to ``IOV_MAX`` (1024) remote pieces per system call: 100,000 records of 400 bytes take ~100 calls.
-``read(addr, size)`` reads one piece. Needs CAP_SYS_PTRACE (root); the kernel applies the same
-check as for ptrace attach.
+``read(addr, size)`` reads one piece; one that falls outside the known mappings re-reads them
+first (at most every ``REMAP_S``: a long-lived reader sees the Go heap grow). Needs CAP_SYS_PTRACE
+(root); the kernel applies the same check as for ptrace attach.
 
-Thread-safety: one ProcessMemory per thread (its mapping table is replaced, never mutated, by
-``refresh``). Cost: the system call copies the bytes and pins each page it touches.
+Thread-safety: reads may come from several threads (the mapping table is replaced as one tuple,
+never mutated; the call counters are only statistics). Cost: the system call copies the bytes and
+pins each page it touches.
 """
 
 import ctypes
 import ctypes.util
 import errno
 import os
+import time
 
 import numpy as np
 
-from receiver.errors import TargetError
+from receiver.errors import TargetError, denied_hint
 
 IOV_MAX = 1024
 MAX_RECORD = 1 << 20          # no record gotel reads is larger
 MAX_BATCH_BYTES = 1 << 30     # one read_many never asks for more than this in total
+REMAP_S = 0.1                 # a read outside the known mappings re-reads them at most this often
 IOVEC = np.dtype([("base", "<u8"), ("len", "<u8")])
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -43,7 +47,8 @@ def readable_ranges(pid):
     except FileNotFoundError as e:
         raise TargetError(f"process {pid} does not exist (it exited?)") from e
     except PermissionError as e:
-        raise TargetError(f"process {pid}: permission denied reading its memory map; run as root") from e
+        raise TargetError(f"process {pid}: permission denied reading its memory map; "
+                          f"{denied_hint(pid)}") from e
     starts, ends = [], []
     for line in lines:
         parts = line.split(None, 2)
@@ -74,24 +79,28 @@ class ProcessMemory:
         self.pid = int(pid)
         self.calls = 0          # system calls made
         self.failed = 0         # pieces asked for that could not be read
+        self._maps = (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+        self._mapped_at = 0.0
         self.refresh()
 
     def refresh(self):
         """Re-read the process's mappings (a Go heap grows; call once per census)."""
-        self._starts, self._ends = readable_ranges(self.pid)
+        self._maps = readable_ranges(self.pid)
+        self._mapped_at = time.monotonic()
 
     def readable(self, addrs, size):
         """Bool array: [addr, addr+size) lies inside one readable mapping, for each address.
         ``size`` is a scalar or an array like addrs."""
         addrs = np.asarray(addrs, np.uint64)
         size = np.asarray(size, np.uint64)
-        if len(self._starts) == 0:
+        starts, ends = self._maps
+        if len(starts) == 0:
             return np.zeros(addrs.shape, bool)
-        i = np.searchsorted(self._starts, addrs, side="right").astype(np.int64) - 1
+        i = np.searchsorted(starts, addrs, side="right").astype(np.int64) - 1
         ok = i >= 0
         j = np.maximum(i, 0)
         end = addrs + size
-        return ok & (end >= addrs) & (end <= self._ends[j]) & (size <= MAX_RECORD)
+        return ok & (end >= addrs) & (end <= ends[j]) & (size <= MAX_RECORD)
 
     def read_many(self, addrs, size, out=None):
         """(records, ok): ``records`` is a (n, size) uint8 array holding ``size`` bytes at each
@@ -146,7 +155,7 @@ class ProcessMemory:
                     raise TargetError(f"process {self.pid} exited while gotel read its memory")
                 if err == errno.EPERM:
                     raise TargetError(f"process {self.pid}: permission denied reading its memory; "
-                                      f"run as root (CAP_SYS_PTRACE)")
+                                      f"{denied_hint(self.pid)}")
                 if err not in (errno.EFAULT, errno.EIO, errno.ENOMEM):
                     raise OSError(err, os.strerror(err))
                 got = 0
@@ -168,6 +177,11 @@ class ProcessMemory:
             return b"" if size == 0 else None
         if size > MAX_RECORD:
             return None
+        if not self.readable([addr], size)[0] and time.monotonic() - self._mapped_at > REMAP_S:
+            try:
+                self.refresh()
+            except TargetError:
+                return None
         try:
             rec, ok = self.read_many(np.array([addr], np.uint64), size)
         except TargetError:

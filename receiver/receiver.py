@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from receiver import (discovery as discovery_mod, existing, levels, platform, privileges, probes,
-                      targets)
+                      procmem, targets)
 from receiver.clock import MonotonicClock
 from receiver.drain import EventBuffer
 from receiver.errors import ConfigError, GotelError, ProbeError, TargetError
@@ -162,7 +162,7 @@ class GoroutineReceiver(Following):
         # pid -> goids seen, only for processes whose goroutines at attach could not be read
         # at once (no runtime.allgs symbol): their unknown goroutines are read one by one.
         self._lazy = {}
-        self._mem = {}                      # pid -> existing.ProcessMemory
+        self._mem = {}                      # pid -> procmem.ProcessMemory
         self._pending = queue.SimpleQueue()  # EXISTING batches of processes attached since
         self._watcher = None                # follows execs, replaced binaries, discovery
         self._retiring = set()              # pids whose probes are being detached
@@ -312,7 +312,7 @@ class GoroutineReceiver(Following):
     def _read_existing(self, proc):
         try:
             stacks = {}
-            batch = existing.read_goroutines(proc.pid, proc.binary, self._memory(proc.pid), stacks)
+            batch = existing.read_goroutines(proc.pid, proc.binary, stacks)
             proc.attach_stacks = stacks
         except GotelError as e:
             log.warning("process %d: goroutines alive at attach not read: %s", proc.pid, e)
@@ -325,7 +325,7 @@ class GoroutineReceiver(Following):
     def _memory(self, pid):
         mem = self._mem.get(pid)
         if mem is None:
-            mem = self._mem[pid] = existing.ProcessMemory(pid)
+            mem = self._mem[pid] = procmem.ProcessMemory(pid)
         return mem
 
     def wait(self, timeout=None):

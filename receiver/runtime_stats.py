@@ -20,13 +20,12 @@ computes them (runtime/metrics.go of each release), without stopping or signalli
 
 Memory of another process is untrusted: every count and size is checked against plausibility
 bounds; a value that fails is left out (None) and named in ``RuntimeStats.rejected``, never passed
-on. The runtime updates these fields concurrently; one read is one pread per structure, so sums
+on. The runtime updates these fields concurrently; one read is one process_vm_readv per structure, so sums
 over the heap-stat generations can be off by the allocations of the microseconds a read takes.
 
-Cost: 5 preads of /proc/PID/mem (~30 KB) plus one per P; ~0.2 ms per process.
+Cost: 5 reads (``receiver.procmem``, ~30 KB) plus one per P; ~0.2 ms per process.
 """
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +33,7 @@ import numpy as np
 from receiver import globals as globals_mod
 from receiver.buildinfo import parse_go_version
 from receiver.errors import TargetError, UnsupportedGoVersion
+from receiver.procmem import ProcessMemory
 
 MAX_INT64 = (1 << 63) - 1
 MAX_GOROUTINES = 1 << 27      # more goroutines than this in allglen is a torn or damaged read
@@ -81,29 +81,16 @@ class RuntimeStats:
     rejected: list = field(default_factory=list)
 
 
-class ProcessMemory:
-    """Reads another process's memory through /proc/PID/mem (needs CAP_SYS_PTRACE)."""
-
-    def __init__(self, pid):
-        self.pid = pid
-        try:
-            self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-        except OSError as e:
-            raise TargetError(f"process {pid}: cannot open its memory ({e.strerror}); run as root") from e
+class _Memory(ProcessMemory):
+    """A ProcessMemory whose reads raise instead of returning None: every read here is of a runtime
+    global, which must be there while the process lives."""
 
     def read(self, addr, size):
-        try:
-            data = os.pread(self.fd, size, addr)
-        except OSError as e:
-            raise TargetError(f"process {self.pid}: cannot read {size} bytes at {addr:#x} ({e.strerror})") from e
-        if len(data) != size:
-            raise TargetError(f"process {self.pid}: short read at {addr:#x} (it exited?)")
+        data = super().read(addr, size)
+        if data is None:
+            raise TargetError(f"process {self.pid}: cannot read {size} bytes at {addr:#x} "
+                              f"(it exited?)")
         return data
-
-    def close(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 def time_histogram_bounds(nbuckets):
@@ -164,7 +151,7 @@ class RuntimeStatsReader:
         if self.cpu and "cpuStats" in work:
             self.cpu_addr = globals_mod.global_address(binary, "runtime.work") + bias + work["cpuStats"]
         self.bounds = time_histogram_bounds(self.hist["counts.$len"])
-        self.mem = ProcessMemory(pid)
+        self.mem = _Memory(pid)
 
     def close(self):
         self.mem.close()

@@ -14,6 +14,7 @@ generated code.
 """
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.internal.encoder import _VarintBytes
 
 CONTENT_TYPE = ("application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; "
                 "encoding=delimited")
@@ -145,16 +146,5 @@ def family(name, help_, kind, metrics):
     for data in metrics:
         fam.metric.add().MergeFromString(data)
     body = fam.SerializeToString()
-    return _varint(len(body)) + body
+    return _VarintBytes(len(body)) + body   # length-delimited, as Prometheus reads it
 
-
-def _varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)

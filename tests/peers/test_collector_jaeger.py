@@ -17,6 +17,7 @@ import time
 import urllib.request
 
 import pytest
+from google.protobuf.internal.decoder import _DecodeVarint
 
 import realpeers as peers
 from pipeline import config
@@ -269,14 +270,7 @@ def families(body):
     """{(family, frozenset(labels)): Metric} of a delimited protobuf exposition."""
     out, pos = {}, 0
     while pos < len(body):
-        length, shift = 0, 0
-        while True:
-            b = body[pos]
-            pos += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        length, pos = _DecodeVarint(body, pos)
         fam = prometheus_proto.MetricFamily.FromString(body[pos:pos + length])
         pos += length
         for m in fam.metric:

@@ -7,6 +7,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from google.protobuf.internal.decoder import _DecodeVarint
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
@@ -207,14 +208,7 @@ def test_a_protobuf_scrape_gets_delimited_families_with_native_histograms(export
         body = r.read()
     families, pos = {}, 0
     while pos < len(body):
-        length, shift = 0, 0
-        while True:
-            b = body[pos]
-            pos += 1
-            length |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
+        length, pos = _DecodeVarint(body, pos)
         fam = prometheus_proto.MetricFamily.FromString(body[pos:pos + length])
         pos += length
         families[fam.name] = fam

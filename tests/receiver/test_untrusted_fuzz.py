@@ -124,8 +124,7 @@ class GarbageMemory(ProcessMemory):
         super().__init__(4242)
 
     def refresh(self):
-        self._starts = np.array([0x1000], np.uint64)
-        self._ends = np.array([1 << 47], np.uint64)
+        self._maps = (np.array([0x1000], np.uint64), np.array([1 << 47], np.uint64))
 
     def _transfer(self, base, sizes, addrs, ok, offsets=None):
         sizes = np.broadcast_to(np.asarray(sizes, np.uint64), addrs.shape)

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 )
@@ -34,6 +35,11 @@ func main() {
 	}
 	close(start)
 	wg.Wait()
+	// wg.Done runs before a worker exits: wait until every worker has really exited (its
+	// status went to _Gdead), so that a tracer sees N exits before the process ends.
+	for runtime.NumGoroutine() > 1 {
+		runtime.Gosched()
+	}
 	close(out)
 	sum := 0
 	for v := range out {
