@@ -84,19 +84,23 @@ def _symbol_offset(path, name):
     raise LookupError(name)
 
 
-def measure(fn_fd, calls=CALLS):
+LEAVES = {"push": "probed", "nop5": "probed_nop5"}   # first instruction -> probed function
+
+
+def measure(fn_fd, calls=CALLS, leaf="push"):
     """ns per hit of the BPF program whose fd is ``fn_fd`` (loaded as a kprobe/uprobe program),
-    on a push-rbp leaf function. Raises on failure."""
+    on a leaf function starting with ``leaf`` (a key of LEAVES), called ``calls`` times (a
+    multiple of 100: calibrate.c runs 100 blocks). Raises on failure."""
     from bcc import lib
 
     binary = _binary()
-    proc = subprocess.Popen([str(binary), str(calls)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen([str(binary), str(calls), leaf], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     name = f"gotel_calibrate_{proc.pid}".encode()
     fd = -1
     try:
         fd = lib.bpf_attach_uprobe(fn_fd, 0, name, str(binary).encode(),
-                                   _symbol_offset(binary, "probed"), proc.pid)
+                                   _symbol_offset(binary, LEAVES[leaf]), proc.pid)
         if fd < 0:
             raise RuntimeError("attaching the calibration uprobe failed")
         out, _ = proc.communicate("\n", timeout=30)
