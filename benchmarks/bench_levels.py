@@ -13,8 +13,11 @@ time); and the measured overhead, the share of the target's CPU per op that trac
 (traced - untraced) / traced, pair by pair.
 
 The price of a hit is the floor calibrated at start times a factor per probe point fitted on the
-HTTP workload of this row (receiver/calibrate.py), so on HTTP the estimate agrees by construction;
-on ping-pong and spawn it is an out-of-sample check of that price model.
+HTTP workload of this row (receiver/calibrate.py), charged at most up to the target's system time
+(receiver/levels.py): on HTTP the estimate agrees by construction; on ping-pong and spawn, where the
+factors were not fitted, it is an out-of-sample check of that model. Each run lasts 4 s (the whole
+row ~6.5 min on a 2-vCPU machine): long enough for a budget's first, measuring window and its
+reaction, short against the cost a budget's start pays up front, which these figures include.
 
 Trust the per-pair ratios (throughput kept, measured overhead, estimate / measured) over absolute
 figures: the machine is shared, and a pair's runs are seconds apart. The estimate is gotel's own
