@@ -138,6 +138,7 @@ class Unit:
         self.cost_ns = 0.0               # estimated probe cost, and the target's CPU time, in total
         self.cpu_ns = 0.0
         self.sys_ns = 0.0                # the target's system time, in total (bounds cost_ns)
+        self.priced_ns = 0.0             # hits x price, in total (cost_ns before the bound)
         self.allglen = None
         self.allglen_ns = 0
         self.window_until = 0
@@ -393,12 +394,14 @@ class LevelController:
             price = self.calibration.hit_ns
             cost = sum(rate * price.get(point, 0.0) for point, rate in rates.items()) * dt / 1e9
             # The traps run in the kernel in the target's context, charged to its system time: in
-            # total they cannot have cost more than that (summed over the run, as /proc counts it
-            # in 10 ms ticks). The price is fitted on a server (receiver/calibrate.py), whose system
-            # time is mostly its own syscalls; on a program that makes few, such as a tight
-            # goroutine loop, this measured bound is the sharper one.
+            # total they cannot have cost more than that. The price is fitted on a server
+            # (receiver/calibrate.py), whose system time is mostly its own syscalls; on a program
+            # that makes few, such as a tight goroutine loop, this measured bound is the sharper
+            # one. Both are summed over the run, so a sample whose system time lags (/proc counts
+            # it in 10 ms ticks) defers its cost to the next one instead of losing it.
+            unit.priced_ns += cost
             unit.sys_ns += max(dsys, 0.0)
-            cost = min(cost, max(unit.sys_ns - unit.cost_ns, 0.0))
+            cost = max(min(unit.priced_ns, unit.sys_ns) - unit.cost_ns, 0.0)
             unit.rates = rates
             unit.cpu_rate = dcpu / dt
             unit.cost_ns += cost
