@@ -22,16 +22,16 @@ What is measured and what is fitted:
   target's own system time, where the traps are accounted. That bound, not the price, is what
   holds the estimate on programs that make few syscalls.
 
-Out of sample (row 10 on ping-pong and spawn, 2026-12-01, the same kind of machine with other
-tenants loading both CPUs, calibrated floor 853-990 ns, two pairs each): a casgstatus hit cost the
-ping-pong loop 1.2-1.9x the floor and the spawn loop 0.2-1.0x, the lifecycle probes 1.7-2.1x on
-spawn, against prices of 2.85x and 5x: the price alone overstates these loops by 1.5-2.9x (spawn's
-casgstatus hits by more). With the
-system-time bound the estimate was 0.89-0.91 of the measured overhead on ping-pong (full), 0.83-1.22
-on spawn (full), 0.74-0.75 on spawn (lifecycle); on the net/http server, in sample, 0.94-0.96
-(full) and 0.26-0.93 (lifecycle). Under budgets of 1-5% the measured overheads were within the noise of those runs, so the
-estimate is unchecked there. Read ``gotel.target.overhead`` as good to about 30% at high
-overheads on these programs, not as a prediction for others.
+Out of sample (row 10 on ping-pong and spawn, two runs of two pairs each on 2026-12-01, the same
+kind of machine with other tenants loading both CPUs, calibrated floor 848-1,004 ns): a casgstatus
+hit cost the ping-pong loop 0.9-1.9x the floor and the spawn loop 0.2-1.8x, the lifecycle probes
+1.7-2.1x on spawn, against prices of 2.85x and 5x: the price alone overstates these loops by up to
+3x. With the system-time bound the estimate was 0.88-0.91 of the measured overhead on ping-pong
+(full), 0.77-1.22 on spawn (full), 0.74-0.79 on spawn (lifecycle); on the net/http server, in
+sample, 0.75-0.96 (full) and 0.26-0.93 (lifecycle; in one run census alone, with no probe, moved
+the server's CPU per request by 37-44%). Under budgets of 1-5% the measured overheads were within
+the noise of those runs, so the estimate is unchecked there. Read ``gotel.target.overhead`` as good
+to about 30% at high overheads on these programs, not as a prediction for others.
 
 Costs ~60-100 ms (60,000 probed calls in three runs). Without ``cc``, or if anything fails,
 ``DEFAULT_FLOOR_NS`` is used and the reason logged.
