@@ -226,8 +226,8 @@ def workload_goals(w, figs):
     for v in ("lifecycle", "full"):
         if f"{w}.{v}.measured_overhead_pct" not in figs:
             continue
-        measured, ratio = med(f"{v}.measured_overhead_pct"), med(f"{v}.estimate_vs_measured")
-        if measured is None or measured < 3:
+        least, ratio = figs[f"{w}.{v}.measured_overhead_pct"]["min"], med(f"{v}.estimate_vs_measured")
+        if least is None or least < 3:
             continue      # a few percent or less is within one pair's noise: no ratio to judge
         goals.append(harness.goal(
             f"{w}: {v}: estimated overhead within 30% of the measured one{'' if w == 'http' else ' (out of sample)'}",
@@ -263,7 +263,7 @@ def run(quick=False):
              f"pingpong and spawn: -d {seconds}s from when gotel has attached; targets GOMAXPROCS=1 "
              f"on CPU {harness.TARGET_CPU}, gotel and wrk on CPU {harness.GOTEL_CPU}; {repeats} "
              f"interleaved repetitions.",
-             "An estimate / measured goal is judged only where the measured overhead is >= 3%: "
+             "An estimate / measured goal is judged only where every pair measured an overhead >= 3%: "
              "below, one pair's noise is as large as the overhead. gotel caps its estimate at the "
              "target's CPU time (probes cannot cost more than the program used): an estimate of "
              "100% is that cap, and its ratio to the measured overhead understates the error of "
