@@ -31,6 +31,7 @@ import threading
 import time
 
 from benchmarks import harness
+from benchmarks.bench_uprobe_floor import COUNT   # the BPF program that only counts (row 6)
 
 BCC_LATENCY = r"""
 #include <uapi/linux/ptrace.h>
@@ -114,19 +115,6 @@ def run_gotel(binary, calls, function="main.leaf"):
     return cpu * 1e9 / calls
 
 
-COUNT_ONLY = r"""
-#include <uapi/linux/ptrace.h>
-BPF_ARRAY(hits, u64, 1);
-int count(struct pt_regs *ctx) {
-    int k = 0;
-    u64 *v = hits.lookup(&k);
-    if (v)
-        __sync_fetch_and_add(v, 1);
-    return 0;
-}
-"""
-
-
 def run_bare(binary, calls):
     """The traps alone: a program that only counts, at gotel's entry and RET addresses."""
     from bcc import BPF, lib
@@ -137,7 +125,7 @@ def run_bare(binary, calls):
     b = GoBinary.open(binary)
     (f,) = funcs.resolve(b, ["main.leaf"])
     proc = _start(binary, calls)
-    bpf = BPF(text=COUNT_ONLY)
+    bpf = BPF(text=COUNT)
     try:
         fn = bpf.load_func(b"count", BPF.KPROBE)
         for i, vaddr in enumerate((f.probe_address, *f.ret_addresses)):

@@ -102,6 +102,10 @@ HEADLINES = (
     (5, "decoder_bytes_per_goroutine", "bytes per live goroutine tracked"),
     (6, "push.ns_per_hit", "the kernel's floor: one uprobe hit on `push %rbp`, in C"),
     (7, "symbolizer.pcs_per_s", "symbolizer: PCs named per second"),
+    (10, "http.full.estimate_vs_measured", "net/http, full: gotel's estimated / measured overhead"),
+    (10, "pingpong.full.estimate_vs_measured", "ping-pong, full: estimated / measured (out of sample)"),
+    (10, "spawn.full.estimate_vs_measured", "spawn, full: estimated / measured (out of sample)"),
+    (10, "http.budget_2.throughput_loss_pct", "net/http, max_overhead 2%: throughput lost"),
 )
 
 

@@ -20,7 +20,9 @@ Each trigger is logged and counted by reason.
 
 Budget: with ``max_overhead`` (a fraction of the target's CPU time), every probe hit is priced:
 the BPF side counts every hit, kept or dropped, per process and probe point (``Probes.hits``),
-and one hit costs what ``receiver.calibrate`` measured at start. A token bucket per target holds
+and one hit costs what ``receiver.calibrate`` prices it at (a floor measured at start times a
+factor fitted on a server), but never more in total than the target's system time, where the traps
+are charged (the sharper bound on programs that make few syscalls). A token bucket per target holds
 the CPU time the probes may still spend: it fills at ``max_overhead`` x the target's CPU time
 (utime + stime of ``/proc/PID/stat``, which includes the traps) and drains by hits x cost. A window
 opens only when the bucket holds what the window is expected to cost (the first one, 0.25 s,
@@ -71,16 +73,18 @@ def parse_overhead(value):
     return frac
 
 
-def cpu_ns(pid):
-    """CPU time (user + system, every thread) of process pid so far, in ns; None once it is gone."""
+def cpu_times(pid):
+    """(CPU time, system time) of process pid so far (every thread), in ns; None once it is gone.
+    The system time includes every uprobe trap and BPF program run in the process's context."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
     except OSError:
         return None
     fields = raw[raw.rindex(b")") + 2:].split()
-    ticks = int(fields[11]) + int(fields[12])      # utime, stime (fields 14 and 15 of stat)
-    return ticks * 1e9 / os.sysconf("SC_CLK_TCK")
+    utime, stime = int(fields[11]), int(fields[12])     # fields 14 and 15 of stat, in ticks
+    tick_ns = 1e9 / os.sysconf("SC_CLK_TCK")
+    return (utime + stime) * tick_ns, stime * tick_ns
 
 
 def allglen(pid, binary, mem):
@@ -129,10 +133,12 @@ class Unit:
         self.rates = {}                  # probe point -> hits per second, last sample
         self.full_rate = None            # casgstatus hits per second, last seen while full was on
         self.hits = None                 # {pid: {point: count}} at the last sample
-        self.cpu = None                  # {pid: cpu ns} at the last sample
+        self.cpu = None                  # {pid: (cpu ns, system ns)} at the last sample
         self.sampled_ns = 0
         self.cost_ns = 0.0               # estimated probe cost, and the target's CPU time, in total
         self.cpu_ns = 0.0
+        self.sys_ns = 0.0                # the target's system time, in total (bounds cost_ns)
+        self.priced_ns = 0.0             # hits x price, in total (cost_ns before the bound)
         self.allglen = None
         self.allglen_ns = 0
         self.window_until = 0
@@ -373,22 +379,29 @@ class LevelController:
             return
         pids = unit.pids()
         hits = {pid: self.probes.hits(pid) for pid in pids}
-        cpu = {pid: cpu_ns(pid) for pid in pids}
+        cpu = {pid: cpu_times(pid) for pid in pids}
         if unit.hits is not None:
             dt = max(now - unit.sampled_ns, 1)
-            rates, dcpu = {}, 0.0
+            rates, dcpu, dsys = {}, 0.0, 0.0
             for pid in pids:
                 before, after = unit.hits.get(pid), hits[pid]
                 if before is not None:
                     for point, n in after.items():
                         rates[point] = rates.get(point, 0.0) + (n - before[point]) * 1e9 / dt
                 if cpu[pid] is not None and unit.cpu.get(pid) is not None:
-                    dcpu += cpu[pid] - unit.cpu[pid]
+                    dcpu += cpu[pid][0] - unit.cpu[pid][0]
+                    dsys += cpu[pid][1] - unit.cpu[pid][1]
             price = self.calibration.hit_ns
             cost = sum(rate * price.get(point, 0.0) for point, rate in rates.items()) * dt / 1e9
-            # The traps are charged to the target's own CPU time: they cannot have cost more than it
-            # used (a near-idle program, priced with factors fitted on a busy one, would say so).
-            cost = min(cost, max(dcpu, 0.0))
+            # The traps run in the kernel in the target's context, charged to its system time: in
+            # total they cannot have cost more than that. The price is fitted on a server
+            # (receiver/calibrate.py), whose system time is mostly its own syscalls; on a program
+            # that makes few, such as a tight goroutine loop, this measured bound is the sharper
+            # one. Both are summed over the run, so a sample whose system time lags (/proc counts
+            # it in 10 ms ticks) defers its cost to the next one instead of losing it.
+            unit.priced_ns += cost
+            unit.sys_ns += max(dsys, 0.0)
+            cost = max(min(unit.priced_ns, unit.sys_ns) - unit.cost_ns, 0.0)
             unit.rates = rates
             unit.cpu_rate = dcpu / dt
             unit.cost_ns += cost

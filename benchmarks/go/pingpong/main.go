@@ -1,6 +1,7 @@
 // pingpong bounces a token between two goroutines over unbuffered channels and prints ns per
 // round trip. Each round trip is 2 parks + 2 readies + 2 runs: the densest goroutine-event load a
-// Go program produces. -trace runs Go's own execution tracer to io.Discard for comparison.
+// Go program produces. -trace runs Go's own execution tracer to io.Discard for comparison; -d runs
+// for a duration instead of -n round trips (and prints how many it made).
 package main
 
 import (
@@ -14,6 +15,7 @@ import (
 
 func main() {
 	n := flag.Int("n", 200000, "round trips")
+	d := flag.Duration("d", 0, "run this long instead (checked every 256 round trips)")
 	withTrace := flag.Bool("trace", false, "run runtime/trace to io.Discard")
 	wait := flag.Bool("wait", false, "wait for a line on stdin before starting")
 	flag.Parse()
@@ -34,11 +36,15 @@ func main() {
 		close(pong)
 	}()
 	start := time.Now()
-	for i := 0; i < *n; i++ {
-		ping <- i
+	ops := 0
+	for ; *d > 0 || ops < *n; ops++ {
+		if *d > 0 && ops%256 == 0 && time.Since(start) >= *d {
+			break
+		}
+		ping <- ops
 		<-pong
 	}
 	elapsed := time.Since(start)
 	close(ping)
-	fmt.Printf("ns/op %.1f\n", float64(elapsed.Nanoseconds())/float64(*n))
+	fmt.Printf("ns/op %.1f ops %d\n", float64(elapsed.Nanoseconds())/float64(ops), ops)
 }

@@ -1,7 +1,8 @@
 // levels drives the level, window, trigger and budget tests: goroutine traffic whose rate the test
 // chooses, a change of rate mid-run, or a growing crowd of blocked goroutines.
 //
-//	levels pingpong RATE SECONDS [RATE2 SECONDS2]   ping-pong ops per second, then RATE2
+//	levels pingpong RATE SECONDS [RATE SECONDS]...  ping-pong ops per second, phase after phase
+//	                                                (prints "phase UNIXNS" as each begins)
 //	levels grow PER_SECOND SECONDS                  start PER_SECOND goroutines a second that block
 //	levels quiet SECONDS                            one goroutine ticking every 100 ms (GC each tick)
 //	levels stuck N SECONDS                          N goroutines blocked for good (GC every 100 ms)
@@ -107,10 +108,12 @@ func main() {
 	switch os.Args[1] {
 	case "pingpong":
 		go busy()
-		n := pingpong(arg(2), time.Duration(arg(3))*time.Second)
-		if len(os.Args) > 5 {
-			n += pingpong(arg(4), time.Duration(arg(5))*time.Second)
+		n := 0
+		for i := 2; i+1 < len(os.Args); i += 2 {
+			fmt.Println("phase", time.Now().UnixNano())
+			n += pingpong(arg(i), time.Duration(arg(i+1))*time.Second)
 		}
+		fmt.Println("end", time.Now().UnixNano())
 		fmt.Println("ops", n)
 	case "grow":
 		block := make(chan struct{})
