@@ -254,6 +254,9 @@ class LevelController:
                 unit.window = None
 
     def stop(self):
+        """Stop the controller, after a last sample of every unit: the estimate over the run then
+        covers the whole run, not only up to the last tick the controller had (a detach under load
+        can hold it for seconds)."""
         self._stop.set()
         if self._http is not None:
             self._http.shutdown()
@@ -261,6 +264,12 @@ class LevelController:
             self._http = None
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
+        if self.calibration is not None:
+            with self._lock:
+                units = list(self.units)
+            for unit in units:
+                if unit.pids():
+                    self._sample(unit, self.clock(), final=True)
 
     # -- triggers ---------------------------------------------------------------------------------
     def open_window(self, reason):
@@ -372,10 +381,10 @@ class LevelController:
                           f"{above[name] / 1e9:.1f}s > {self.oldest_wait_ns / 1e9:g}s")
         unit.waiting_long = set(above)
 
-    def _sample(self, unit, now):
+    def _sample(self, unit, now, final=False):
         # Under a budget every tick (it reacts within TICK_S), else every SAMPLE_S.
         every = TICK_S if self.budget else SAMPLE_S
-        if now - unit.sampled_ns < every * 1e9 * 0.9 and unit.sampled_ns:
+        if now - unit.sampled_ns < every * 1e9 * 0.9 and unit.sampled_ns and not final:
             return
         pids = unit.pids()
         hits = {pid: self.probes.hits(pid) for pid in pids}

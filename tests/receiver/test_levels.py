@@ -295,3 +295,38 @@ def test_trace_command_reports_the_level_and_its_estimated_overhead(require_bpf,
                         points += m["gauge"]["dataPoints"]
     assert points and all(0 <= p["asDouble"] < 1 for p in points)
     assert {p["attributes"][0]["value"]["stringValue"] for p in points} == {"lifecycle"}
+
+
+def test_the_estimate_over_the_run_reaches_up_to_the_stop(require_bpf, go_build):
+    """The controller samples once more when it stops, so the target's CPU time and the probes'
+    cost over the run cover the whole run, however long ago its last tick was (a detach under
+    load can hold the controller thread for seconds; a summary then priced the run on its first
+    fraction of a second). No controller thread runs here: one tick, a second with none, stop."""
+    import subprocess
+
+    from receiver import levels, probes
+    from receiver.receiver import Config
+
+    proc = subprocess.Popen([go_build("levels", "1.25"), "pingpong", "3000", "20"],
+                            stdout=subprocess.DEVNULL)
+    p = probes.Probes()
+    try:
+        controller = levels.LevelController(Config(pids=(proc.pid,), level="full"), p)
+        controller.calibrate()
+        controller.add(GoBinary.open(proc.pid), proc.pid)
+        controller.tick()                                  # the first sample
+        cpu0, _ = levels.cpu_times(proc.pid)
+        hits0 = p.hits(proc.pid)["casgstatus"]
+        time.sleep(1.0)
+        controller.stop()
+        cpu1, _ = levels.cpu_times(proc.pid)
+        hits1 = p.hits(proc.pid)["casgstatus"]
+        (unit,) = controller.status()
+        # /proc/PID/stat counts CPU time in 10 ms ticks.
+        assert abs(unit["cpu_ns"] - (cpu1 - cpu0)) <= 30e6, (unit, cpu1 - cpu0)
+        assert hits1 - hits0 > 1000 and unit["cost_ns"] > 0, unit
+        assert unit["rates"]["casgstatus"] > 1000, unit
+    finally:
+        p.close()
+        proc.kill()
+        proc.wait()
