@@ -272,7 +272,8 @@ class Probes:
         except KeyError as e:
             raise ProbeError(f"{binary.path}: no {PROBED_FUNCTION} to probe") from e
         slot = self.slot_for(binary)
-        return self._attach_at(binary, pid, fn.probe_address, self._fns[slot], slot)
+        return self._attach_at(binary, pid, fn.probe_address, self._fns[slot], slot,
+                               with_preempt=True)
 
     def attach_lifecycle(self, binary, pid=-1):
         """The lifecycle level's two probes (creation, exit: receiver/lifecycle.py) on binary for
@@ -285,7 +286,9 @@ class Probes:
                                 self._lifecycle_fns[point.program][slot], slot)
                 for point in lifecycle.points(binary).values()]
 
-    def _attach_at(self, binary, pid, vaddr, fn, slot):
+    def _attach_at(self, binary, pid, vaddr, fn, slot, with_preempt=False):
+        """One uprobe of program fn at vaddr; ``with_preempt`` (the full level) adds the
+        ``runtime.preemptPark`` probe beside it, whose stack-scan stops only full tracing reports."""
         path = os.path.realpath(binary.path) if pid == -1 else str(binary.path)
         offset = binary.file_offset(vaddr)
         st = os.stat(binary.path)
@@ -307,7 +310,7 @@ class Probes:
                        f"does the process still exist? ({privileges.hint()})"))
             self.bpf._add_uprobe_fd(ev_name, fd)
             extra = []
-            stop = binary.functions.get(PREEMPT_FUNCTION)
+            stop = binary.functions.get(PREEMPT_FUNCTION) if with_preempt else None
             if stop is not None:
                 stop_offset = binary.file_offset(stop.probe_address)
                 stop_name = ev_name + f"_p{stop_offset:x}".encode()

@@ -58,10 +58,27 @@ def test_lifecycle_level_sees_each_goroutine_once_with_parent(require_bpf, go_bu
     assert len(np.unique(workers["goid"])) >= 2000
     assert (workers["pc_start"] != 0).all() and (workers["pc_create"] != 0).all()
     exited = np.unique(ev["goid"][ev["kind"] == Kind.EXIT])
-    # A worker signals its WaitGroup before it reaches goexit1, so main may print and exit before
-    # the last few exit: nearly all, not all, exits are seen (the runtime's own helpers live on).
-    assert np.isin(workers["goid"], exited).sum() >= 1900
+    # The spawner waits until its 2000 workers have exited; the runtime's own helpers, which
+    # main's goroutine also started, live on.
+    assert np.isin(workers["goid"], exited).sum() >= 2000
     assert np.isin(exited, created["goid"]).all()     # every exit is of a goroutine seen created
+
+
+def test_only_full_tracing_adds_the_stack_scan_stop_probe(require_bpf, go_build, blocked_program):
+    """runtime.preemptPark's probe (GC stack-scan stops, reported as parks) goes with the full
+    level's casgstatus probe, never with the lifecycle probes, which report no parks."""
+    from receiver import probes
+
+    proc = blocked_program()
+    p = probes.Probes()
+    try:
+        binary = GoBinary.open(proc.pid)
+        life = p.attach_lifecycle(binary, proc.pid)
+        assert len(life) == 2 and all(a.extra == () for a in life), life
+        full = p.attach(binary, proc.pid)
+        assert len(full.extra) == 1, full
+    finally:
+        p.close()
 
 
 def test_windows_trace_fully_and_introduce_goroutines_alive_at_their_start(require_bpf, go_build):
