@@ -78,6 +78,8 @@ class Config:
     # a group's oldest wait (census, by start function, runtime's own excluded) beyond this opens a
     # window when it crosses it; 0: off
     trigger_oldest_wait_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
+    # the p99 of the runtime's scheduling latency over ~2 s beyond this opens a window; 0: off
+    trigger_sched_latency_p99_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
     # at least this long between two anomaly triggers
     trigger_cooldown_s: float = dataclasses.field(default=30.0, metadata={"duration": "s"})
     # Events copied out of the ring and not yet through the pipeline (64 bytes each; 2 Mi events,
@@ -109,9 +111,9 @@ class Config:
         except (TypeError, ValueError):
             problems.append(f"{path}::max_overhead must be a percentage of the target's CPU time "
                             f"below 100% (2%, or 0.02), not {self.max_overhead!r}")
-        if min(self.window_s, self.period_s, self.trigger_cooldown_s, self.trigger_oldest_wait_s) < 0:
-            problems.append(f"{path}: window, period, trigger_cooldown and trigger_oldest_wait "
-                            f"must be >= 0")
+        if min(self.window_s, self.period_s, self.trigger_cooldown_s, self.trigger_oldest_wait_s,
+               self.trigger_sched_latency_p99_s) < 0:
+            problems.append(f"{path}: window, period and the trigger durations must be >= 0")
         if self.period_s and self.period_s < (self.window_s or levels.DEFAULT_WINDOW_S):
             problems.append(f"{path}::period must be at least window "
                             f"({self.window_s or levels.DEFAULT_WINDOW_S}s), not {self.period_s}s")
