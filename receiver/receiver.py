@@ -236,9 +236,10 @@ class GoroutineReceiver(Following):
         EXISTING event per goroutine (ignored for those the decoder knows from the level below) and
         a PARK for each one waiting, with its wait reason, dated when its wait began as far as the
         runtime says (``g.waitsince``, stamped at GC cycles; else the census's time), so that a
-        wait begun before the window ends in a park span. Without a census (a binary whose
-        goroutine list cannot be located), goroutines first seen in the window are read one by
-        one as their events arrive instead (the lazy path)."""
+        wait begun before the window ends in a park span; and a CENSUS event closing the list,
+        by which the decoder ends the goroutines it holds that exited unseen. Without a census (a
+        binary whose goroutine list cannot be located), goroutines first seen in the window are
+        read one by one as their events arrive instead (the lazy path)."""
         if not window.attached:
             return
         for pid in unit.pids():
@@ -246,7 +247,7 @@ class GoroutineReceiver(Following):
             if stage == "opening" and proc is not None:
                 batch = None
                 try:
-                    batch = existing.census_events(proc.binary, pid)
+                    batch = existing.census_events(proc.binary, pid, window.number)
                 except GotelError as e:
                     log.info("process %d: goroutines at window %d not read: %s", pid,
                              window.number, e)
@@ -519,7 +520,7 @@ class GoroutineReceiver(Following):
             mine = batch[batch["pid"] == pid]
             born = (mine["kind"] == Kind.CREATE) | (mine["kind"] == Kind.EXISTING)
             known.update(mine["goid"][born].tolist())
-            others = mine[~born]
+            others = mine[~born & (mine["kind"] != Kind.CENSUS)]
             goids, first = np.unique(others["goid"], return_index=True)
             proc = self.registry.get(pid)
             for goid, i in zip(goids.tolist(), first.tolist()):

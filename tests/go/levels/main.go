@@ -14,7 +14,8 @@
 //	                                                line on stdin, spins, prints it again with the
 //	                                                p99 of the difference, waits for a line
 //	levels churn ROUNDS SPAWN SECONDS               every SECONDS/ROUNDS: SPAWN goroutines that
-//	                                                park then exit (prints "round R goids A-B")
+//	                                                park, then exit (prints each round's goids and
+//	                                                the Unix ns when all had parked, and released)
 package main
 
 import (
@@ -102,20 +103,17 @@ func churn(rounds, spawn int, d time.Duration) {
 				<-release
 			}()
 		}
-		lo, hi := int64(math.MaxInt64), int64(0)
-		for i := 0; i < spawn; i++ {
-			id := <-ids
-			if id < lo {
-				lo = id
-			}
-			if id > hi {
-				hi = id
-			}
+		goids := make([]string, spawn)
+		for i := range goids {
+			goids[i] = strconv.FormatInt(<-ids, 10)
 		}
+		parked := time.Now().UnixNano()
 		time.Sleep(d / time.Duration(rounds) / 2)
+		released := time.Now().UnixNano()
 		close(release)
 		wg.Wait()
-		fmt.Printf("round %d goids %d-%d\n", r, lo, hi)
+		fmt.Printf("round %d parked %d released %d goids %s\n", r, parked, released,
+			strings.Join(goids, ","))
 		time.Sleep(d / time.Duration(rounds) / 2)
 	}
 }
