@@ -22,8 +22,8 @@ memory, stripped binaries and Go 1.19+ too) is read, and the p99 of what it reco
 read (``runtime_stats.quantile_of_delta``: a bucket counts as its upper bound) is compared with the
 threshold; at least SCHED_MIN_SAMPLES latencies, else the p99 is a handful's maximum (the runtime
 samples 1 transition in 8). A process fires when it crosses the threshold, not again while it
-stays above. Each trigger is logged and counted by reason; the anomaly triggers (growth, oldest
-wait, schedule latency) fire at most once per ``trigger_cooldown``.
+stays above. Each trigger is logged and counted by reason; the growth and schedule-latency
+triggers fire at most once per ``trigger_cooldown`` (counted from any trigger).
 
 Budget: with ``max_overhead`` (a fraction of the target's CPU time), every probe hit is priced:
 the BPF side counts every hit, kept or dropped, per process and probe point (``Probes.hits``),
@@ -395,7 +395,7 @@ class LevelController:
             if state is None:
                 try:
                     state = unit.sched[pid] = [runtime_stats.RuntimeStatsReader(unit.binary, pid), None]
-                except GotelError as e:
+                except Exception as e:  # noqa: BLE001  (an unknown or damaged layout: said once)
                     log.warning("process %d: no schedule-latency trigger: %s", pid, e)
                     state = unit.sched[pid] = [None, None]
             if state[0] is None:
