@@ -22,7 +22,9 @@
 #define GOTEL_KIND_PREEMPT        8   /* _Grunning -> _Grunnable or _Gpreempted */
 #define GOTEL_KIND_STACK_COPY     9   /* to or from _Gcopystack */
 #define GOTEL_KIND_EXISTING      10   /* synthesized in user space: a goroutine alive at attach */
-#define GOTEL_NUM_KINDS          11
+#define GOTEL_KIND_CENSUS        11   /* synthesized in user space: the census of a window's
+                                         opening is complete (see receiver/existing.py) */
+#define GOTEL_NUM_KINDS          12
 
 struct gotel_event {
     __u64 ts_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC; user space rewrites it to Unix ns */
@@ -34,7 +36,7 @@ struct gotel_event {
     __u64 pc_start;     /* CREATE/EXISTING: g.startpc */
     __u64 pc_create;    /* CREATE/EXISTING: g.gopc (the go statement) */
     __u32 pid;          /* thread group id */
-    __u32 tid;          /* thread id */
+    __u32 tid;          /* thread id; EXISTING and CENSUS of a window's census: its number */
     __u8  kind;         /* GOTEL_KIND_* */
     __u8  wait_reason;  /* PARK, RUN: g.waitreason (numbering is per Go version); a RUN's is what
                            the runtime set by then (see the decoder's runtime work) */

@@ -51,6 +51,23 @@ of different CPUs interleave) is dated to the new part's start, off by at most t
 How goroutine state becomes span rows, trace membership, roll-over and the end of goroutine parts
 are in ``pipeline/traceparts.py`` (``TraceParts``, which this class inherits).
 
+Goroutines that exit unseen: between windows of full tracing (at the census level, or lifecycle
+with its probes off under a budget) no probe sees an exit, so a goroutine held from an earlier
+window would stay in the table for good, be re-emitted as a CONTINUED part at every roll-over by
+age, and be ended at ``flush()`` as if alive then. Each window opens with a census of the process
+(receiver/existing.py): EXISTING events numbered with the census (``tid``), then one CENSUS event
+at its time T saying the list is complete. After the batch's events, before roll-overs, a
+goroutine the decoder holds for that process that is on neither this list nor a later one of the
+batch and has no event at or after T exited between its last sign of life and T: its span (and
+an open park) ends at the last time it is known alive, its last event or the previous census
+(which listed it, or it would have ended there), whichever is later, flagged EXIT_UNSEEN, and its
+state is freed (counted in ``exits_unseen``; its lifetime is not recorded, as it is not known).
+Events of those goroutines that arrive later (from before T, still in the ring buffer then) are
+dropped as after their exit. Identity is (pid, goid): the runtime gives every new goroutine a
+fresh goid (``newproc1``; only an extra M's g keeps its goid across cgo callbacks, and it is dead,
+so off the list, between them), while g structs are reused: a reused g is a new goid, so a new
+span, never the old one continued.
+
 Runtime metrics (``metrics.GoRuntimeMetrics``) are fed here, from every event, before any filter or
 sampler sees a span.
 
@@ -168,7 +185,7 @@ class EventDecoder(TraceParts, Stage):
     COUNTERS = ("dropped_bad_kind", "dropped_bad_time", "dropped_out_of_order",
                 "dropped_duplicate_create", "dropped_after_exit", "ignored_stack_copy",
                 "park_events_dropped", "park_events_short", "lazily_created", "traces_split",
-                "traces_rolled", "runtime_work")
+                "traces_rolled", "runtime_work", "exits_unseen")
 
     def __init__(self, config=Config(), next_stage=None, metrics=None, ids=None):
         super().__init__(next_stage, config)
@@ -186,6 +203,8 @@ class EventDecoder(TraceParts, Stage):
         self._max_age = int(config.max_trace_duration_s * _NS)
         self._sweep = int(config.sweep_interval_s * _NS)
         self._events_mode = config.park_mode == "events"
+        self._ended_unseen = {}   # pid -> goids the last census ended (their late events dropped)
+        self._census_ns = {}      # pid -> time of the last census applied
 
     @property
     def live_goroutines(self):
@@ -207,13 +226,19 @@ class EventDecoder(TraceParts, Stage):
         stack = kind == Kind.STACK_COPY
         # A time from the future (or zero) would drag the decoder's clock along: bad data.
         sane = (ts > 0) & (ts < np.uint64(time.time_ns() + _FUTURE_NS))
-        self.dropped_bad_kind += int(events.size - np.count_nonzero(good))
+        out = []
+        census = kind == Kind.CENSUS
+        self.dropped_bad_kind += int(events.size - np.count_nonzero(good | census))
         self.dropped_bad_time += int(np.count_nonzero(good & ~sane))
         self.ignored_stack_copy += int(np.count_nonzero(stack))
         keep = good & sane & ~stack
         ev = events if keep.all() else events[keep]
+        # Applied after this batch's events (its EXISTING events among them), before roll-overs.
+        censuses = self._censuses(events[census & sane], events[(kind == Kind.EXISTING)
+                                                                 & (events["tid"] != 0)]) \
+            if census.any() else []
         if ev.size == 0:
-            return empty_spans()
+            return self._join_out(self._apply_censuses(censuses))
 
         # 2, 3: time order, then goroutine groups (both stable: see the module docstring).
         order = np.argsort(ev["ts_ns"], kind="stable")
@@ -221,10 +246,12 @@ class EventDecoder(TraceParts, Stage):
         e = {name: ev[name][order] for name in
              ("ts_ns", "pid", "goid", "kind", "aux_goid", "pc_start", "pc_create", "wait_reason",
               "new_status")}
-        out = []
+        if census.any():
+            e["tid"] = ev["tid"][order]     # census EXISTING events of known goroutines: no dups
         e = self._drop_bad(e)
         if e["ts_ns"].size:
-            out = self._transitions(e)
+            out += self._transitions(e)
+        out += self._apply_censuses(censuses)
         now = self._now
         if now >= self._next_sweep:
             self._next_sweep = now + self._sweep
@@ -234,10 +261,67 @@ class EventDecoder(TraceParts, Stage):
                                                   <= np.uint64(now))]
             if old.size:
                 out.append(self._roll(old, now))
+        return self._join_out(out)
+
+    @staticmethod
+    def _join_out(out):
         out = [o for o in out if len(o)]
         if not out:
             return empty_spans()
         return out[0] if len(out) == 1 else np.concatenate(out)
+
+    # ---------------------------------------------------------------- goroutines that exit unseen
+    @staticmethod
+    def _censuses(ends, listed):
+        """[(pid, time, goids listed)] of a batch's censuses (CENSUS events ``ends``, their
+        EXISTING events among ``listed``), oldest first."""
+        out = []
+        for pid, number, at in zip(ends["pid"].tolist(), ends["tid"].tolist(),
+                                   ends["ts_ns"].tolist()):
+            mine = listed[(listed["pid"] == pid) & (listed["tid"] == number)]
+            out.append((pid, at, np.unique(mine["goid"])))
+        return sorted(out, key=lambda c: c[1])
+
+    def _apply_censuses(self, censuses):
+        out = []
+        ended = {}
+        for i, (pid, at, _) in enumerate(censuses):
+            # On a later census of the batch: alive at this one's time too, whatever its event
+            # times say (an EXISTING event is dated by g.waitsince, as coarse as GC cycles).
+            listed = np.concatenate([goids for p, _, goids in censuses[i:] if p == pid])
+            spans, gone = self._apply_census(pid, at, listed)
+            out.append(spans)
+            ended.setdefault(pid, []).append(gone)
+        for pid, gone in ended.items():
+            gone = np.concatenate(gone)
+            if gone.size:
+                self._ended_unseen[pid] = gone
+        return out
+
+    def _apply_census(self, pid, at, listed):
+        """End the goroutines of process pid that a census at ``at`` listing ``listed`` shows
+        exited unseen (module docstring) and free their state; returns (spans, their goids)."""
+        g = self.goroutines
+        live = g.live_rows()
+        rows = live[g["pid"][live] == pid]
+        born = g["born_ns"][rows]
+        last = np.maximum(born, np.maximum(g["t_park"][rows], g["t_other"][rows]))
+        gone = ~np.isin(g["goid"][rows], listed) & (last < np.uint64(at))
+        previous = np.uint64(self._census_ns.get(pid, 0))
+        self._census_ns[pid] = max(at, int(previous))
+        rows, born, last = rows[gone], born[gone], last[gone]
+        if rows.size == 0:
+            return empty_spans(), np.zeros(0, np.uint64)
+        # Alive at the previous census: listed there, or it would have been ended then.
+        end = np.where(born <= previous, np.maximum(last, previous), last)
+        self.exits_unseen += int(rows.size)
+        if self.metrics is not None:
+            self.metrics.record_exit(g["pid"][rows], self.sites["start_pc"][g["site"][rows]],
+                                     end - born, np.zeros(rows.size, bool))
+        spans = self._end(rows, end, SpanFlag.EXIT_UNSEEN)
+        goids = g["goid"][rows].copy()
+        g.delete(rows)
+        return spans, goids
 
     def _groups(self, e):
         n = e["ts_ns"].size
@@ -262,15 +346,23 @@ class EventDecoder(TraceParts, Stage):
         stale[known] = ts[known] < np.maximum(g["t_park"][rk], g["t_other"][rk])
         creation = (kind == Kind.CREATE) | (kind == Kind.EXISTING)
         dup = creation & (known | ~first)
+        listed = dup & (e["tid"] != 0) if "tid" in e else None
         exits = kind == Kind.EXIT
         pos = np.where(exits, np.arange(ts.size), -1)
         np.maximum.accumulate(pos, out=pos)
         after_exit = np.zeros(ts.size, bool)
         after_exit[1:] = pos[:-1] >= starts[gid[1:]]
+        if self._ended_unseen:
+            # A late event (from before the census, still in the ring then) of a goroutine a
+            # census ended: applied, it would make a new span of a goroutine that is gone.
+            for pid, goids in self._ended_unseen.items():
+                late = (rows_u < 0) & (e["pid"][starts] == pid) & np.isin(e["goid"][starts], goids)
+                after_exit |= late[gid]
         bad = stale | dup | after_exit
         if bad.any():
             self.dropped_out_of_order += int(np.count_nonzero(stale))
-            self.dropped_duplicate_create += int(np.count_nonzero(dup & ~stale))
+            self.dropped_duplicate_create += int(np.count_nonzero(dup & ~stale)) - (
+                0 if listed is None else int(np.count_nonzero(listed & ~stale)))
             self.dropped_after_exit += int(np.count_nonzero(after_exit & ~stale & ~dup))
             ok = ~bad
             e = {k: v[ok] for k, v in e.items()}
@@ -478,6 +570,7 @@ class EventDecoder(TraceParts, Stage):
         """End every goroutine still open (ENDED_AT_SHUTDOWN), with its open park; forget all."""
         g = self.goroutines
         spans = self._end(g.live_rows(), max(self._now, self._stop_ns))
+        self._census_ns, self._ended_unseen = {}, {}
         self.goroutines = GoroutineTable(self.config.initial_capacity)
         self.traces = RowStore(TRACE_COLUMNS, 1024)
         self._held, self._n_held = [], 0
@@ -487,6 +580,8 @@ class EventDecoder(TraceParts, Stage):
         """End the open goroutines of a process that exited (ENDED_AT_SHUTDOWN, at ``now_ns`` or the
         last event time) and free their state; returns their spans for the caller to forward.
         Without this, a process that dies leaves its goroutines in the table until ``flush()``."""
+        self._ended_unseen.pop(pid, None)
+        self._census_ns.pop(pid, None)
         g = self.goroutines
         live = g.live_rows()
         rows = live[g["pid"][live] == pid]

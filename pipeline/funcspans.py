@@ -192,7 +192,9 @@ class FunctionCalls(Stage):
 
     # goroutine spans from the decoder
     def process(self, spans):
-        done = (spans["kind"] == int(SpanKind.GOROUTINE)) & ((spans["flags"] & int(SpanFlag.EXITED)) != 0)
+        # An exit a census found (EXIT_UNSEEN) ends a goroutine's open calls too.
+        ended = int(SpanFlag.EXITED | SpanFlag.EXIT_UNSEEN)
+        done = (spans["kind"] == int(SpanKind.GOROUTINE)) & ((spans["flags"] & ended) != 0)
         if done.any():
             # Calls still open in them end at the next tick, once the function events up to the
             # exit are read (a RET may still wait in the ring or in the held read).

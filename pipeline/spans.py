@@ -33,6 +33,7 @@ class SpanFlag(enum.IntFlag):
     AS_EVENT = 128             # PARK row to attach as a span event to its parent (park_mode "events")
     UNWOUND = 512              # FUNCTION: left without a RET (panic, Goexit) or open at goroutine exit
     TRACE_END = 256            # the trace's last goroutine part ended: no more rows of this trace
+    EXIT_UNSEEN = 1024         # exited while untraced (between windows): ends when last known alive
 
 
 SPAN_DTYPE = np.dtype(

@@ -254,22 +254,24 @@ class TraceParts:
         return spans
 
 
-    def _end(self, rows, now):
+    def _end(self, rows, now, flag=SpanFlag.ENDED_AT_SHUTDOWN):
+        """End goroutine parts ``rows`` without an exit event, at ``now`` (one time, or one per
+        row), their open parks with them, all flagged ``flag``; returns the rows to emit."""
         g = self.goroutines
         if rows.size == 0:
             return empty_spans()
+        now = np.broadcast_to(np.asarray(now, np.uint64), rows.shape)
         out = []
         st = g["state"][rows]
         open_ = ((st == gt.PARKED) | (st == gt.READY)) & (g["t_park"][rows] > 0)
-        pr = rows[open_]
+        pr, end = rows[open_], now[open_]
         if pr.size:
-            start = np.minimum(g["t_park"][pr], np.uint64(now))
+            start = np.minimum(g["t_park"][pr], end)
             readied = g["state"][pr] == gt.READY
-            ready = np.clip(np.where(readied, g["t_other"][pr], now), start, np.uint64(now))
-            flags = SpanFlag.ENDED_AT_SHUTDOWN | (SpanFlag.AS_EVENT if self._events_mode else 0)
-            out.append(self._park_rows(pr, start, np.full(pr.size, now, np.uint64), ready - start,
-                                       np.uint64(now) - ready, g["wait_reason"][pr], flags))
-        spans = self._goroutine_spans(rows, np.full(rows.size, now, np.uint64),
-                                      SpanFlag.ENDED_AT_SHUTDOWN)
+            ready = np.clip(np.where(readied, g["t_other"][pr], end), start, end)
+            flags = flag | (SpanFlag.AS_EVENT if self._events_mode else 0)
+            out.append(self._park_rows(pr, start, end.copy(), ready - start, end - ready,
+                                       g["wait_reason"][pr], flags))
+        spans = self._goroutine_spans(rows, now.copy(), flag)
         out.append(self._close(rows, spans))
         return np.concatenate(out)

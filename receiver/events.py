@@ -27,6 +27,7 @@ class Kind(enum.IntEnum):
     PREEMPT = 8
     STACK_COPY = 9
     EXISTING = 10
+    CENSUS = 11      # every goroutine alive at ts_ns is an EXISTING event with this tid (window)
 
 
 # The raw statuses that EXISTING and SYSCALL_EXIT events carry and the decoder reads. Go has kept

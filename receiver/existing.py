@@ -134,12 +134,24 @@ def read_g(mem, g_addr, layout):
     return events_from_gs(mem.pid, [g_addr], [blob], layout)
 
 
-def census_events(binary, pid):
-    """EXISTING events of every goroutine of a process now, from a census without stacks (a
-    window's opening: see receiver/levels.py)."""
+def census_events(binary, pid, number):
+    """EXISTING events of every goroutine of a process now, from a census without stacks (the
+    opening of window ``number``: see receiver/levels.py), then a CENSUS event at the census's
+    time saying the list is complete. Each carries ``number`` as its ``tid``, so that the decoder
+    knows which EXISTING events the CENSUS closes: a goroutine it holds from before, absent from
+    the list and silent since before the census, has exited unseen. A census that dropped rows
+    (unreadable or implausible g's) is not complete: it gets no CENSUS event."""
     from receiver.census import CensusReader
 
-    return census_to_events(CensusReader(binary, pid).read(stacks=False), binary, pid)
+    census = CensusReader(binary, pid).read(stacks=False)
+    events = census_to_events(census, binary, pid)
+    events["tid"] = number
+    if any(census.dropped.values()):
+        return events
+    end = np.zeros(1, dtype=EVENT_DTYPE)
+    end["ts_ns"], end["pid"], end["kind"] = census.mono_ns, pid, Kind.CENSUS
+    end["tid"] = number
+    return np.concatenate([events, end])
 
 
 def window_sync(existing_events, layout):

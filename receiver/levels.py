@@ -15,8 +15,15 @@ local HTTP endpoint of ``trigger_port`` call it), or the goroutine count rising 
 when live goroutines pass their previous peak), or a group's oldest wait crossing
 ``trigger_oldest_wait`` (a census every WAIT_CHECK_S: the longest a waiting goroutine of each start
 function has waited, from ``g.waitsince``, which the runtime stamps at GC cycles; the runtime's own
-goroutines excluded; a group fires when it crosses the threshold, not again while it stays above).
-Each trigger is logged and counted by reason.
+goroutines excluded; a group fires when it crosses the threshold, not again while it stays above),
+or the scheduling latency's p99 beyond ``trigger_sched_latency_p99``: every SCHED_CHECK_S the
+runtime's own histogram ``sched.timeToRun`` (what ``/sched/latencies:seconds`` reports; read from
+memory, stripped binaries and Go 1.19+ too) is read, and the p99 of what it recorded since the last
+read (``runtime_stats.quantile_of_delta``: a bucket counts as its upper bound) is compared with the
+threshold; at least SCHED_MIN_SAMPLES latencies, else the p99 is a handful's maximum (the runtime
+samples 1 transition in 8). A process fires when it crosses the threshold, not again while it
+stays above. Each trigger is logged and counted by reason; the growth and schedule-latency
+triggers fire at most once per ``trigger_cooldown`` (counted from any trigger).
 
 Budget: with ``max_overhead`` (a fraction of the target's CPU time), every probe hit is priced:
 the BPF side counts every hit, kept or dropped, per process and probe point (``Probes.hits``),
@@ -56,6 +63,8 @@ BUCKET_S = 30.0          # the bucket holds at most this many seconds of budget
 MEASURE_S = 0.25         # a window opened only to learn what full tracing costs (budget, no figure yet)
 LIFECYCLE_RETRY_S = 60   # lifecycle probes that overspent are tried again this much later
 WAIT_CHECK_S = 2.0       # how often the oldest-wait trigger reads a census
+SCHED_CHECK_S = 2.0      # how often the schedule-latency trigger reads sched.timeToRun
+SCHED_MIN_SAMPLES = 10   # fewer latencies than this in an interval: no p99 of it
 
 
 def parse_overhead(value):
@@ -152,6 +161,10 @@ class Unit:
         self.waits_ns = 0                # when the last census was read
         self.waiting_long = set()        # start functions whose oldest wait is past the threshold
         self.final_level = None
+        self.sched = {}                  # pid -> [RuntimeStatsReader or None, last histogram]
+        self.sched_ns = 0                # when sched.timeToRun was last read
+        self.sched_p99 = {}              # pid -> (p99 s, latencies) of the last interval
+        self.sched_high = set()          # pids whose p99 is past the threshold
 
 
 class LevelController:
@@ -169,6 +182,7 @@ class LevelController:
         self.budget = parse_overhead(config.max_overhead)
         self.growth = config.trigger_goroutine_rate
         self.oldest_wait_ns = int(config.trigger_oldest_wait_s * 1e9)
+        self.sched_p99_ns = int(config.trigger_sched_latency_p99_s * 1e9)
         self.cooldown_ns = int(config.trigger_cooldown_s * 1e9)
         self.probes = probes
         self.memory = memory
@@ -245,6 +259,9 @@ class LevelController:
             unit.final_level = "full" if unit.full is not None else \
                 "lifecycle" if unit.lifecycle else "census"
             self._set_lifecycle(unit, False)
+            for reader, _ in unit.sched.values():
+                if reader is not None:
+                    reader.close()
             if unit.full is not None:
                 self.probes.detach(unit.full)
                 unit.full = None
@@ -322,6 +339,7 @@ class LevelController:
                 self._trigger(unit, reason, now)
             self._check_growth(unit, now)
             self._check_waits(unit, now)
+            self._check_sched_latency(unit, now)
             self._plan(unit, now)
 
     def _trigger(self, unit, reason, now, detail=""):
@@ -381,7 +399,48 @@ class LevelController:
                           f"{above[name] / 1e9:.1f}s > {self.oldest_wait_ns / 1e9:g}s")
         unit.waiting_long = set(above)
 
+<<<<<<< HEAD
     def _sample(self, unit, now, final=False):
+=======
+    def _check_sched_latency(self, unit, now):
+        if not self.sched_p99_ns or now - unit.sched_ns < SCHED_CHECK_S * 1e9:
+            return
+        from receiver import runtime_stats
+
+        dt, unit.sched_ns = (now - unit.sched_ns) / 1e9, now
+        for pid in unit.pids():
+            state = unit.sched.get(pid)
+            if state is None:
+                try:
+                    state = unit.sched[pid] = [runtime_stats.RuntimeStatsReader(unit.binary, pid), None]
+                except Exception as e:  # noqa: BLE001  (an unknown or damaged layout: said once)
+                    log.warning("process %d: no schedule-latency trigger: %s", pid, e)
+                    state = unit.sched[pid] = [None, None]
+            if state[0] is None:
+                continue
+            try:
+                hist = state[0].sched_latency()
+            except GotelError:
+                state[0].close()
+                unit.sched.pop(pid)             # gone (a new reader if the pid comes back)
+                continue
+            before, state[1] = state[1], hist
+            p99, n = runtime_stats.quantile_of_delta(before, hist)
+            if before is None:
+                continue
+            unit.sched_p99[pid] = (p99, n)
+            high = p99 is not None and n >= SCHED_MIN_SAMPLES and p99 * 1e9 > self.sched_p99_ns
+            if high and pid not in unit.sched_high and now - unit.last_trigger_ns >= self.cooldown_ns:
+                self._trigger(unit, "schedule latency p99", now,
+                              f"process {pid}: {p99 * 1e3:.3g}ms over the last {dt:.1f}s "
+                              f"({n} latencies) > {self.sched_p99_ns / 1e6:g}ms")
+            if high:
+                unit.sched_high.add(pid)        # also within the cooldown: fires on a new crossing
+            else:
+                unit.sched_high.discard(pid)
+
+    def _sample(self, unit, now):
+>>>>>>> trigger
         # Under a budget every tick (it reacts within TICK_S), else every SAMPLE_S.
         every = TICK_S if self.budget else SAMPLE_S
         if now - unit.sampled_ns < every * 1e9 * 0.9 and unit.sampled_ns and not final:

@@ -78,6 +78,8 @@ class Config:
     # a group's oldest wait (census, by start function, runtime's own excluded) beyond this opens a
     # window when it crosses it; 0: off
     trigger_oldest_wait_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
+    # the p99 of the runtime's scheduling latency over ~2 s beyond this opens a window; 0: off
+    trigger_sched_latency_p99_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
     # at least this long between two anomaly triggers
     trigger_cooldown_s: float = dataclasses.field(default=30.0, metadata={"duration": "s"})
     # Events copied out of the ring and not yet through the pipeline (64 bytes each; 2 Mi events,
@@ -109,9 +111,9 @@ class Config:
         except (TypeError, ValueError):
             problems.append(f"{path}::max_overhead must be a percentage of the target's CPU time "
                             f"below 100% (2%, or 0.02), not {self.max_overhead!r}")
-        if min(self.window_s, self.period_s, self.trigger_cooldown_s, self.trigger_oldest_wait_s) < 0:
-            problems.append(f"{path}: window, period, trigger_cooldown and trigger_oldest_wait "
-                            f"must be >= 0")
+        if min(self.window_s, self.period_s, self.trigger_cooldown_s, self.trigger_oldest_wait_s,
+               self.trigger_sched_latency_p99_s) < 0:
+            problems.append(f"{path}: window, period and the trigger durations must be >= 0")
         if self.period_s and self.period_s < (self.window_s or levels.DEFAULT_WINDOW_S):
             problems.append(f"{path}::period must be at least window "
                             f"({self.window_s or levels.DEFAULT_WINDOW_S}s), not {self.period_s}s")
@@ -234,9 +236,10 @@ class GoroutineReceiver(Following):
         EXISTING event per goroutine (ignored for those the decoder knows from the level below) and
         a PARK for each one waiting, with its wait reason, dated when its wait began as far as the
         runtime says (``g.waitsince``, stamped at GC cycles; else the census's time), so that a
-        wait begun before the window ends in a park span. Without a census (a binary whose
-        goroutine list cannot be located), goroutines first seen in the window are read one by
-        one as their events arrive instead (the lazy path)."""
+        wait begun before the window ends in a park span; and a CENSUS event closing the list,
+        by which the decoder ends the goroutines it holds that exited unseen. Without a census (a
+        binary whose goroutine list cannot be located), goroutines first seen in the window are
+        read one by one as their events arrive instead (the lazy path)."""
         if not window.attached:
             return
         for pid in unit.pids():
@@ -244,7 +247,7 @@ class GoroutineReceiver(Following):
             if stage == "opening" and proc is not None:
                 batch = None
                 try:
-                    batch = existing.census_events(proc.binary, pid)
+                    batch = existing.census_events(proc.binary, pid, window.number)
                 except GotelError as e:
                     log.info("process %d: goroutines at window %d not read: %s", pid,
                              window.number, e)
@@ -517,7 +520,7 @@ class GoroutineReceiver(Following):
             mine = batch[batch["pid"] == pid]
             born = (mine["kind"] == Kind.CREATE) | (mine["kind"] == Kind.EXISTING)
             known.update(mine["goid"][born].tolist())
-            others = mine[~born]
+            others = mine[~born & (mine["kind"] != Kind.CENSUS)]
             goids, first = np.unique(others["goid"], return_index=True)
             proc = self.registry.get(pid)
             for goid, i in zip(goids.tolist(), first.tolist()):

@@ -117,6 +117,26 @@ def time_histogram_bounds(nbuckets):
     raise UnsupportedGoVersion(f"runtime timeHistogram with {nbuckets} buckets: a shape gotel does not know")
 
 
+def quantile_of_delta(before, after, q=0.99):
+    """(q-quantile in seconds, count) of what a histogram recorded between two reads of it
+    (``Histogram``s of one process, ``after`` the later), or (None, 0) when nothing was recorded.
+
+    The quantile's bucket is the first whose cumulative count reaches ceil(q x count); a bucket
+    stands for its upper bound (every latency in it is at most that), the overflow bucket, which
+    has none, for its lower bound. So the value is exact to the runtime's bucket resolution (4 per
+    power of two since Go 1.20, 16 in Go 1.19) and never below the true quantile, but for the
+    overflow bucket. A count that went down (a torn or unrelated read) gives (None, 0)."""
+    if before is None or after is None or len(before.counts) != len(after.counts):
+        return None, 0
+    delta = after.counts.astype(np.int64) - before.counts.astype(np.int64)
+    n = int(delta.sum())
+    if n <= 0 or (delta < 0).any():
+        return None, 0
+    k = int(np.searchsorted(np.cumsum(delta), int(np.ceil(q * n))))
+    upper = after.bounds[k + 1]
+    return float(upper if np.isfinite(upper) else after.bounds[k]), n
+
+
 class RuntimeStatsReader:
     """Reads one process's runtime metrics. Not thread-safe (one per process, one caller)."""
 
@@ -187,6 +207,12 @@ class RuntimeStatsReader:
         if self.cpu_addr is not None:
             out.cpu_ns = self._cpu(check)
         return out
+
+    def sched_latency(self):
+        """Only ``sched.timeToRun`` (one pread): what the schedule-latency trigger reads
+        (receiver/levels.py). None when implausible; raises TargetError when the process is gone."""
+        at = self.addr["runtime.sched"] + self.sched["timeToRun"]
+        return self._histogram(self.mem.read(at, self.hist["$size"]), 0)
 
     def _cpu(self, check):
         raw = self.mem.read(self.cpu_addr, max(self.cpu.values()) + 8)

@@ -151,6 +151,17 @@ def duration(text):
     return value
 
 
+def go_duration(text):
+    """A duration flag as Go writes it ("20ms", "1.5s"), kept as text for the config."""
+    try:
+        ns = config.parse_duration_ns(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 20ms or 1s") from None
+    if not ns > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a duration greater than 0")
+    return text
+
+
 def _target_arguments(p):
     p.add_argument("--pid", nargs="+", action="extend", default=[], metavar="PID",
                    help="running processes to trace")
@@ -170,6 +181,9 @@ def _level_arguments(p):
     p.add_argument("--period", type=float, metavar="S", help="open a window every S seconds")
     p.add_argument("--trigger-port", type=int, metavar="PORT",
                    help="POST http://127.0.0.1:PORT/window opens a window (gotel window --port)")
+    p.add_argument("--trigger-sched-latency-p99", type=go_duration, metavar="DURATION",
+                   help="open a window when the p99 of the runtime's scheduling latency over ~2 s "
+                        "passes DURATION (e.g. 20ms)")
 
 
 def level_settings(args):
@@ -185,6 +199,8 @@ def level_settings(args):
         out["period"] = f"{args.period}s"
     if args.trigger_port is not None:
         out["trigger_port"] = args.trigger_port
+    if args.trigger_sched_latency_p99:
+        out["trigger_sched_latency_p99"] = args.trigger_sched_latency_p99
     return out
 
 

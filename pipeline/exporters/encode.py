@@ -243,6 +243,7 @@ _FLAG_ATTRIBUTES = (
     (SpanFlag.ANOMALY, "gotel.sampler.anomaly"),
     (SpanFlag.SPLIT, "gotel.trace.split"),
     (SpanFlag.UNWOUND, "gotel.function.unwound"),
+    (SpanFlag.EXIT_UNSEEN, "gotel.goroutine.exit_unseen"),
 )
 
 

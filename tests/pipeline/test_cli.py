@@ -187,3 +187,20 @@ def test_gotel_out_is_honoured_with_a_config(tmp_path, monkeypatch, go_build):
     assert cli.main(["trace", "-c", shipped, "--out", str(tmp_path / "here"), "--binary", target]) == 0
     paths = [cfg.exporters["file/traces"].config.path for cfg in seen]
     assert paths == [f"{tmp_path}/elsewhere/traces.jsonl", f"{tmp_path}/here/traces.jsonl"]
+
+
+def test_trigger_sched_latency_flag_reaches_the_config(capsys):
+    """--trigger-sched-latency-p99 takes a Go duration into receivers::goroutines; a bad one is one
+    line and exit status 2."""
+    from pipeline import config
+
+    args = cli.build_parser().parse_args(["trace", "--trigger-sched-latency-p99", "20ms", "--pid", "1"])
+    settings = cli.level_settings(args)
+    assert settings == {"trigger_sched_latency_p99": "20ms"}
+    cfg = config.loads((REPO / "config" / "default.yaml").read_text(),
+                       receiver_settings={"pids": [1], **settings})
+    assert cfg.receivers["goroutines"].config.trigger_sched_latency_p99_s == pytest.approx(0.02)
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["trace", "--trigger-sched-latency-p99", "fast", "--pid", "1"])
+    assert e.value.code == 2
+    assert "is not a duration like 20ms" in capsys.readouterr().err

@@ -347,3 +347,68 @@ def test_the_estimate_over_the_run_reaches_up_to_the_stop(require_bpf, go_build)
         p.close()
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("version", ["1.19", "1.21", "1.27"])
+def test_sched_latency_p99_is_the_runtimes_own(go_build, version):
+    """What the schedule-latency trigger computes, checked against the program's own
+    runtime/metrics: between two quiet moments (the program blocked on stdin) sched.timeToRun as
+    read from memory equals /sched/latencies:seconds bucket for bucket, and the p99 of the
+    difference (bucket upper bounds) equals the one the program computes itself."""
+    import subprocess
+
+    from receiver.levels import SCHED_MIN_SAMPLES
+    from receiver.runtime_stats import RuntimeStatsReader, quantile_of_delta
+
+    binary = go_build("levels", version)
+    p = subprocess.Popen([str(binary), "schedlat", "10", "2"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        own_before = [int(c) for c in p.stdout.readline().split()[1:]]
+        reader = RuntimeStatsReader(GoBinary.open(str(binary)), p.pid)
+        before = reader.sched_latency()
+        p.stdin.write("\n")
+        p.stdin.flush()
+        own_after = [int(c) for c in p.stdout.readline().split()[1:]]
+        _, own_p99, own_n = p.stdout.readline().split()
+        after = reader.sched_latency()
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.wait(30) == 0
+        reader.close()
+    finally:
+        p.kill()
+    # Read from memory a moment after the program's own reads: the same counts, plus at most the
+    # few scheduling events of printing and blocking on stdin in between.
+    for mine, own in ((before, own_before), (after, own_after)):
+        extra = mine.counts.astype(np.int64) - np.array(own)
+        assert extra.min() >= 0 and extra.sum() <= 4, extra
+    # The same arithmetic as the program's (bucket upper bounds) over its own counts...
+    from receiver.runtime_stats import Histogram
+
+    own = quantile_of_delta(Histogram(before.bounds, np.array(own_before, np.uint64)),
+                            Histogram(after.bounds, np.array(own_after, np.uint64)))
+    assert own == (float(own_p99), int(own_n))
+    # ...and over what was read from memory, the same p99.
+    p99, n = quantile_of_delta(before, after)
+    assert p99 == float(own_p99) and abs(n - int(own_n)) <= 4
+    assert p99 > 0.004 and n >= SCHED_MIN_SAMPLES       # 10 goroutines on one P: ms of waiting
+
+
+@pytest.mark.parametrize("version,program,fires", [
+    ("1.21", ["spin", "10", "4", "5", "4"], 2), ("1.27", ["spin", "10", "4", "5", "4"], 2),
+    ("1.25", ["quiet", "8"], 0)])
+def test_sched_latency_trigger(require_bpf, go_build, caplog, version, program, fires):
+    """Runnable goroutines waiting for their turn on one P trip the schedule-latency trigger once
+    per crossing (no cooldown here: it does not fire again while the p99 stays above, and fires
+    again after a quiet spell); a program that mostly sleeps does not trip it."""
+    binary = go_build("levels", version)
+    with caplog.at_level("WARNING", logger="gotel.levels"):
+        rx, done = run_command([binary, *program], Sink(), timeout=120, level="lifecycle",
+                               trigger_sched_latency_p99_s=0.02, trigger_cooldown_s=0.0)
+    assert done.returncode == 0
+    assert rx.levels.triggers.get("schedule latency p99", 0) == fires, rx.levels.triggers
+    logged = [r.getMessage() for r in caplog.records if "schedule latency p99" in r.getMessage()]
+    assert len(logged) == fires and all("ms over the last" in m for m in logged), logged
+    reasons = [r for r, _ in rx.levels.status()[0]["window_reasons"]]
+    assert reasons.count("schedule latency p99") == fires, reasons
