@@ -267,3 +267,17 @@ def test_first_window_closes_early_when_its_spans_exceed_the_target():
     early = times < 0.9
     drive(calm, clock, rows[early], times[early], step=0.01)
     assert calm.offered_rate is None
+
+
+def test_a_first_batch_above_the_target_starts_from_its_own_rate():
+    """gotel started on a busy target: its first batch (0.2 s of spans at 50x the target) is not
+    kept whole; the probability starts from the rate its end times show."""
+    rows, times = trace_stream(1, 50_000, seed=9)
+    first = rows[times < 0.2]
+    sampler = AdaptiveSampler(Config(target_spans_per_second=1000), clock=Clock())
+    out = sampler.process(first)
+    assert sampler.probability < 0.1                # its ~5000 spans span ~0.2 s: ~0.04
+    assert len(out) < 0.15 * len(first)
+    small = AdaptiveSampler(Config(target_spans_per_second=1000), clock=Clock())
+    small.process(first[:900])                      # within the target: nothing to guess
+    assert small.probability == 1.0
