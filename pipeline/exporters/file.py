@@ -65,12 +65,13 @@ def _scalar(fd, value):
 def otlp_json_object(message):
     """A message as the dict of its OTLP/JSON form: set fields only, lowerCamelCase names, enums as
     integers, 64-bit integers as strings, ids as hex. Walks ``ListFields()``: ~1.5x faster than
-    ``json_format.MessageToDict`` plus an id rewrite, with the same output for OTLP requests."""
+    ``json_format.MessageToDict`` plus an id rewrite, with the same output for OTLP requests;
+    attributes (most of the messages in a request) take a shorter path."""
     out = {}
     for fd, value in message.ListFields():
         if fd.type == FD.TYPE_MESSAGE:
-            out[fd.json_name] = ([otlp_json_object(v) for v in value] if fd.is_repeated
-                                 else otlp_json_object(value))
+            convert = _CONVERTERS.get(fd.message_type.full_name, otlp_json_object)
+            out[fd.json_name] = [convert(v) for v in value] if fd.is_repeated else convert(value)
         elif fd.is_repeated:
             out[fd.json_name] = [_scalar(fd, v) for v in value]
         else:
@@ -78,9 +79,47 @@ def otlp_json_object(message):
     return out
 
 
+# AnyValue cases written directly (the others, arrays, maps, bytes, doubles, take the general walk).
+_ANY = {"string_value": ("stringValue", None), "int_value": ("intValue", str),
+        "bool_value": ("boolValue", None)}
+
+
+def _key_value(kv):
+    """A KeyValue (an attribute) as otlp_json_object makes it, without walking its fields."""
+    value = kv.value
+    which = value.WhichOneof("value")
+    if not kv.key or which not in _ANY:
+        return otlp_json_object(kv)
+    name, text = _ANY[which]
+    v = getattr(value, which)
+    return {"key": kv.key, "value": {name: text(v) if text else v}}
+
+
+_CONVERTERS = {"opentelemetry.proto.common.v1.KeyValue": _key_value}
+
+# A list longer than this is written to JSON in slices of it: json.dumps holds the GIL for its
+# whole call (measured: ~19 us per span, 0.15 s for an 8192-span request), and the receiver's poller
+# must get the GIL within milliseconds to drain the ring.
+JSON_SLICE = 256
+
+
+def _dumps(obj, depth):
+    """json.dumps of obj, with long lists down to ``depth`` levels written slice by slice."""
+    if depth <= 0 or not isinstance(obj, (dict, list)):
+        return json.dumps(obj, separators=(",", ":"))
+    if isinstance(obj, dict):
+        return "{" + ",".join(json.dumps(k) + ":" + _dumps(v, depth - 1)
+                              for k, v in obj.items()) + "}"
+    if len(obj) > JSON_SLICE:
+        return "[" + ",".join(json.dumps(obj[i:i + JSON_SLICE], separators=(",", ":"))[1:-1]
+                              for i in range(0, len(obj), JSON_SLICE)) + "]"
+    return "[" + ",".join(_dumps(v, depth - 1) for v in obj) + "]"
+
+
 def to_otlp_json(message):
-    """An export request message as one line of OTLP/JSON (no trailing newline)."""
-    return json.dumps(otlp_json_object(message), separators=(",", ":"))
+    """An export request message as one line of OTLP/JSON (no trailing newline). The spans,
+    metrics or log records (six levels down) are written a slice at a time."""
+    return _dumps(otlp_json_object(message), 6)
 
 
 class FileExporter(Exporter):

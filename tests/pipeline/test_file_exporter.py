@@ -4,6 +4,7 @@ import base64
 import io
 import json
 
+import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -75,8 +76,10 @@ def test_one_request_per_line_in_otlp_json(tmp_path):
     assert linked[0]["links"][0]["spanId"] == "0000000000000002"
 
 
-def test_same_as_protobufs_json_mapping_with_hex_ids():
-    message = trace_payload(50).message()
+@pytest.mark.parametrize("n", [50, 2 * file.JSON_SLICE + 7])   # the spans in one slice, or in 3
+def test_same_as_protobufs_json_mapping_with_hex_ids(n):
+    message = trace_payload(n).message()
+    assert sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans) == n
     expected = json_format.MessageToDict(message, use_integers_for_enums=True)
     for rs in expected["resourceSpans"]:
         for ss in rs["scopeSpans"]:

@@ -249,3 +249,35 @@ def test_stuck_goroutines_survive_a_sampler_that_drops_almost_everything():
                    anomalies_kept=sampler.anomalies_kept).render()
     assert f"{sampler.spans_dropped} dropped by traces/sampler" in text
     assert "longest parks" in text and "pid 100 goroutine" in text
+
+
+def test_first_window_closes_early_when_its_spans_exceed_the_target():
+    """At 50x the target, the keep probability drops after a tenth of the first window, not at
+    its end: a loaded target does not have a whole window of spans kept and encoded."""
+    clock = Clock()
+    sampler = AdaptiveSampler(Config(target_spans_per_second=1000), clock=clock)
+    rows, times = trace_stream(1, 50_000, seed=8)
+    out, out_t = drive(sampler, clock, rows, times, step=0.01)
+    assert sampler.probability < 0.1
+    assert len(out) < 0.25 * len(rows)        # all of it, were the first window to last 1 s
+    assert_complete(rows, out)
+    # While the probability keeps the exported rate under the target, a window lasts its length.
+    calm = AdaptiveSampler(Config(target_spans_per_second=1000), clock=clock)
+    calm.threshold = threshold_for(500 / 50_000)
+    early = times < 0.9
+    drive(calm, clock, rows[early], times[early], step=0.01)
+    assert calm.offered_rate is None
+
+
+def test_a_first_batch_above_the_target_starts_from_its_own_rate():
+    """gotel started on a busy target: its first batch (0.2 s of spans at 50x the target) is not
+    kept whole; the probability starts from the rate its end times show."""
+    rows, times = trace_stream(1, 50_000, seed=9)
+    first = rows[times < 0.2]
+    sampler = AdaptiveSampler(Config(target_spans_per_second=1000), clock=Clock())
+    out = sampler.process(first)
+    assert sampler.probability < 0.1                # its ~5000 spans span ~0.2 s: ~0.04
+    assert len(out) < 0.15 * len(first)
+    small = AdaptiveSampler(Config(target_spans_per_second=1000), clock=Clock())
+    small.process(first[:900])                      # within the target: nothing to guess
+    assert small.probability == 1.0
