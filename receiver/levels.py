@@ -399,9 +399,6 @@ class LevelController:
                           f"{above[name] / 1e9:.1f}s > {self.oldest_wait_ns / 1e9:g}s")
         unit.waiting_long = set(above)
 
-<<<<<<< HEAD
-    def _sample(self, unit, now, final=False):
-=======
     def _check_sched_latency(self, unit, now):
         if not self.sched_p99_ns or now - unit.sched_ns < SCHED_CHECK_S * 1e9:
             return
@@ -439,8 +436,7 @@ class LevelController:
             else:
                 unit.sched_high.discard(pid)
 
-    def _sample(self, unit, now):
->>>>>>> trigger
+    def _sample(self, unit, now, final=False):
         # Under a budget every tick (it reacts within TICK_S), else every SAMPLE_S.
         every = TICK_S if self.budget else SAMPLE_S
         if now - unit.sampled_ns < every * 1e9 * 0.9 and unit.sampled_ns and not final:
