@@ -207,13 +207,11 @@ def measure(workload, n, repeats, floor_calls):
     naive = NaiveProbes(gobinary)
     runs = {v: [None] * repeats for v in VARIANTS}
     runs["floor"] = [None] * repeats
-    work = harness.REPO / "benchmarks" / ".work"
-    work.mkdir(exist_ok=True)
     try:
         for i, variant in harness.interleaved(VARIANTS, repeats):
             runs[variant][i] = run_variant(variant, binary, gobinary, n, naive)
             if variant == VARIANTS[-1]:
-                runs["floor"][i] = bench_uprobe_floor.measure(work, 1, floor_calls)["push"][0]
+                runs["floor"][i] = bench_uprobe_floor.measure(1, floor_calls)["push"][0]
     finally:
         naive.close()
     return runs

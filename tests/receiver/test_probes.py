@@ -100,16 +100,16 @@ def test_file_offset_agrees_with_bcc_symbol_resolution(require_bpf, go_build, fl
     assert via_addr == bcc_offset != fn.probe_address
 
 
-def traced_run(loaded, binaries):
-    """Run each binary (spawner SPAWNED) with the probe attached to its PID; return per-process
-    (binary, proc, output, events)."""
+def traced_run(loaded, binaries, args=(SPAWNED,)):
+    """Run each binary (spawner SPAWNED, or args) with the probe attached to its PID; return
+    per-process (binary, proc, output, events)."""
     from receiver.binary import GoBinary
 
     reader = RingBufferReader(loaded.events_fd)
     runs = []
     try:
         for path in binaries:
-            proc = start_held(path, SPAWNED)
+            proc = start_held(path, *args)
             binary = GoBinary.open(proc.pid)
             att = loaded.attach(binary, proc.pid)
             runs.append((binary, proc, att))
@@ -197,6 +197,29 @@ def test_one_read_covers_the_g_fields_each_kind_needs():
     Layout.g = dict(Layout.g, startpc=152 + 400)
     with pytest.raises(probes.ProbeError, match="GOTEL_G_WINDOW"):
         probes.read_window(Layout)
+
+
+ROUND_TRIPS = 5000
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("version", ["1.19", "1.25"])
+def test_a_wakeup_names_the_goroutine_that_made_it(loaded, go_build, version):
+    """tests/go/churn pingpong: a pair's two goroutines are only ever readied by each other (the
+    channel send each one waits for), so every READY of one names the other as its waker (m.curg
+    of the thread that ran the wakeup). On Go 1.19 (no g.parentGoid) a creation's parent comes
+    the same way."""
+    path = go_build("churn", version)
+    [(binary, proc, (out, err, code), ev)] = traced_run(loaded, [path], ("pingpong", ROUND_TRIPS))
+    assert code == 0 and out.startswith(f"ops {ROUND_TRIPS} "), err
+    created = ev[ev["kind"] == Kind.CREATE]
+    parents = dict(zip(created["goid"].tolist(), created["aux_goid"].tolist()))
+    [(inner, outer)] = [(g, p) for g, p in parents.items() if parents.get(p) == 1]
+    readies = ev[ev["kind"] == Kind.READY]
+    by_outer = readies[readies["goid"] == inner]["aux_goid"]
+    by_inner = readies[readies["goid"] == outer]["aux_goid"]
+    assert len(by_outer) >= ROUND_TRIPS and set(by_outer.tolist()) == {outer}
+    assert len(by_inner) >= ROUND_TRIPS - 1 and set(by_inner.tolist()) == {inner}
 
 
 @pytest.mark.bpf

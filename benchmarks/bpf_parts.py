@@ -1,0 +1,154 @@
+"""What gotel's casgstatus program spends beyond the uprobe trap, part by part.
+
+Runs a benchmarks/go workload (``pingpong``: park, ready, run on both sides per op; ``spawn``:
+create, run, exit) pinned to one CPU, traced by bpf/gotel.c and by variants of it with one part
+cut out, interleaved within each repetition, with the kernel's BPF run-time statistics on
+(``kernel.bpf_stats_enabled``, restored after). Per variant: the program's own ns per hit (the
+kernel's ``run_time_ns / run_cnt`` of the program, from /proc/self/fdinfo) and the CPU ns the
+traced process gained per hit over an untraced run. The difference between ``gotel`` and a
+variant is what the part cut out costs, per hit:
+
+- ``no_waker``: a wakeup's waker (g0.m / m.curg / curg.goid reads) not read;
+- ``no_g_read``: the one read of the g window (goid, wait reason, creation fields) not made;
+- ``no_clock``: bpf_ktime_get_ns not called;
+- ``no_ring``: the record built, neither reserved nor submitted;
+- ``trap_only``: every kind dropped by the table: what any hit costs before it is kept.
+
+The variants are for measuring only (the text substitutions below fail loudly when bpf/gotel.c no
+longer has the code they cut). The statistics add their own clock reads to every run: compare
+variants with each other, not with row 6's floor. Usage:
+``python benchmarks/bpf_parts.py [--workload pingpong] [--ops 200000] [--repeats 5]``.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import harness  # noqa: E402
+from receiver import probes  # noqa: E402
+from receiver.events import Kind  # noqa: E402
+from receiver.ringbuf import RingBufferReader  # noqa: E402
+
+WORK = REPO / "benchmarks" / ".work"
+# variant -> [(text in bpf/gotel.c, its replacement)]
+CUTS = {
+    "gotel": [],
+    "no_waker": [("        e.aux_goid = current_goid(ctx, l);\n    }\n    if (hold)",
+                  "        e.aux_goid = 0;\n    }\n    if (hold)")],
+    "no_g_read": [("    bpf_probe_read_user(window, len, (void *)(gp + l->g_window));\n    e.goid = hold",
+                   "    __builtin_memset(window, 0, sizeof(window));\n    e.goid = hold")],
+    "no_clock": [("    e.ts_ns = bpf_ktime_get_ns();\n    e.g = gp;\n    __u8 window",
+                  "    e.ts_ns = 1;\n    e.g = gp;\n    __u8 window")],
+    "no_ring": [("    struct gotel_event *out = events.ringbuf_reserve(sizeof(struct gotel_event));\n"
+                 "    if (!out) {",
+                 "    if (e.ts_ns)\n        return 0;\n"
+                 "    struct gotel_event *out = events.ringbuf_reserve(sizeof(struct gotel_event));\n"
+                 "    if (!out) {")],
+    "trap_only": [],
+}
+
+
+def variant_source(name):
+    text = probes.SOURCE.read_text()
+    for old, new in CUTS[name]:
+        if text.count(old) != 1:
+            raise SystemExit(f"bpf/gotel.c changed: the cut for {name} no longer applies")
+        text = text.replace(old, new)
+    WORK.mkdir(exist_ok=True)
+    out = WORK / f"gotel_{name}.c"
+    out.write_text(text)
+    return out
+
+
+def load(name):
+    """A Probes object compiled from the variant's source."""
+    shipped = probes.SOURCE
+    probes.SOURCE = variant_source(name)
+    try:
+        kinds = frozenset({Kind.STACK_COPY}) if name == "trap_only" else probes.DEFAULT_KINDS
+        return probes.Probes(probes.Config(kinds=kinds))
+    finally:
+        probes.SOURCE = shipped
+
+
+def run_stats(fd):
+    """(run_time_ns, run_cnt) of a BPF program fd of this process."""
+    fields = dict(line.split(":", 1) for line in open(f"/proc/self/fdinfo/{fd}") if ":" in line)
+    return int(fields.get("run_time_ns", 0)), int(fields.get("run_cnt", 0))
+
+
+def one_run(p, binary, gobinary, n):
+    """(CPU ns/op, BPF ns per hit, hits per op) of one run; p None: untraced."""
+    proc = harness.start_waiting(binary, ["-n", n])
+    if p is None:
+        _, cpu = harness.release(proc)
+        return cpu * 1e9 / n, None, None
+    att = p.attach(gobinary, proc.pid)
+    fd = p._fns[att.slot].fd
+    t0, c0 = run_stats(fd)
+    reader, stop, got = RingBufferReader(p.events_fd), threading.Event(), []
+    drain = threading.Thread(target=lambda: [got.append(len(reader.poll(0.05)))
+                                             for _ in iter(stop.is_set, True)], daemon=True)
+    drain.start()
+    try:
+        _, cpu = harness.release(proc)
+    finally:
+        p.detach(att)
+        stop.set()
+        drain.join()
+        reader.read()
+        reader.close()
+    t1, c1 = run_stats(fd)
+    return cpu * 1e9 / n, (t1 - t0) / max(1, c1 - c0), (c1 - c0) / n
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="pingpong", choices=("pingpong", "spawn"))
+    parser.add_argument("--ops", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    from receiver.binary import GoBinary
+
+    harness.pin_self()
+    binary = harness.workload(args.workload)
+    gobinary = GoBinary.open(str(binary))
+    loaded = {name: load(name) for name in CUTS}
+    runs = {name: [] for name in ("untraced", *CUTS)}
+    with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+        stats_before = f.read().strip()
+    started = time.monotonic()
+    try:
+        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+            f.write("1")
+        for _, name in harness.interleaved(list(runs), args.repeats):
+            runs[name].append(one_run(loaded.get(name), binary, gobinary, args.ops))
+    finally:
+        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
+            f.write(stats_before)
+        for p in loaded.values():
+            p.close()
+    base = [r[0] for r in runs["untraced"]]
+    print(f"{args.workload}: {args.ops} ops x {args.repeats} repetitions, untraced CPU "
+          f"{statistics.median(base):.0f} ns/op ({time.monotonic() - started:.0f} s)")
+    print(f"{'variant':>10} {'hits/op':>8} {'BPF ns/hit':>11} {'vs gotel':>9} {'CPU ns/hit':>11}")
+    gotel_bpf = statistics.median(r[1] for r in runs["gotel"])
+    for name in CUTS:
+        bpf = statistics.median(r[1] for r in runs[name])
+        cpu = statistics.median((r[0] - b) / r[2] for r, b in zip(runs[name], base) if r[2])
+        print(f"{name:>10} {statistics.median(r[2] for r in runs[name]):8.2f} {bpf:11.0f} "
+              f"{bpf - gotel_bpf:+9.0f} {cpu:11.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
