@@ -218,8 +218,10 @@ def test_a_wakeup_names_the_goroutine_that_made_it(loaded, go_build, version):
     readies = ev[ev["kind"] == Kind.READY]
     by_outer = readies[readies["goid"] == inner]["aux_goid"]
     by_inner = readies[readies["goid"] == outer]["aux_goid"]
-    assert len(by_outer) >= ROUND_TRIPS and set(by_outer.tolist()) == {outer}
-    assert len(by_inner) >= ROUND_TRIPS - 1 and set(by_inner.tolist()) == {inner}
+    # Nearly one wakeup each way per round trip: when a send finds its receiver not yet parked,
+    # the sender parks instead, and the wakeup goes the other way.
+    assert len(by_outer) >= 0.9 * ROUND_TRIPS and set(by_outer.tolist()) == {outer}
+    assert len(by_inner) >= 0.9 * ROUND_TRIPS and set(by_inner.tolist()) == {inner}
 
 
 @pytest.mark.bpf
