@@ -39,6 +39,26 @@ class Collect:
         return merged[0]
 
 
+class Sink:
+    """The last stage of a test pipeline of any kind of batch (events or spans): keeps a copy of
+    each."""
+
+    def __init__(self):
+        self.batches = []
+
+    def consume(self, batch):
+        self.batches.append(batch.copy())
+
+    def start(self):
+        pass
+
+    def shutdown(self, timeout=None):
+        pass
+
+    def events(self):
+        return np.concatenate(self.batches) if self.batches else np.zeros(0)
+
+
 def untraced(binary, *args, env=None, timeout=60):
     """(exit code, stdout, stderr) of a plain run, to compare traced runs with."""
     p = subprocess.run([str(binary), *map(str, args)], env=env, capture_output=True, text=True,

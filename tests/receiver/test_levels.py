@@ -10,27 +10,11 @@ import urllib.request
 import numpy as np
 import pytest
 
+from collect import Sink
 from receiver import lifecycle
 from receiver.binary import GoBinary
 from receiver.events import Kind
 from receiver.receiver import run_command
-
-
-class Sink:
-    def __init__(self):
-        self.batches = []
-
-    def consume(self, batch):
-        self.batches.append(batch.copy())
-
-    def start(self):
-        pass
-
-    def shutdown(self, timeout=None):
-        pass
-
-    def events(self):
-        return np.concatenate(self.batches) if self.batches else np.zeros(0)
 
 
 @pytest.mark.parametrize("version", ["1.19", "1.21", "1.23", "1.25", "1.27"])

@@ -5,26 +5,13 @@ the oracle."""
 
 import numpy as np
 
+from collect import Sink
 from pipeline import decoder
 from pipeline.spans import SpanFlag, SpanKind
 from receiver.events import Kind
 from receiver.receiver import run_command
 
 ROUNDS, SPAWN = 8, 200
-
-
-class Sink:
-    def __init__(self):
-        self.batches = []
-
-    def consume(self, batch):
-        self.batches.append(batch.copy())
-
-    def start(self):
-        pass
-
-    def shutdown(self, timeout=None):
-        pass
 
 
 def _rounds(stdout):
