@@ -12,7 +12,11 @@ variant is what the part cut out costs, per hit:
 - ``no_g_read``: the one read of the g window (goid, wait reason, creation fields) not made;
 - ``no_clock``: bpf_ktime_get_ns not called;
 - ``no_ring``: the record built, neither reserved nor submitted;
-- ``trap_only``: every kind dropped by the table: what any hit costs before it is kept.
+- ``trap_only``: every kind dropped by the table: what any hit costs before it is kept;
+- ``count_only``: row 6's counting program, on the same casgstatus: the kernel's floor measured
+  the way this row measures the others (a CPU average over the whole run, not row 6's fastest block);
+- ``least_event``: the least any event can do (the clock, the pid, one read of g.goid, written to
+  a per-CPU slot that nothing delivers): a lower bound for every design of the program.
 
 The variants are for measuring only (the text substitutions below fail loudly when bpf/gotel.c no
 longer has the code they cut). The statistics add their own clock reads to every run: compare
@@ -38,6 +42,7 @@ from receiver.events import Kind  # noqa: E402
 from receiver.ringbuf import RingBufferReader  # noqa: E402
 
 WORK = REPO / "benchmarks" / ".work"
+ON_CASGSTATUS = "static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)\n{\n"
 # variant -> [(text in bpf/gotel.c, its replacement)]
 CUTS = {
     "gotel": [],
@@ -53,6 +58,29 @@ CUTS = {
                  "    struct gotel_event *out = events.ringbuf_reserve(sizeof(struct gotel_event));\n"
                  "    if (!out) {")],
     "trap_only": [],
+    # Not parts of gotel's program but bounds on any: row 6's counting program on the same
+    # casgstatus (the kernel's floor, by this row's method) and the least an event can do: the
+    # clock, the pid and one read of g.goid into a per-CPU slot that nothing delivers.
+    "count_only": [(ON_CASGSTATUS, ON_CASGSTATUS + """    int k0 = GOTEL_COUNTER_SUBMITTED;
+    __u64 *v0 = counters.lookup(&k0);
+    if (v0)
+        __sync_fetch_and_add(v0, 1);
+    return 0;
+""")],
+    "least_event": [(ON_CASGSTATUS, """BPF_PERCPU_ARRAY(least_slot, struct gotel_event, 1);
+""" + ON_CASGSTATUS + """    int k0 = 0;
+    struct gotel_layout *l0 = layouts.lookup(&slot);
+    struct gotel_event *e0 = least_slot.lookup(&k0);
+    if (!l0 || !e0)
+        return 0;
+    __u64 pid_tgid0 = bpf_get_current_pid_tgid();
+    e0->ts_ns = bpf_ktime_get_ns();
+    e0->g = ctx->ax;
+    bpf_probe_read_user(&e0->goid, sizeof(e0->goid), (void *)(ctx->ax + l0->g_goid));
+    e0->pid = pid_tgid0 >> 32;
+    e0->kind = l0->kinds[((ctx->bx & 0xf) << 4) | (ctx->cx & 0xf)];
+    return 0;
+""")],
 }
 
 
@@ -139,13 +167,16 @@ def main(argv=None):
     base = [r[0] for r in runs["untraced"]]
     print(f"{args.workload}: {args.ops} ops x {args.repeats} repetitions, untraced CPU "
           f"{statistics.median(base):.0f} ns/op ({time.monotonic() - started:.0f} s)")
-    print(f"{'variant':>10} {'hits/op':>8} {'BPF ns/hit':>11} {'vs gotel':>9} {'CPU ns/hit':>11}")
+    print(f"{'variant':>11} {'hits/op':>8} {'BPF ns/hit':>11} {'vs gotel':>9} {'CPU ns/hit':>11} "
+          f"{'/ count_only':>13}")
     gotel_bpf = statistics.median(r[1] for r in runs["gotel"])
+    cpu = {name: [(r[0] - b) / r[2] for r, b in zip(runs[name], base) if r[2]] for name in CUTS}
     for name in CUTS:
         bpf = statistics.median(r[1] for r in runs[name])
-        cpu = statistics.median((r[0] - b) / r[2] for r, b in zip(runs[name], base) if r[2])
-        print(f"{name:>10} {statistics.median(r[2] for r in runs[name]):8.2f} {bpf:11.0f} "
-              f"{bpf - gotel_bpf:+9.0f} {cpu:11.0f}")
+        # Pair by pair within a repetition, over the floor measured the same way.
+        over = statistics.median(c / f for c, f in zip(cpu[name], cpu["count_only"]) if f > 0)
+        print(f"{name:>11} {statistics.median(r[2] for r in runs[name]):8.2f} {bpf:11.0f} "
+              f"{bpf - gotel_bpf:+9.0f} {statistics.median(cpu[name]):11.0f} {over:12.2f}x")
     return 0
 
 

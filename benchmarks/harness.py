@@ -64,6 +64,13 @@ def start_waiting(binary, args, cpu=TARGET_CPU, gomaxprocs=1):
                             env=go_env(gomaxprocs), preexec_fn=on_cpu(cpu))
 
 
+def warm_up(proc):
+    """Let a ``-wait -warm`` workload run, unmeasured, until ``release`` starts its measured run:
+    what a tracer attaching to a busy program sees."""
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+
+
 def release(proc):
     """Let a ``-wait`` workload go and wait for it to exit; return (stdout, CPU seconds it used).
 
@@ -127,8 +134,13 @@ def figure(label, unit, values, digits=1):
             "values": [r(v) for v in values]}
 
 
-def goal(text, figure_key, value, target, met, limit=""):
-    """A goal from the issue, the measured median it is judged on, and, when missed, what limits it."""
+def goal(text, figure_key, value, target, met, limit="", unresolved=""):
+    """A goal from the issue, the measured median it is judged on, and, when missed, what limits it.
+    ``unresolved`` (why): the row's own noise is wider than the goal's tolerance, so the median can
+    neither meet nor miss it; the goal is then reported as unresolved, not met."""
+    if unresolved:
+        return {"goal": text, "figure": figure_key, "value": value, "target": target, "met": False,
+                "unresolved": True, "limit": unresolved}
     return {"goal": text, "figure": figure_key, "value": value, "target": target, "met": bool(met),
             "limit": "" if met else limit}
 

@@ -5,7 +5,8 @@ BPF programs and threads never leak into the next row and its peak RSS is its ow
 is reported as failed and the others still run. Every figure is given as min/median/max over the
 row's repetitions, and every ratio is computed pair by pair within one repetition (see each row's
 docstring, quoted in RESULTS.md, for which figure to trust and why). No figure is checked here:
-goals are reported as met or missed, with what limits a missed one.
+goals are reported as met or missed, with what limits a missed one, or as unresolved where the
+row's own noise (e.g. two untraced runs side by side) is wider than the goal's tolerance.
 
 Usage: ``python benchmarks/run.py [--quick] [--rows 1,3] [--out-dir DIR]``. ``--quick`` runs tiny
 sizes in about half a minute per row to check the harness itself; its figures mean nothing.
@@ -123,6 +124,13 @@ def headlines(rows):
     return out
 
 
+def verdict(goal):
+    """A goal's last column: met, missed, or unresolved (the row's noise is wider than its tolerance)."""
+    if goal.get("unresolved"):
+        return "**unresolved**"
+    return "met" if goal["met"] else "**missed**"
+
+
 def _num(v, unit=""):
     if v is None:
         return "n/a"
@@ -163,11 +171,16 @@ def render(results):
         for g in r["goals"]:
             unit = r["figures"].get(g["figure"], {}).get("unit", "")
             lines.append(f"| {r['row']} | {g['goal']} | {_num(g['value'], unit)} {unit} | "
-                         f"{_num(g['target'], unit)} | {'met' if g['met'] else '**missed**'} |")
-    missed = [(r["row"], g) for r in results["rows"] if "error" not in r for g in r["goals"] if not g["met"]]
+                         f"{_num(g['target'], unit)} | {verdict(g)} |")
+    judged = [(r["row"], g) for r in results["rows"] if "error" not in r for g in r["goals"] if not g["met"]]
+    missed = [(n, g) for n, g in judged if not g.get("unresolved")]
+    unresolved = [(n, g) for n, g in judged if g.get("unresolved")]
     if missed:
         lines += ["", "Missed goals, and what limits them:", ""]
         lines += [f"- Row {n}, {g['goal']}: {g['limit']}." for n, g in missed]
+    if unresolved:
+        lines += ["", "Goals this run could not judge, and why:", ""]
+        lines += [f"- Row {n}, {g['goal']}: {g['limit']}." for n, g in unresolved]
     for r in results["rows"]:
         lines += ["", f"## Row {r['row']}: {r.get('title', r['module'])}", ""]
         if "error" in r:

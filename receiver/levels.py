@@ -32,8 +32,13 @@ factor fitted on a server), but never more in total than the target's system tim
 are charged (the sharper bound on programs that make few syscalls). A token bucket per target holds
 the CPU time the probes may still spend: it fills at ``max_overhead`` x the target's CPU time
 (utime + stime of ``/proc/PID/stat``, which includes the traps) and drains by hits x cost. A window
-opens only when the bucket holds what the window is expected to cost (the first one, 0.25 s,
-measures that) and closes early when the bucket runs dry; full tracing stays on while it costs
+opens only when the bucket holds what the window is expected to cost and closes early when the
+bucket runs dry. A budgeted target starts at the census level while, for PREVIEW_S, gotel reads
+from memory what the probes would cost: the runtime's own count of runs (``sched.timeToRun``,
+which records 1 run in RUN_SAMPLING) times HITS_PER_RUN hits per run prices full tracing, and the
+goroutine ids it hands out (``sched.goidgen``) price the lifecycle probes, which are placed only
+if they would cost at most half the budget. Where memory cannot tell, the probes measure it (a first
+window of MEASURE_S for full tracing). Any window's measured hit rate replaces the guess; full tracing stays on while it costs
 less than the budget; the lifecycle probes come off while they alone cost more than half of it
 (tried again after LIFECYCLE_RETRY_S). So the duty cycle follows the event rate, both ways. ``overhead`` is the estimate
 (cost over CPU time, smoothed over ~5 s), exported as ``gotel.target.overhead``.
@@ -65,6 +70,9 @@ LIFECYCLE_RETRY_S = 60   # lifecycle probes that overspent are tried again this 
 WAIT_CHECK_S = 2.0       # how often the oldest-wait trigger reads a census
 SCHED_CHECK_S = 2.0      # how often the schedule-latency trigger reads sched.timeToRun
 SCHED_MIN_SAMPLES = 10   # fewer latencies than this in an interval: no p99 of it
+PREVIEW_S = 0.5          # under a budget, how long sched.timeToRun is read before a first window
+RUN_SAMPLING = 8         # the runtime records 1 run in 8 in sched.timeToRun (gTrackingPeriod)
+HITS_PER_RUN = 3         # casgstatus hits per run: into running, out of it, and the ready before
 
 
 def parse_overhead(value):
@@ -165,6 +173,10 @@ class Unit:
         self.sched_ns = 0                # when sched.timeToRun was last read
         self.sched_p99 = {}              # pid -> (p99 s, latencies) of the last interval
         self.sched_high = set()          # pids whose p99 is past the threshold
+        self.memory_rates = None         # (ns, _memory_counts) of the last read; "unreadable"
+        self.memory_guessed = False      # a first interval of memory has been read
+        self.full_guessed = False        # full_rate is a guess from memory, not yet measured
+        self.life_guessed = False        # life_rate is a guess from memory (the probes are off)
 
 
 class LevelController:
@@ -214,9 +226,8 @@ class LevelController:
             self._set_lifecycle(unit, self.level == "lifecycle")
             if self.level == "full":
                 unit.full = self.probes.attach(binary, pid)
-        elif self.level != "census":
-            # Under a budget, start at lifecycle (cheap) and let the bucket decide about full.
-            self._set_lifecycle(unit, True)
+        # Under a budget: census until _read_rates has priced the probes from memory;
+        # then lifecycle where it is affordable, and the bucket decides about full.
         if self.budget and self.level == "full":
             unit.next_window_ns = now          # a first window measures what full costs here
         elif self.period_ns:
@@ -406,20 +417,8 @@ class LevelController:
 
         dt, unit.sched_ns = (now - unit.sched_ns) / 1e9, now
         for pid in unit.pids():
-            state = unit.sched.get(pid)
-            if state is None:
-                try:
-                    state = unit.sched[pid] = [runtime_stats.RuntimeStatsReader(unit.binary, pid), None]
-                except Exception as e:  # noqa: BLE001  (an unknown or damaged layout: said once)
-                    log.warning("process %d: no schedule-latency trigger: %s", pid, e)
-                    state = unit.sched[pid] = [None, None]
-            if state[0] is None:
-                continue
-            try:
-                hist = state[0].sched_latency()
-            except GotelError:
-                state[0].close()
-                unit.sched.pop(pid)             # gone (a new reader if the pid comes back)
+            state, hist = self._time_to_run(unit, pid)
+            if hist is None:
                 continue
             before, state[1] = state[1], hist
             p99, n = runtime_stats.quantile_of_delta(before, hist)
@@ -435,6 +434,87 @@ class LevelController:
                 unit.sched_high.add(pid)        # also within the cooldown: fires on a new crossing
             else:
                 unit.sched_high.discard(pid)
+
+    def _time_to_run(self, unit, pid):
+        """(state, histogram) of process pid's ``sched.timeToRun`` read now; state is the pid's
+        [reader, last histogram the trigger used]; histogram None when unreadable (said once)."""
+        from receiver import runtime_stats
+
+        state = unit.sched.get(pid)
+        if state is None:
+            try:
+                state = unit.sched[pid] = [runtime_stats.RuntimeStatsReader(unit.binary, pid), None]
+            except Exception as e:  # noqa: BLE001  (an unknown or damaged layout: said once)
+                log.warning("process %d: sched.timeToRun not readable (no schedule-latency trigger, "
+                            "no pricing from memory under a budget): %s", pid, e)
+                state = unit.sched[pid] = [None, None]
+        if state[0] is None:
+            return state, None
+        try:
+            return state, state[0].sched_latency()
+        except GotelError:
+            state[0].close()
+            unit.sched.pop(pid)             # gone (a new reader if the pid comes back)
+            return state, None
+
+    def _memory_counts(self, unit):
+        """{pid: (runs sched.timeToRun recorded, goroutine ids handed out)} of the unit's processes
+        now, either None where memory cannot tell; None when a process cannot be read at all."""
+        out = {}
+        for pid in unit.pids():
+            state, hist = self._time_to_run(unit, pid)
+            if state[0] is None:
+                return None
+            try:
+                goids = state[0].goids_allocated()
+            except GotelError:
+                return None
+            out[pid] = (int(hist.counts.sum()) if hist is not None else None, goids)
+        return out
+
+    def _read_rates(self, unit, now):
+        """Under a budget, price from memory, every PREVIEW_S, what probes that are off would cost,
+        before any of them pays to measure it: full tracing's hit rate from the runs the runtime
+        records (1 in RUN_SAMPLING, each about HITS_PER_RUN casgstatus hits), the lifecycle
+        probes' from the goroutine ids it hands out (a creation and an exit each). A guess goes to
+        unit.full_rate until a window measures the real rate, and to unit.life_rate while the
+        lifecycle probes are off. Returns False until the first interval has been read (and when
+        memory cannot tell: then the probes measure, as with no guess)."""
+        if unit.memory_rates == "unreadable":
+            return True
+        counts = self._memory_counts(unit)
+        if counts is None:
+            unit.memory_rates = "unreadable"
+            return True
+        if unit.memory_rates is None:
+            unit.memory_rates = (now, counts)
+            return False
+        started, before = unit.memory_rates
+        if now - started < PREVIEW_S * 1e9:
+            return unit.memory_guessed
+        unit.memory_rates, dt = (now, counts), (now - started) / 1e9
+
+        def delta(i):
+            pids = set(before) & set(counts)
+            steps = [counts[p][i] - before[p][i] for p in pids
+                     if counts[p][i] is not None and before[p][i] is not None]
+            return sum(steps) if steps and len(steps) == len(pids) and min(steps) >= 0 else None
+
+        runs, goids = delta(0), delta(1)
+        if runs is None:
+            unit.memory_rates = "unreadable"
+            return True
+        who = unit.pid if unit.pid > 0 else unit.binary.path
+        if runs and (unit.full_rate is None or unit.full_guessed):
+            unit.full_rate = HITS_PER_RUN * RUN_SAMPLING * runs / dt
+            if not unit.full_guessed:
+                log.info("%s: full tracing would take about %.0f hits/s (%d runs recorded in "
+                         "%.1fs)", who, unit.full_rate, runs, dt)
+            unit.full_guessed = True
+        if goids is not None and not unit.lifecycle:
+            unit.life_rate, unit.life_guessed = 2 * goids / dt, True
+        unit.memory_guessed = True
+        return True
 
     def _sample(self, unit, now, final=False):
         # Under a budget every tick (it reacts within TICK_S), else every SAMPLE_S.
@@ -471,10 +551,10 @@ class LevelController:
             unit.cost_ns += cost
             unit.cpu_ns += dcpu
             if unit.full is not None and rates.get("casgstatus"):
-                unit.full_rate = rates["casgstatus"]
+                unit.full_rate, unit.full_guessed = rates["casgstatus"], False
             if unit.lifecycle:
                 unit.life_rate = rates.get("create", 0.0) + rates.get("exit", 0.0)
-                unit.life_measured_ns = now
+                unit.life_measured_ns, unit.life_guessed = now, False
             alpha = min(1.0, dt / (SMOOTHING_S * 1e9))
             unit.overhead += alpha * ((cost / dcpu if dcpu > 0 else 0.0) - unit.overhead)
             if self.budget:
@@ -509,24 +589,35 @@ class LevelController:
                     unit.window_until = now + self.window_ns   # affordable: full stays on
                 else:
                     self._close(unit, now, "end")
+        if self.budget and self.level in ("lifecycle", "full") and not self._read_rates(unit, now):
+            return     # census only, until memory has told what the probes would cost
         if self.budget and self.level in ("lifecycle", "full") and unit.lifecycle_error is None:
             # The lifecycle probes may take half the budget; beyond, the level drops to census and
-            # they are tried again (for a few ticks) only after LIFECYCLE_RETRY_S.
+            # they are tried again when memory says they are affordable or, where it cannot tell,
+            # (for a few ticks) after LIFECYCLE_RETRY_S.
             life_cost = unit.life_rate * self.calibration.hit_ns["create"] / 1e9  # CPU ns per ns
             too_dear = unit.life_rate and life_cost > 0.5 * self.budget * unit.cpu_rate
+            if too_dear and not unit.lifecycle and unit.life_guessed and not unit.lifecycle_off_ns:
+                log.warning("lifecycle probes of %s would cost about %.1f%% of its CPU (%.0f "
+                            "goroutines/s), more than half the budget: census level until they "
+                            "would not", unit.binary.path, 100 * life_cost / max(unit.cpu_rate, 1e-9),
+                            unit.life_rate / 2)
+                unit.lifecycle_off_ns = now
             if unit.lifecycle and unit.hits is not None and too_dear and unit.tokens_ns < 0:
                 log.warning("lifecycle probes of %s cost %.1f%% of its CPU, more than half the "
                             "budget: census level, tried again in %ds", unit.binary.path,
                             100 * life_cost / max(unit.cpu_rate, 1e-9), LIFECYCLE_RETRY_S)
                 self._set_lifecycle(unit, False)
                 unit.lifecycle_off_ns = now
-            elif not unit.lifecycle and unit.tokens_ns > 0 and \
-                    (not too_dear or now - unit.lifecycle_off_ns > LIFECYCLE_RETRY_S * 1e9):
+            elif not unit.lifecycle and unit.tokens_ns >= 0 and (not too_dear or (
+                    not unit.life_guessed and now - unit.lifecycle_off_ns > LIFECYCLE_RETRY_S * 1e9)):
                 self._set_lifecycle(unit, True)
         if unit.window is not None or now < unit.next_window_ns:
             return
         if self.budget and (self.level == "full" or self.period_ns):
             afford, longest = self._affordable_ns(unit)
+            if afford is None and unit.memory_rates != "unreadable":
+                return    # memory saw no run yet: nothing to trace, nothing to measure
             if afford is None:
                 self._open(unit, now, "budget" if not self.period_ns else "period",
                            int(MEASURE_S * 1e9))

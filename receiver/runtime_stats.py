@@ -40,6 +40,10 @@ MAX_GOROUTINES = 1 << 27      # more goroutines than this in allglen is a torn o
 MAX_PROCS = 1 << 16
 MAX_BYTES = 1 << 52           # 4 PiB
 MAX_COUNT = 1 << 62
+# sched.goidgen (the goroutine ids handed out) is the first field of runtime.schedt in every
+# release gotel reads, 1.19 to 1.27 (tests/receiver/test_runtime_stats.py checks it against the
+# DWARF of each), so the layout table needs no entry for it.
+SCHED_GOIDGEN_OFFSET = 0
 # Fields every supported release has (Go 1.19 to 1.27); a layout without one is refused.
 REQUIRED = {
     "runtime.mstats": ("heapStats", "stacks_sys", "mspan_sys", "mcache_sys", "buckhash_sys", "gcMiscSys",
@@ -213,6 +217,13 @@ class RuntimeStatsReader:
         (receiver/levels.py). None when implausible; raises TargetError when the process is gone."""
         at = self.addr["runtime.sched"] + self.sched["timeToRun"]
         return self._histogram(self.mem.read(at, self.hist["$size"]), 0)
+
+    def goids_allocated(self):
+        """``sched.goidgen``: the goroutine ids handed out so far, which the runtime hands to each P
+        16 at a time (so it runs ahead of the creations by at most 16 a P). None when the value is
+        implausible; raises TargetError when the process is gone."""
+        value = _u64(self.mem.read(self.addr["runtime.sched"] + SCHED_GOIDGEN_OFFSET, 8), 0)
+        return value if 0 < value < MAX_COUNT else None
 
     def _cpu(self, check):
         raw = self.mem.read(self.cpu_addr, max(self.cpu.values()) + 8)

@@ -12,11 +12,11 @@ tracestate as ``ot=th:<format_threshold(T)>``.
 Rate control: the first batch, when it alone holds more than a window's target, sets the keep
 probability from the rate its spans' end times show. Then every ``window_s`` (of the injected
 clock; sooner, after ``EARLY_FRACTION`` of it, when the spans it kept already exceed its target)
-the stage measures the spans/s it was offered, smooths it (``smoothing`` = weight of the newest window) and sets the keep probability to
-(target - anomaly rate) / (offered rate - anomaly rate), clamped to [min_probability, 1], then
-rounds T to ``threshold_digits`` hex digits (short tracestate). Spans of traces already decided keep
-their old T, so the exported rate follows a load change within about one trace lifetime plus one
-window.
+the stage measures the spans/s it was offered, smooths it (``smoothing`` = weight of the newest
+window) and sets the keep probability to (target - anomaly rate) / (offered rate - anomaly rate),
+clamped to [min_probability, 1], then rounds T to ``threshold_digits`` hex digits (short
+tracestate). Spans of traces already decided keep their old T, so the exported rate follows a load
+change within about one trace lifetime plus one window.
 
 Anomalies (``anomaly_park_s``, 1 s by default: a park at least that long, with its goroutine's
 span when that is in the same batch, as it is for a goroutine still parked when tracing ends, a

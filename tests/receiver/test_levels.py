@@ -2,6 +2,8 @@
 real Go programs under real uprobes. The Go programs' own output is the oracle for counts."""
 
 import collections
+import logging
+import re
 import socket
 import threading
 import time
@@ -146,17 +148,17 @@ def _covered(opened, closed, start, end):
 
 
 def test_budget_holds_when_the_event_rate_changes_tenfold(require_bpf, go_build):
-    """max_overhead 3% on a program (half a core of its own work) doing 500 ping-pong ops/s, then
-    5,000, then 500 again: the probes' cost as gotel estimates it stays within the budget over the
-    run (with a quarter of it to spare for the first, 0.25 s window that measures what full
-    tracing costs), and the duty cycle of full tracing follows the rate both ways: nearly always on
+    """max_overhead 3% on a program (half a core of its own work) doing 1,000 ping-pong ops/s, then
+    10,000, then 1,000 again: the probes' cost as gotel estimates it stays within the budget over the
+    run (with a quarter of it to spare for the start), and the duty cycle of full tracing follows the rate both ways: nearly always on
     at the low rate, mostly off at the high one, on again once the rate falls back.
 
-    At the low rate the probes cost ~4,000 hits/s (~1-2% of the program's CPU at 1-2.4 us a hit,
-    under the 80% of the budget at which full tracing stays on); at the high rate ~31,000 hits/s,
-    more than twice the budget."""
+    At the low rate the probes cost ~7,000 hits/s (0.7-2% of the program's CPU at 0.5-1.5 us a hit,
+    under the 80% of the budget at which full tracing stays on); at the high rate ~65,000 hits/s,
+    at least twice the budget at 0.5 us a hit. The rates must outrun the fastest host: where a hit
+    cost 0.5 us, 5,000 ops/s cost 1.6% and full tracing rightly stayed on."""
     binary = go_build("levels", "1.25")
-    rx, done = run_command([binary, "pingpong", "500", "6", "5000", "6", "500", "6"], Sink(),
+    rx, done = run_command([binary, "pingpong", "1000", "6", "10000", "6", "1000", "6"], Sink(),
                            timeout=120, level="full", max_overhead="3%", window_s=0.5)
     assert done.returncode == 0, done.stderr
     (unit,) = rx.levels.status()
@@ -173,6 +175,29 @@ def test_budget_holds_when_the_event_rate_changes_tenfold(require_bpf, go_build)
                         for a, b in zip(marks, marks[1:]))
     assert low1 > 0.7 and low2 > 0.5 and high < 0.5, (low1, high, low2, unit)
     assert high < low1 - 0.3 and high < low2 - 0.2, (low1, high, low2, unit)
+
+
+@pytest.mark.parametrize("version", ["1.19", "1.27"])
+def test_budget_prices_full_tracing_from_memory_before_paying_for_it(require_bpf, go_build, caplog,
+                                                                     version):
+    """max_overhead 1% on a ping-pong at ~100,000 round trips/s, where full tracing would cost
+    tens of percent: gotel's guess of full tracing's hit rate, from the runtime's own count of
+    runs (sched.timeToRun), is within 2x of what the program's own op count implies (6 hits a
+    round trip: two parks, two wakeups, two runs), and no window opens: nothing is paid to learn
+    that full tracing is unaffordable. Without the guess, a first 0.25 s window measured it."""
+    binary = go_build("levels", version)
+    seconds = 3
+    with caplog.at_level(logging.INFO, logger="gotel.levels"):
+        rx, done = run_command([binary, "pingpong", "100000", str(seconds)], Sink(), timeout=120,
+                               level="full", max_overhead="1%")
+    assert done.returncode == 0, done.stderr
+    ops = int(re.search(r"^ops (\d+)$", done.stdout, re.M).group(1))
+    guess = re.search(r"full tracing would take about (\d+) hits/s", caplog.text)
+    assert guess is not None, caplog.text
+    implied = 6 * ops / seconds
+    assert implied / 2 <= float(guess.group(1)) <= 2 * implied, (guess.group(0), ops)
+    (unit,) = rx.levels.status()
+    assert unit["windows"] == 0, unit
 
 
 def _tracer_parks(text):

@@ -12,7 +12,7 @@ from pipeline.app import gotool
 from receiver import globals as globals_mod
 from receiver.binary import GoBinary
 from receiver.errors import UnsupportedGoVersion
-from receiver.runtime_stats import RuntimeStatsReader
+from receiver.runtime_stats import SCHED_GOIDGEN_OFFSET, RuntimeStatsReader
 
 ALL_VERSIONS = list(gotool.toolchains())
 METRIC_VERSIONS = ["1.19", "1.21", "1.23", "1.25", "1.27"]
@@ -206,6 +206,7 @@ def test_runtime_structs_match_readelf_and_the_table(inspectme, version):
         for field_path, value in fields.items():
             if "." not in field_path:
                 assert oracle[struct][field_path] == value, (struct, field_path)
+    assert oracle["runtime.schedt"]["goidgen"] == SCHED_GOIDGEN_OFFSET
     # The table (what a binary without DWARF gets) holds exactly what DWARF says.
     stripped = GoBinary.open(inspectme(version, "stripped")).layout
     assert stripped.source == "table"

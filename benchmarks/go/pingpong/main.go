@@ -1,7 +1,9 @@
 // pingpong bounces a token between two goroutines over unbuffered channels and prints ns per
 // round trip. Each round trip is 2 parks + 2 readies + 2 runs: the densest goroutine-event load a
 // Go program produces. -trace runs Go's own execution tracer to io.Discard for comparison; -d runs
-// for a duration instead of -n round trips (and prints how many it made).
+// for a duration instead of -n round trips (and prints how many it made); -warm (with -wait) runs
+// round trips unmeasured from the first line on stdin to a second one, so that a tracer can start
+// on a busy program.
 package main
 
 import (
@@ -10,6 +12,7 @@ import (
 	"io"
 	"os"
 	"runtime/trace"
+	"sync/atomic"
 	"time"
 )
 
@@ -18,6 +21,7 @@ func main() {
 	d := flag.Duration("d", 0, "run this long instead (checked every 256 round trips)")
 	withTrace := flag.Bool("trace", false, "run runtime/trace to io.Discard")
 	wait := flag.Bool("wait", false, "wait for a line on stdin before starting")
+	warm := flag.Bool("warm", false, "with -wait: run unmeasured until a second line on stdin")
 	flag.Parse()
 	if *wait {
 		fmt.Fscanln(os.Stdin)
@@ -35,6 +39,14 @@ func main() {
 		}
 		close(pong)
 	}()
+	if *warm {
+		var started atomic.Bool
+		go func() { fmt.Fscanln(os.Stdin); started.Store(true) }()
+		for i := 1; i%256 != 0 || !started.Load(); i++ {
+			ping <- i
+			<-pong
+		}
+	}
 	start := time.Now()
 	ops := 0
 	for ; *d > 0 || ops < *n; ops++ {

@@ -1,6 +1,8 @@
 // spawn starts goroutines that exit at once and prints ns per goroutine: each is a create, a run
 // and an exit. -trace runs Go's own execution tracer to io.Discard for comparison; -d runs for a
-// duration instead of -n goroutines (waiting for every 1024 to exit, so that they never pile up).
+// duration instead of -n goroutines (waiting for every 1024 to exit, so that they never pile up);
+// -warm (with -wait) runs the loop unmeasured from the first line on stdin to a second one, so that
+// a tracer can start on a busy program.
 package main
 
 import (
@@ -10,6 +12,7 @@ import (
 	"os"
 	"runtime/trace"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,9 +23,23 @@ func main() {
 	d := flag.Duration("d", 0, "run this long instead")
 	withTrace := flag.Bool("trace", false, "run runtime/trace to io.Discard")
 	wait := flag.Bool("wait", false, "wait for a line on stdin before starting")
+	warm := flag.Bool("warm", false, "with -wait: run unmeasured until a second line on stdin")
 	flag.Parse()
 	if *wait {
 		fmt.Fscanln(os.Stdin)
+	}
+	if *warm {
+		var started atomic.Bool
+		go func() { fmt.Fscanln(os.Stdin); started.Store(true) }()
+		var wg sync.WaitGroup
+		for i := 1; i%1024 != 0 || !started.Load(); i++ {
+			if i%1024 == 0 {
+				wg.Wait()
+			}
+			wg.Add(1)
+			go child(&wg)
+		}
+		wg.Wait()
 	}
 	if *withTrace {
 		if err := trace.Start(io.Discard); err != nil {
