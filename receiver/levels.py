@@ -40,15 +40,15 @@ goroutine ids it hands out (``sched.goidgen``) price the lifecycle probes, which
 if they would cost at most half the budget. Where memory cannot tell, the probes measure it (a first
 window of MEASURE_S for full tracing). Any window's measured hit rate replaces the guess; full tracing stays on while it costs
 less than the budget; the lifecycle probes come off while they alone cost more than half of it
-(tried again after LIFECYCLE_RETRY_S). So the duty cycle follows the event rate, both ways. ``overhead`` is the estimate
-(cost over CPU time, smoothed over ~5 s), exported as ``gotel.target.overhead``.
+(back when memory says they fit; where it cannot tell, tried after LIFECYCLE_RETRY_S). So the duty
+cycle follows the event rate, both ways. ``overhead`` is the estimate (cost over CPU time, smoothed
+over ~5 s), exported as ``gotel.target.overhead``.
 
 Thread-safety: one controller thread (``gotel-levels``) does every attach and detach after start;
 ``open_window`` may be called from any thread (or a signal handler); ``status()`` reads a snapshot.
 """
 
 import dataclasses
-import http.server
 import logging
 import os
 import struct
@@ -306,26 +306,10 @@ class LevelController:
         self._requests.append(reason)
 
     def _start_http(self):
-        controller = self
+        from receiver import window_endpoint
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802  (http.server's naming)
-                if self.path.rstrip("/") != "/window":
-                    self.send_error(404, "POST /window opens a window of full tracing")
-                    return
-                controller.open_window("http")
-                self.send_response(202)
-                self.end_headers()
-                self.wfile.write(b"window requested\n")
-
-            do_GET = do_POST  # noqa: N815
-
-            def log_message(self, *args):
-                pass
-
-        self._http = http.server.ThreadingHTTPServer(("127.0.0.1", self.trigger_port), Handler)
+        self._http = window_endpoint.serve(self.trigger_port, self.open_window)
         self.trigger_port = self._http.server_address[1]
-        threading.Thread(target=self._http.serve_forever, name="gotel-trigger", daemon=True).start()
         log.info("POST http://127.0.0.1:%d/window opens a window of full tracing", self.trigger_port)
 
     # -- controller thread ------------------------------------------------------------------------
@@ -458,8 +442,8 @@ class LevelController:
             return state, None
 
     def _memory_counts(self, unit):
-        """{pid: (runs sched.timeToRun recorded, goroutine ids handed out)} of the unit's processes
-        now, either None where memory cannot tell; None when a process cannot be read at all."""
+        """{pid: (runs sched.timeToRun recorded or None, goroutine ids handed out or None)} now;
+        None when a process cannot be read at all."""
         out = {}
         for pid in unit.pids():
             state, hist = self._time_to_run(unit, pid)
@@ -473,13 +457,9 @@ class LevelController:
         return out
 
     def _read_rates(self, unit, now):
-        """Under a budget, price from memory, every PREVIEW_S, what probes that are off would cost,
-        before any of them pays to measure it: full tracing's hit rate from the runs the runtime
-        records (1 in RUN_SAMPLING, each about HITS_PER_RUN casgstatus hits), the lifecycle
-        probes' from the goroutine ids it hands out (a creation and an exit each). A guess goes to
-        unit.full_rate until a window measures the real rate, and to unit.life_rate while the
-        lifecycle probes are off. Returns False until the first interval has been read (and when
-        memory cannot tell: then the probes measure, as with no guess)."""
+        """Every PREVIEW_S, guess from memory what the probes that are off would cost (module
+        docstring): into unit.full_rate until a window measures it, unit.life_rate while the
+        lifecycle probes are off. False until a first interval is read (True if memory can't tell)."""
         if unit.memory_rates == "unreadable":
             return True
         counts = self._memory_counts(unit)
