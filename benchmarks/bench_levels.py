@@ -39,6 +39,7 @@ from pathlib import Path
 
 from benchmarks import harness
 from benchmarks.bench_http import GOTEL, attached, start_server, stop_gotel, wrk
+from receiver import levels
 
 VARIANTS = {
     "untraced": None,
@@ -56,21 +57,26 @@ QUICK_VARIANTS = ("untraced", "census", "full", "budget_1", "untraced_again")   
 
 
 def start_gotel(pid, out_dir, extra, timeout=60):
-    """``gotel -v trace --pid PID`` with ``extra`` options, once its probes are attached (at the
-    census level, which attaches none, once its exporter has opened its output)."""
+    """``gotel -v trace --pid PID`` with ``extra`` options, once its probes are attached. At the
+    census level, which attaches none, and under a budget, which may attach none (it first prices
+    the probes from the target's memory, for PREVIEW_S), once its exporter has opened its output,
+    gotel is idle, and (budget) the pricing is over."""
     gotel = subprocess.Popen([str(GOTEL), "-v", "trace", "--pid", str(pid), "--out", str(out_dir),
                               *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              preexec_fn=harness.on_cpu(harness.GOTEL_CPU))
     deadline = time.monotonic() + timeout
     traces = Path(out_dir) / "traces.jsonl"
-    while not (traces.exists() if "census" in extra else attached(gotel.pid)):
+    no_probe_needed = "census" in extra or "--max-overhead" in extra
+    while not (traces.exists() if no_probe_needed else attached(gotel.pid)):
         if gotel.poll() is not None or time.monotonic() > deadline:
             gotel.kill()
             raise RuntimeError(f"gotel did not start: {gotel.communicate()[0][-800:]}")
         time.sleep(0.05)
     time.sleep(0.3)
-    if "census" in extra:
+    if no_probe_needed:
         settle(gotel.pid, deadline)
+    if "--max-overhead" in extra:
+        time.sleep(levels.PREVIEW_S + 0.2)
     return gotel
 
 
