@@ -442,17 +442,19 @@ class LevelController:
             return state, None
 
     def _memory_counts(self, unit):
-        """{pid: (runs sched.timeToRun recorded or None, goroutine ids handed out or None)} now;
-        None when a process cannot be read at all."""
+        """{pid: (runs sched.timeToRun recorded or None, goroutine ids handed out or None)} now,
+        of the unit's live processes; None when one has a layout gotel cannot read."""
         out = {}
         for pid in unit.pids():
             state, hist = self._time_to_run(unit, pid)
             if state[0] is None:
                 return None
+            if unit.sched.get(pid) is not state:
+                continue                     # exited since (its reader is closed)
             try:
                 goids = state[0].goids_allocated()
             except GotelError:
-                return None
+                continue                     # exited since
             out[pid] = (int(hist.counts.sum()) if hist is not None else None, goids)
         return out
 
@@ -481,9 +483,11 @@ class LevelController:
             return sum(steps) if steps and len(steps) == len(pids) and min(steps) >= 0 else None
 
         runs, goids = delta(0), delta(1)
-        if runs is None:
-            unit.memory_rates = "unreadable"
+        if runs is None and set(before) & set(counts):
+            unit.memory_rates = "unreadable"     # a count missing or going back: not trusted
             return True
+        if runs is None:
+            return unit.memory_guessed           # no process in both reads (pids came and went)
         who = unit.pid if unit.pid > 0 else unit.binary.path
         if runs and (unit.full_rate is None or unit.full_guessed):
             unit.full_rate = HITS_PER_RUN * RUN_SAMPLING * runs / dt
