@@ -333,7 +333,10 @@ def test_the_estimate_over_the_run_reaches_up_to_the_stop(require_bpf, go_build)
     from receiver import levels, probes
     from receiver.receiver import Config
 
-    proc = subprocess.Popen([go_build("levels", "1.25"), "pingpong", "3000", "20"],
+    # 30,000 round trips/s: ~180,000 hits/s, tens of ms of system time a second even where a hit
+    # costs 0.5 us (at 3,000, the 1 s run's system time could round to 0 ticks of /proc/PID/stat,
+    # which bounds the cost).
+    proc = subprocess.Popen([go_build("levels", "1.25"), "pingpong", "30000", "20"],
                             stdout=subprocess.DEVNULL)
     p = probes.Probes()
     try:
