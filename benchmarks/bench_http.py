@@ -52,10 +52,14 @@ def parse_wrk(text):
     return rps, p99
 
 
+def wrk_command(addr, seconds, connections):
+    """wrk's command line for the load of rows 2 and 10 (one thread, ``connections`` closed loops)."""
+    return ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://{addr}/work"]
+
+
 def wrk(addr, seconds, connections):
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://{addr}/work"],
-        capture_output=True, text=True, check=True, preexec_fn=harness.on_cpu(harness.GOTEL_CPU))
+    out = subprocess.run(wrk_command(addr, seconds, connections), capture_output=True, text=True,
+                         check=True, preexec_fn=harness.on_cpu(harness.GOTEL_CPU))
     return parse_wrk(out.stdout)
 
 

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from benchmarks import harness
-from benchmarks.bench_http import GOTEL, attached, start_server, stop_gotel, wrk
+from benchmarks.bench_http import GOTEL, attached, start_server, stop_gotel, wrk, wrk_command
 from receiver import levels
 
 VARIANTS = {
@@ -81,8 +81,8 @@ def start_gotel(pid, out_dir, extra, timeout=60):
 
 
 def settle(pid, deadline, busy=0.1, every=0.25):
-    """Wait until process pid (gotel at the census level) uses less than ``busy`` of a CPU: with no
-    probe to wait for, its exporter is open before bcc has finished compiling, and the compile
+    """Wait until process pid (gotel with no probe to wait for: census, or a budget) uses less than
+    ``busy`` of a CPU: its exporter is open before bcc has finished compiling, and the compile
     overlapped the measured run (census runs, with no probe, measured 28% more CPU per op than
     untraced ones on 2026-12-01; two vCPUs may share a host core)."""
     before = harness.cpu_seconds(pid)
@@ -147,8 +147,8 @@ def http_run(extra, seconds, connections, warmup):
     try:
         wrk(addr, warmup, connections)
         with tempfile.TemporaryDirectory(prefix="gotel-bench-") as out_dir:
-            load = subprocess.Popen(["wrk", "-t1", f"-c{connections}", "-d600s", f"http://{addr}/work"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            load = subprocess.Popen(wrk_command(addr, 600, connections), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL,
                                     preexec_fn=harness.on_cpu(harness.GOTEL_CPU))
             if extra is not None:
                 gotel = start_gotel(server.pid, out_dir, extra)
@@ -292,7 +292,7 @@ def workload_goals(w, figs):
             f"{w}.{v}.throughput_loss_pct", loss, budget + 1, loss is not None and loss <= budget + 1,
             f"gotel estimated {med(f'{v}.estimated_overhead_pct')}% and the target's CPU per op "
             f"rose by {med(f'{v}.measured_overhead_pct')}%: the budget is only as good as the price "
-            f"of a hit (see the estimate goals), and the first, measuring window is paid up front",
+            f"of a hit (see the estimate goals), and whatever a budget's start pays up front counts",
             unresolved=unresolved_within(w, figs, loss, budget + 1)))
     for v in ("lifecycle", "full"):
         if f"{w}.{v}.measured_overhead_pct" not in figs:

@@ -13,7 +13,7 @@ variant is what the part cut out costs, per hit:
 - ``no_clock``: bpf_ktime_get_ns not called;
 - ``no_ring``: the record built, neither reserved nor submitted;
 - ``trap_only``: every kind dropped by the table: what any hit costs before it is kept;
-- ``count_only``: row 6's counting program, on the same casgstatus: the kernel's floor measured
+- ``count_only``: a counting program like row 6's, on the same casgstatus: the kernel's floor measured
   the way this row measures the others (a CPU average over the whole run, not row 6's fastest block);
 - ``least_event``: the least any event can do (the clock, the pid, one read of g.goid, written to
   a per-CPU slot that nothing delivers): a lower bound for every design of the program.
@@ -58,7 +58,7 @@ CUTS = {
                  "    struct gotel_event *out = events.ringbuf_reserve(sizeof(struct gotel_event));\n"
                  "    if (!out) {")],
     "trap_only": [],
-    # Not parts of gotel's program but bounds on any: row 6's counting program on the same
+    # Not parts of gotel's program but bounds on any: a counting program like row 6's, on the same
     # casgstatus (the kernel's floor, by this row's method) and the least an event can do: the
     # clock, the pid and one read of g.goid into a per-CPU slot that nothing delivers.
     "count_only": [(ON_CASGSTATUS, ON_CASGSTATUS + """    int k0 = GOTEL_COUNTER_SUBMITTED;

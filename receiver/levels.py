@@ -33,16 +33,17 @@ are charged (the sharper bound on programs that make few syscalls). A token buck
 the CPU time the probes may still spend: it fills at ``max_overhead`` x the target's CPU time
 (utime + stime of ``/proc/PID/stat``, which includes the traps) and drains by hits x cost. A window
 opens only when the bucket holds what the window is expected to cost and closes early when the
-bucket runs dry. A budgeted target starts at the census level while, for PREVIEW_S, gotel reads
-from memory what the probes would cost: the runtime's own count of runs (``sched.timeToRun``,
-which records 1 run in RUN_SAMPLING) times HITS_PER_RUN hits per run prices full tracing, and the
-goroutine ids it hands out (``sched.goidgen``) price the lifecycle probes, which are placed only
-if they would cost at most half the budget. Where memory cannot tell, the probes measure it (a first
-window of MEASURE_S for full tracing). Any window's measured hit rate replaces the guess; full tracing stays on while it costs
-less than the budget; the lifecycle probes come off while they alone cost more than half of it
-(back when memory says they fit; where it cannot tell, tried after LIFECYCLE_RETRY_S). So the duty
-cycle follows the event rate, both ways. ``overhead`` is the estimate (cost over CPU time, smoothed
-over ~5 s), exported as ``gotel.target.overhead``.
+bucket runs dry. A budgeted target starts at the census level while gotel reads from memory what the
+probes would cost (and goes on reading it every PREVIEW_S while they are off): the runtime's own
+count of runs (``sched.timeToRun``, which records 1 run in RUN_SAMPLING) times HITS_PER_RUN hits per
+run prices full tracing, and the goroutine ids it hands out (``sched.goidgen``) price the lifecycle
+probes, which are placed only if they would cost at most half the budget. Where memory cannot tell,
+the probes measure it (a first window of MEASURE_S for full tracing). Any window's measured hit rate
+replaces the guess; full tracing stays on while it costs less than the budget; the lifecycle probes
+come off while they alone cost more than half of it (back when memory says they fit; where it cannot
+tell, tried after LIFECYCLE_RETRY_S). So the duty cycle follows the event rate, both ways.
+``overhead`` is the estimate (cost over CPU time, smoothed over ~5 s), exported as
+``gotel.target.overhead``.
 
 Thread-safety: one controller thread (``gotel-levels``) does every attach and detach after start;
 ``open_window`` may be called from any thread (or a signal handler); ``status()`` reads a snapshot.
@@ -70,7 +71,7 @@ LIFECYCLE_RETRY_S = 60   # lifecycle probes that overspent are tried again this 
 WAIT_CHECK_S = 2.0       # how often the oldest-wait trigger reads a census
 SCHED_CHECK_S = 2.0      # how often the schedule-latency trigger reads sched.timeToRun
 SCHED_MIN_SAMPLES = 10   # fewer latencies than this in an interval: no p99 of it
-PREVIEW_S = 0.5          # under a budget, how long sched.timeToRun is read before a first window
+PREVIEW_S = 0.5          # under a budget, how often memory prices the probes that are off
 RUN_SAMPLING = 8         # the runtime records 1 run in 8 in sched.timeToRun (gTrackingPeriod)
 HITS_PER_RUN = 3         # casgstatus hits per run: into running, out of it, and the ready before
 
@@ -229,7 +230,7 @@ class LevelController:
         # Under a budget: census until _read_rates has priced the probes from memory;
         # then lifecycle where it is affordable, and the bucket decides about full.
         if self.budget and self.level == "full":
-            unit.next_window_ns = now          # a first window measures what full costs here
+            unit.next_window_ns = now          # a first window once the bucket affords it
         elif self.period_ns:
             unit.next_window_ns = now + self.period_ns
         unit.tokens_ns = 0.0
@@ -464,6 +465,8 @@ class LevelController:
         lifecycle probes are off. False until a first interval is read (True if memory can't tell)."""
         if unit.memory_rates == "unreadable":
             return True
+        if unit.memory_rates is not None and now - unit.memory_rates[0] < PREVIEW_S * 1e9:
+            return unit.memory_guessed           # read once per PREVIEW_S, not every tick
         counts = self._memory_counts(unit)
         if counts is None:
             unit.memory_rates = "unreadable"
@@ -472,8 +475,6 @@ class LevelController:
             unit.memory_rates = (now, counts)
             return False
         started, before = unit.memory_rates
-        if now - started < PREVIEW_S * 1e9:
-            return unit.memory_guessed
         unit.memory_rates, dt = (now, counts), (now - started) / 1e9
 
         def delta(i):
