@@ -296,9 +296,9 @@ def run(quick=False):
             f"the floor is {floor or 0:.0f} ns per hit here, the fastest block of a C loop; over "
             f"the trap that writes nothing, measured the same way as gotel, gotel is at "
             f"{figs[f'{w}.ratio.gotel_vs_trap']['median'] or 0:.2f}x. What gotel's program adds per "
-            f"event is helper calls (the read of the g, the clock, the ring reserve and submit, a "
-            f"wakeup's three reads of its waker; benchmarks/bpf_parts.py measures each, and the "
-            f"least any event can do: 1.18-1.20x the same-method floor on 2026-12-01)"))
+            f"event is helper calls (the clock, the ring reserve and submit, a creation's or a "
+            f"park's read of the g; benchmarks/bpf_parts.py measures each, and the least any "
+            f"event can do)"))
         goals.append(harness.goal(
             f"{w}: >= 10x below the naive entry placement, per captured event",
             f"{w}.ratio.naive_entry_vs_gotel", ratio, 10, ratio is not None and ratio >= 10,

@@ -8,8 +8,10 @@ kernel's ``run_time_ns / run_cnt`` of the program, from /proc/self/fdinfo) and t
 traced process gained per hit over an untraced run. The difference between ``gotel`` and a
 variant is what the part cut out costs, per hit:
 
-- ``no_waker``: a wakeup's waker (g0.m / m.curg / curg.goid reads) not read;
-- ``no_g_read``: the one read of the g window (goid, wait reason, creation fields) not made;
+- ``no_waker``: a wakeup's waker not looked up (the thread's entry, or the reads of g0.m and m.curg);
+- ``no_g_read``: no read of the g (the window of a creation's fields or a park's wait reason, the
+  goid of a g the cache misses);
+- ``no_cache``: the goid cache never hits: every event reads its g's goid (as before the cache);
 - ``no_clock``: bpf_ktime_get_ns not called;
 - ``no_ring``: the record built, neither reserved nor submitted;
 - ``trap_only``: every kind dropped by the table: what any hit costs before it is kept;
@@ -46,12 +48,17 @@ ON_CASGSTATUS = "static __always_inline int on_casgstatus(struct pt_regs *ctx, i
 # variant -> [(text in bpf/gotel.c, its replacement)]
 CUTS = {
     "gotel": [],
-    "no_waker": [("        e.aux_goid = current_goid(ctx, l);\n    }\n    if (hold)",
-                  "        e.aux_goid = 0;\n    }\n    if (hold)")],
-    "no_g_read": [("    bpf_probe_read_user(window, len, (void *)(gp + l->g_window));\n    e.goid = hold",
-                   "    __builtin_memset(window, 0, sizeof(window));\n    e.goid = hold")],
-    "no_clock": [("    e.ts_ns = bpf_ktime_get_ns();\n    e.g = gp;\n    __u8 window",
-                  "    e.ts_ns = 1;\n    e.g = gp;\n    __u8 window")],
+    "no_waker": [("    if (kind == GOTEL_KIND_READY) {\n        __u64 waker = 0;",
+                  "    if (0) {\n        __u64 waker = 0;")],
+    "no_g_read": [("        bpf_probe_read_user(window, len, (void *)(gp + l->g_window));\n        if (!goid)",
+                   "        __builtin_memset(window, 0, sizeof(window));\n        if (!goid)"),
+                  ("        goid = read_u64(gp + l->g_goid);\n    }\n    if (kind == GOTEL_KIND_READY)",
+                   "        goid = 1;\n    }\n    if (kind == GOTEL_KIND_READY)")],
+    "no_cache": [("    __u64 goid = born ? 0 : goid_cached(gp, tag);\n",
+                  "    __u64 goid = 0;\n"),
+                 ("    __u64 goid = goid_cached(curg, tag);\n", "    __u64 goid = 0;\n")],
+    "no_clock": [("    e.ts_ns = bpf_ktime_get_ns();\n    e.g = gp;\n    e.pid",
+                  "    e.ts_ns = 1;\n    e.g = gp;\n    e.pid")],
     "no_ring": [("    struct gotel_event *out = events.ringbuf_reserve(sizeof(struct gotel_event));\n"
                  "    if (!out) {",
                  "    if (e.ts_ns)\n        return 0;\n"

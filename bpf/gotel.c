@@ -7,8 +7,9 @@
  * stack-check prologue takes a second trap). The trap is paid by every status change, wanted or
  * not: benchmarks/probe_cost.py measures it, and what this program adds per captured event, on the
  * machine at hand. Each hit classifies (old, new) through a table
- * that user space fills per Go layout, drops unwanted kinds before touching the ring buffer, reads a
- * few fields of the g, and submits one struct gotel_event without waking the reader, unless the ring
+ * that user space fills per Go layout, drops unwanted kinds before touching the ring buffer, reads of
+ * the g only what its goid cache cannot give (a creation's fields, a park's wait reason, the goid of a
+ * g not yet seen), and submits one struct gotel_event without waking the reader, unless the ring
  * holds more than GOTEL_WAKEUP_BYTES (a wakeup costs ~1.4 us inside the probe). Go <= 1.23 numbers
  * a new goroutine only after marking it runnable, so there its CREATE is held in a hash map and sent
  * at the goroutine's next transition, with the goid it has by then.
@@ -62,6 +63,18 @@ struct gotel_layout {
     __u16 status_running;
     __u16 status_dead;
     __u16 status_preempted;
+    /* Bits (1 << status) of the old statuses a g is created from (_Gidle, _Gdead, _Gdeadextra):
+     * the goid cache is refreshed at those transitions, never trusted (see `goids`). */
+    __u16 dead_olds;
+    /* Bits of the old statuses for which a RUN reads g.waitreason: _Gwaiting (a wait that ends
+     * without a ready), and _Grunnable too when READY events are not wanted. */
+    __u16 run_reason_olds;
+    /* Bumped by user space before each attach of casgstatus: goid cache entries of an earlier
+     * attachment (g structs reused while no probe watched them) no longer match. */
+    __u32 epoch;
+    /* curg[(old & 0xf) << 4 | (new & 0xf)] -> GOTEL_CURG_*: what the transition tells of the
+     * goroutine the current thread runs (see `threads`). */
+    __u8  curg[256];
     /* kinds[(old & 0xf) << 4 | (new & 0xf)] -> GOTEL_KIND_*, 0 drops; the _Gscan bit is ignored. */
     __u8  kinds[256];
 };
@@ -88,6 +101,48 @@ struct gotel_layout {
 #define GOTEL_MAX_HELD 65536
 #endif
 
+/* The goid cache: g address -> goid, so that an event of a goroutine already seen reads nothing
+ * of its g (each bpf_probe_read_user costs ~0.07 us here, as much as the rest of the program). A
+ * g's goid changes only while it is dead: at creation (newproc1; Go <= 1.23 sets it just after the
+ * casgstatus out of _Gdead) and for cgo's extra Ms (set while _Gidle). So an entry is written at a
+ * transition out of a dead status (with the goid, or emptied where it is not set yet), filled on a
+ * miss otherwise, and used only for a g that is not leaving a dead status. The tag holds the pid
+ * (g addresses repeat across processes) and the layout's epoch (a g reused while no probe watched
+ * it). Shared by all CPUs and written without locks: `check` ties the four words together, so an
+ * entry torn by two concurrent writers (or a preempted one) reads as a miss, never as a mix. */
+#ifndef GOTEL_GOID_BITS
+#define GOTEL_GOID_BITS 16
+#endif
+#define GOTEL_GOID_SALT 0x676f74656c676f69ULL
+struct gotel_goid_entry {
+    __u64 g;
+    __u64 tag;
+    __u64 goid;
+    __u64 check;
+};
+
+/* What each thread runs: pid_tgid -> m.curg's goid, so that a wakeup names its waker without the
+ * two reads of g0.m and m.curg. Kept from the transitions each thread makes itself, which user
+ * space classifies per layout (probes.thread_table): a goroutine that starts running (execute,
+ * the end of a syscall or of a GC wait) is m.curg until it stops on that thread; it stops with
+ * m.curg cleared (exit, yield, preemption, a syscall that lost its P: dropg follows the status
+ * change) or, for a park, with m.curg cleared or not (park_m drops it; the GC's waits on a running
+ * goroutine keep it), which is left to the reads. Entries of an earlier attachment (the epoch)
+ * or torn ones (`check`, as for `goids`) are not trusted either. */
+#define GOTEL_CURG_KEEP    0   /* the thread's goroutine does not change */
+#define GOTEL_CURG_RUNS    1   /* gp runs on this thread from now on */
+#define GOTEL_CURG_NONE    2   /* no goroutine runs on this thread until the next RUNS */
+#define GOTEL_CURG_UNKNOWN 3   /* gp or none: read m.curg when it matters */
+#ifndef GOTEL_THREAD_BITS
+#define GOTEL_THREAD_BITS 14
+#endif
+struct gotel_thread_entry {
+    __u64 id;      /* pid_tgid */
+    __u64 meta;    /* epoch << 32 | GOTEL_CURG_* */
+    __u64 goid;    /* RUNS: the goroutine's goid */
+    __u64 check;
+};
+
 /* `events` must stay the first map declared: bcc has no method for bpf_ringbuf_query, and its
  * placeholder for the first map's fd is bpf_pseudo_fd(1, -1). A wrong map here cannot go unnoticed:
  * the verifier rejects any map but a ring buffer for that helper. */
@@ -104,6 +159,8 @@ struct gotel_held_key {
     __u64 pid;
 };
 BPF_HASH(created, struct gotel_held_key, struct gotel_event, GOTEL_MAX_HELD);
+BPF_ARRAY(goids, struct gotel_goid_entry, 1 << GOTEL_GOID_BITS);
+BPF_ARRAY(threads, struct gotel_thread_entry, 1 << GOTEL_THREAD_BITS);
 
 static __always_inline void count(int which)
 {
@@ -125,6 +182,79 @@ static __always_inline __u64 read_u64(__u64 addr)
     __u64 v = 0;
     bpf_probe_read_user(&v, sizeof(v), (void *)addr);
     return v;
+}
+
+static __always_inline struct gotel_goid_entry *goid_entry(__u64 g)
+{
+    __u32 i = (g * 0x9E3779B97F4A7C15ULL) >> (64 - GOTEL_GOID_BITS);
+    return goids.lookup(&i);
+}
+
+/* g's goid from the cache; 0 on a miss (goid 0 is never a goroutine's). */
+static __always_inline __u64 goid_cached(__u64 g, __u64 tag)
+{
+    struct gotel_goid_entry *c = goid_entry(g);
+    if (!c)
+        return 0;
+    __u64 cg = *(volatile __u64 *)&c->g, ct = *(volatile __u64 *)&c->tag;
+    __u64 cv = *(volatile __u64 *)&c->goid, cc = *(volatile __u64 *)&c->check;
+    if (cg != g || ct != tag || (cg ^ ct ^ cv ^ GOTEL_GOID_SALT) != cc)
+        return 0;
+    return cv;
+}
+
+/* Remember g's goid (0: forget it). */
+static __always_inline void goid_put(__u64 g, __u64 tag, __u64 goid)
+{
+    struct gotel_goid_entry *c = goid_entry(g);
+    if (!c)
+        return;
+    if (!goid) {
+        *(volatile __u64 *)&c->check = 0;
+        return;
+    }
+    *(volatile __u64 *)&c->g = g;
+    *(volatile __u64 *)&c->tag = tag;
+    *(volatile __u64 *)&c->goid = goid;
+    *(volatile __u64 *)&c->check = g ^ tag ^ goid ^ GOTEL_GOID_SALT;
+}
+
+static __always_inline __u64 goid_tag(__u64 pid_tgid, struct gotel_layout *l)
+{
+    return (pid_tgid & 0xffffffff00000000ULL) | l->epoch;
+}
+
+static __always_inline struct gotel_thread_entry *thread_entry(__u64 pid_tgid)
+{
+    __u32 i = (pid_tgid * 0x9E3779B97F4A7C15ULL) >> (64 - GOTEL_THREAD_BITS);
+    return threads.lookup(&i);
+}
+
+static __always_inline void thread_set(__u64 pid_tgid, struct gotel_layout *l, __u8 state,
+                                       __u64 goid)
+{
+    struct gotel_thread_entry *t = thread_entry(pid_tgid);
+    if (!t)
+        return;
+    __u64 meta = ((__u64)l->epoch << 32) | state;
+    *(volatile __u64 *)&t->id = pid_tgid;
+    *(volatile __u64 *)&t->meta = meta;
+    *(volatile __u64 *)&t->goid = goid;
+    *(volatile __u64 *)&t->check = pid_tgid ^ meta ^ goid ^ GOTEL_GOID_SALT;
+}
+
+/* The state of this thread (GOTEL_CURG_UNKNOWN when not known), and in *goid its goroutine. */
+static __always_inline __u8 thread_get(__u64 pid_tgid, struct gotel_layout *l, __u64 *goid)
+{
+    struct gotel_thread_entry *t = thread_entry(pid_tgid);
+    if (!t)
+        return GOTEL_CURG_UNKNOWN;
+    __u64 id = *(volatile __u64 *)&t->id, meta = *(volatile __u64 *)&t->meta;
+    __u64 v = *(volatile __u64 *)&t->goid, check = *(volatile __u64 *)&t->check;
+    if (id != pid_tgid || (meta >> 32) != l->epoch || (id ^ meta ^ v ^ GOTEL_GOID_SALT) != check)
+        return GOTEL_CURG_UNKNOWN;
+    *goid = v;
+    return meta & 0xff;
 }
 
 /* A field of g from the window read at g + l->g_window (the mask keeps the verifier's bounds). */
@@ -151,6 +281,28 @@ static __always_inline __u64 current_goid(struct pt_regs *ctx, struct gotel_layo
     return read_u64(curg + l->g_goid);
 }
 
+/* current_goid through the goid cache (the casgstatus program only: it alone keeps the cache
+ * right). m.curg is running on this very thread, so it cannot be dead and reborn meanwhile. */
+static __always_inline __u64 current_goid_cached(struct pt_regs *ctx, struct gotel_layout *l,
+                                                 __u64 tag)
+{
+    __u64 g = ctx->r14;
+    if (!g || !l->g_m)
+        return 0;
+    __u64 m = read_u64(g + l->g_m);
+    if (!m)
+        return 0;
+    __u64 curg = read_u64(m + l->m_curg);
+    if (!curg)
+        return 0;
+    __u64 goid = goid_cached(curg, tag);
+    if (!goid) {
+        goid = read_u64(curg + l->g_goid);
+        goid_put(curg, tag, goid);
+    }
+    return goid;
+}
+
 /* Submit a reserved record without waking the reader, except that every GOTEL_QUERY_EVERY-th
  * event of a CPU asks how full the ring is (bpf_ringbuf_query costs a helper call: asking on every
  * event was a tenth of the program's cost) and wakes the reader past the watermark. The reader
@@ -175,7 +327,7 @@ static __always_inline void submit(struct gotel_event *e)
 }
 
 /* Send the CREATE held for gp (Go <= 1.23), now that g.goid is set. */
-static __always_inline void release_held(__u64 gp, struct gotel_layout *l)
+static __always_inline void release_held(__u64 gp, struct gotel_layout *l, __u64 tag)
 {
     struct gotel_held_key key = {.g = gp, .pid = bpf_get_current_pid_tgid() >> 32};
     struct gotel_event *held = created.lookup(&key);
@@ -185,6 +337,7 @@ static __always_inline void release_held(__u64 gp, struct gotel_layout *l)
     if (e) {
         __builtin_memcpy(e, held, sizeof(*e));
         e->goid = read_u64(gp + l->g_goid);
+        goid_put(gp, tag, e->goid);
         submit(e);
     } else {
         count(GOTEL_COUNTER_LOST);
@@ -202,11 +355,24 @@ static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)
     /* Go register ABI: gp in RAX, oldval in RBX, newval in RCX. */
     __u64 gp = ctx->ax;
     __u32 oldval = ctx->bx, newval = ctx->cx;
+    __u64 tag = goid_tag(pid_tgid, l);
     if (l->late_goid_olds & (1 << (oldval & 0xf)))
-        release_held(gp, l);
-    __u8 kind = l->kinds[((oldval & 0xf) << 4) | (newval & 0xf)];
-    if (kind == GOTEL_KIND_DROP)
+        release_held(gp, l, tag);
+    __u32 transition = ((oldval & 0xf) << 4) | (newval & 0xf);
+    __u8 kind = l->kinds[transition];
+    __u8 effect = l->curg[transition];
+    int born = l->dead_olds & (1 << (oldval & 0xf));
+    if (kind == GOTEL_KIND_DROP) {
+        if (born)
+            goid_put(gp, tag, 0);   /* its goid is about to change (or be set) */
+        if (effect == GOTEL_CURG_RUNS) {
+            __u64 goid = goid_cached(gp, tag);
+            thread_set(pid_tgid, l, goid ? GOTEL_CURG_RUNS : GOTEL_CURG_UNKNOWN, goid);
+        } else if (effect != GOTEL_CURG_KEEP) {
+            thread_set(pid_tgid, l, effect, 0);
+        }
         return 0;
+    }
     count(GOTEL_COUNTER_HITS);
 
     /* Built on the stack, then copied into the ring (a 64-byte copy is cheaper than the
@@ -215,33 +381,65 @@ static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)
     int hold = kind == GOTEL_KIND_CREATE && l->late_goid_olds;
     e.ts_ns = bpf_ktime_get_ns();
     e.g = gp;
-    __u8 window[GOTEL_G_WINDOW + 8];
-    __u32 len = l->window_len[kind & 0xf];
-    if (len > GOTEL_G_WINDOW)
-        len = GOTEL_G_WINDOW;
-    bpf_probe_read_user(window, len, (void *)(gp + l->g_window));
-    e.goid = hold ? 0 : window_u64(window, l, l->g_goid);
     e.pid = pid_tgid >> 32;
     e.tid = (__u32)pid_tgid;
     e.kind = kind;
     e.old_status = oldval;
     e.new_status = newval;
     e.cpu = bpf_get_smp_processor_id();
-    /* A park's reason; a run's too: where the runtime sets g.waitreason only after the status
-     * change (Go 1.19's GC assists, mark termination, stack scans), the run that ends the wait
-     * reads the reason the park could not. */
-    if (kind == GOTEL_KIND_PARK || kind == GOTEL_KIND_RUN)
-        e.wait_reason = window_u64(window, l, l->g_waitreason);
-    /* The goroutine running on this M is only worth its three reads (~0.1 us each here) for a
-     * wakeup (who made gp runnable) and for a creation before Go 1.21 (no g.parentGoid). For the
-     * other kinds it is gp itself: execute, park_m and goexit0 run with m.curg == gp. */
-    if (kind == GOTEL_KIND_CREATE) {
-        e.pc_start = window_u64(window, l, l->g_startpc);
-        e.pc_create = window_u64(window, l, l->g_gopc);
-        e.aux_goid = l->g_parent_goid ? window_u64(window, l, l->g_parent_goid) : current_goid(ctx, l);
-    } else if (kind == GOTEL_KIND_READY) {
-        e.aux_goid = current_goid(ctx, l);
+    /* The g itself is read only for what the cache cannot give: a creation's fields, a park's
+     * wait reason (and a run's, where the runtime set it only after the park: Go 1.19's GC
+     * assists, mark termination, stack scans; the decoder reads it for runs that end a wait with
+     * no ready), or the goid of a g the cache does not hold. */
+    int window_kind = kind == GOTEL_KIND_CREATE || kind == GOTEL_KIND_PARK ||
+        (kind == GOTEL_KIND_RUN && (l->run_reason_olds & (1 << (oldval & 0xf))));
+    __u64 goid = born ? 0 : goid_cached(gp, tag);
+    int cached = goid != 0;
+    if (window_kind) {
+        __u8 window[GOTEL_G_WINDOW + 8];
+        /* Constant indices: a masked kind is bounded for the verifier only until the compiler,
+         * knowing the three kinds of this branch, drops the mask. */
+        __u32 len = kind == GOTEL_KIND_CREATE ? l->window_len[GOTEL_KIND_CREATE] :
+            kind == GOTEL_KIND_PARK ? l->window_len[GOTEL_KIND_PARK] : l->window_len[GOTEL_KIND_RUN];
+        if (len > GOTEL_G_WINDOW)
+            len = GOTEL_G_WINDOW;
+        bpf_probe_read_user(window, len, (void *)(gp + l->g_window));
+        if (!goid)
+            goid = window_u64(window, l, l->g_goid);
+        if (kind != GOTEL_KIND_CREATE)
+            e.wait_reason = window_u64(window, l, l->g_waitreason);
+        else {
+            e.pc_start = window_u64(window, l, l->g_startpc);
+            e.pc_create = window_u64(window, l, l->g_gopc);
+            /* The goroutine running on this M is only worth its reads (~0.07 us each here) for
+             * a wakeup (who made gp runnable) and for a creation before Go 1.21 (no
+             * g.parentGoid). For the other kinds it is gp itself: execute, park_m and goexit0
+             * run with m.curg == gp. */
+            e.aux_goid = l->g_parent_goid ? window_u64(window, l, l->g_parent_goid)
+                                          : current_goid_cached(ctx, l, tag);
+        }
+    } else if (!goid) {
+        goid = read_u64(gp + l->g_goid);
     }
+    if (kind == GOTEL_KIND_READY) {
+        __u64 waker = 0;
+        __u8 state = thread_get(pid_tgid, l, &waker);
+        if (state == GOTEL_CURG_RUNS)
+            e.aux_goid = waker;
+        else if (state == GOTEL_CURG_UNKNOWN)
+            e.aux_goid = current_goid_cached(ctx, l, tag);
+    }
+    if (effect == GOTEL_CURG_RUNS)
+        thread_set(pid_tgid, l, goid ? GOTEL_CURG_RUNS : GOTEL_CURG_UNKNOWN, goid);
+    else if (effect != GOTEL_CURG_KEEP)
+        thread_set(pid_tgid, l, effect, 0);
+    /* Go <= 1.23 has no goid yet at a creation: none is sent (the held record gets it later)
+     * and the cache forgets the g's last one. */
+    e.goid = hold ? 0 : goid;
+    if (born)
+        goid_put(gp, tag, l->late_goid_olds ? 0 : goid);
+    else if (!cached)
+        goid_put(gp, tag, goid);
     if (hold) {
         struct gotel_held_key key = {.g = gp, .pid = e.pid};
         if (created.update(&key, &e) == 0)
@@ -270,7 +468,10 @@ static __always_inline int on_preemptpark(struct pt_regs *ctx, int slot)
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     count_hit(pid_tgid, GOTEL_POINT_PREEMPTPARK);
     struct gotel_layout *l = layouts.lookup(&slot);
-    if (!l || !l->enabled || !l->preempt_kind)
+    if (!l || !l->enabled)
+        return 0;
+    thread_set(pid_tgid, l, GOTEL_CURG_NONE, 0);   /* dropg follows: the thread runs nothing */
+    if (!l->preempt_kind)
         return 0;
     __u64 gp = ctx->ax;
     if (!gp)

@@ -124,6 +124,37 @@ def transition_table(statuses, kinds=DEFAULT_KINDS):
     return table
 
 
+# GOTEL_CURG_* of bpf/gotel.c: what a transition tells of the goroutine its thread runs.
+CURG_KEEP, CURG_RUNS, CURG_NONE, CURG_UNKNOWN = range(4)
+
+
+def thread_table(statuses):
+    """The 256-entry (old & 0xf) << 4 | (new & 0xf) -> CURG_* table for one Go version's statuses
+    (bpf/gotel.c's ``threads``). A goroutine made running becomes the thread's m.curg (execute,
+    exitsyscall, the end of the GC's waits on a running goroutine, a stack copy); one that exits,
+    yields, is preempted or leaves a syscall without its P is dropped from the thread right after
+    (dropg); a park may keep it (the GC's waits) or drop it (park_m), so the kernel reads m.curg
+    then. Other transitions (a ready, a creation, a syscall's start) leave the thread as it was."""
+    s = {name: num & 0xF for name, num in statuses.items() if name.startswith("_G") and name != "_Gscan"}
+
+    def n(*names):
+        return {s[x] for x in names if x in s}
+
+    running, waiting = n("_Grunning"), n("_Gwaiting")
+    stopped = n("_Grunnable", "_Gdead", "_Gdeadextra", "_Gpreempted")
+    table = [CURG_KEEP] * 256
+    for old in range(16):
+        for new in running:
+            table[old << 4 | new] = CURG_RUNS
+    for old in running | n("_Gsyscall"):
+        for new in stopped:
+            table[old << 4 | new] = CURG_NONE
+    for old in running:
+        for new in waiting:
+            table[old << 4 | new] = CURG_UNKNOWN
+    return table
+
+
 G_WINDOW = 256   # GOTEL_G_WINDOW of bpf/gotel.c
 
 
@@ -209,6 +240,7 @@ class Probes:
         self._counters = self.bpf["counters"]
         self._hits = self.bpf["hits"]
         self._slots = {}
+        self._leaves = {}
         self.attachments = {}
         self._writable = None
         self._lock = threading.Lock()
@@ -254,12 +286,27 @@ class Probes:
         leaf.status_preempted = s.get("_Gpreempted", 9)
         if late_goid(binary):
             leaf.late_goid_olds = (1 << (s["_Grunnable"] & 0xF)) | (1 << (s["_Gwaiting"] & 0xF))
+        leaf.dead_olds = sum(1 << (s[n] & 0xF) for n in ("_Gidle", "_Gdead", "_Gdeadextra") if n in s)
+        # A run reads the wait reason where the decoder may use it: a wait ended without a ready,
+        # or any run when readies are not recorded.
+        waits = ("_Gwaiting",) if Kind.READY in self.config.kinds else ("_Gwaiting", "_Grunnable")
+        leaf.run_reason_olds = sum(1 << (s[n] & 0xF) for n in waits)
         table = transition_table(layout.statuses, self.config.kinds)
         for i, kind in enumerate(table):
             leaf.kinds[i] = int(kind)
+        for i, effect in enumerate(thread_table(layout.statuses)):
+            leaf.curg[i] = effect
         if "preempted" in layout.wait_reasons and Kind.PARK in self.config.kinds:
             leaf.preempt_kind = int(Kind.PARK)
             leaf.preempted_reason = layout.wait_reasons.index("preempted")
+        self._layouts[self._layouts.Key(slot)] = leaf
+        self._leaves[slot] = leaf
+
+    def _new_epoch(self, slot):
+        """Void the slot's goid cache entries (bpf/gotel.c): g structs may have been reused while
+        casgstatus was not probed."""
+        leaf = self._leaves[slot]
+        leaf.epoch = (leaf.epoch + 1) & 0xFFFFFFFF
         self._layouts[self._layouts.Key(slot)] = leaf
 
     def attach(self, binary, pid=-1):
@@ -272,6 +319,7 @@ class Probes:
         except KeyError as e:
             raise ProbeError(f"{binary.path}: no {PROBED_FUNCTION} to probe") from e
         slot = self.slot_for(binary)
+        self._new_epoch(slot)
         return self._attach_at(binary, pid, fn.probe_address, self._fns[slot], slot,
                                with_preempt=True)
 
@@ -311,6 +359,10 @@ class Probes:
             self.bpf._add_uprobe_fd(ev_name, fd)
             extra = []
             stop = binary.functions.get(PREEMPT_FUNCTION) if with_preempt else None
+            if with_preempt and stop is None:
+                # Its probe also tells the kernel side that the thread runs no goroutine any more.
+                self._detach_names([ev_name])
+                raise ProbeError(f"{path}: no {PREEMPT_FUNCTION} to probe")
             if stop is not None:
                 stop_offset = binary.file_offset(stop.probe_address)
                 stop_name = ev_name + f"_p{stop_offset:x}".encode()

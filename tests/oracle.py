@@ -106,6 +106,7 @@ class Goroutine:
     blocked: list = dataclasses.field(default_factory=list)  # ns from each park to its ready (None: open)
     schedules: int = 0          # runnable -> running transitions
     start: str = ""             # start function (the tracer's TransitionStack of its creation)
+    wakers: list = dataclasses.field(default_factory=list)  # goid that readied it, each time (0: none)
 
 
 @dataclasses.dataclass
@@ -154,6 +155,8 @@ def parse(text):
             parked[goid] = int(time)
         elif old == "Waiting" and goid in parked:
             g.blocked[-1] = int(time) - parked.pop(goid)
+        if old == "Waiting" and new == "Runnable":
+            g.wakers.append(max(int(creator), 0))     # G= of a ready: the goroutine running then
         elif old == "Runnable" and new == "Running":
             g.schedules += 1
         if new == "NotExist":
@@ -211,6 +214,8 @@ def from_events(events, layout, pid, start_names=None):
         elif kind == Kind.READY and goid in open_park:
             i = open_park.pop(goid)
             g.blocked[i] = ts - times[goid][i]
+        if kind == Kind.READY:
+            g.wakers.append(aux)
         elif kind == Kind.RUN and last_kind.get(goid) == Kind.PARK and goid in open_park:
             i = open_park.pop(goid)
             internal[name(wr)] += 1
@@ -264,6 +269,22 @@ def compare(trace, view, offset_ns=0):
             mismatches.append((goid, t, Goroutine(goid, g.parent, parks, g.exited)))
     return Comparison(len(trace.goroutines), agreed, mismatches, view.internal)
 
+
+def compare_wakers(trace, view):
+    """(readies compared, readies whose waker agrees, first mismatches): per goroutine of the
+    trace that gotel saw created, its readies in order, as far as both sides recorded them."""
+    compared = agreed = 0
+    mismatches = []
+    for goid, t in sorted(trace.goroutines.items()):
+        g = view.goroutines.get(goid)
+        if g is None:
+            continue
+        for a, b in zip(t.wakers, g.wakers):
+            compared += 1
+            agreed += a == b
+            if a != b and len(mismatches) < 10:
+                mismatches.append((goid, a, b))
+    return compared, agreed, mismatches
 
 
 @dataclasses.dataclass

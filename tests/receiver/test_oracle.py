@@ -65,6 +65,11 @@ def test_gotel_agrees_with_the_go_tracer(require_bpf, go_build, tmp_path, versio
     result = oracle.compare(trace, view, rx.clock.offset_ns)
     assert result.compared >= 370, result                # every scenario ran inside the trace
     assert result.agreement >= 0.999, result.mismatches[:5]
+    # Who readied each goroutine: the tracer's G of a ready is the goroutine running on the M,
+    # what gotel reads as m.curg.
+    compared, agreed, wrong = oracle.compare_wakers(trace, view)
+    print(f"wakers: {agreed}/{compared} agree; first mismatches {wrong}")
+    assert compared >= 500 and agreed >= 0.999 * compared, (compared, agreed, wrong)
     # What was excluded is only the runtime's internal waits (see tests/oracle.py). Go 1.19 does
     # not set a wait reason for them (stopTheWorld leaves the last park's), so only the shape of
     # the transitions identifies them there; 1.19 also has no g.parentGoid, so its parents come

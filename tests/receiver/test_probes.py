@@ -56,6 +56,21 @@ def test_transition_table_follows_the_status_numbering_given():
     assert kind_of(t, 7, 2) == Kind.CREATE and kind_of(t, 6, 1) == Kind.DROP
 
 
+def test_thread_table_says_what_each_transition_does_to_the_threads_goroutine():
+    t = probes.thread_table(GO125)
+    assert kind_of(t, 1, 2) == probes.CURG_RUNS           # execute
+    assert kind_of(t, 3, 2) == probes.CURG_RUNS           # exitsyscall
+    assert kind_of(t, 4, 2) == probes.CURG_RUNS           # the end of a GC wait on itself
+    assert kind_of(t, 2, 6) == probes.CURG_NONE           # goexit0, then dropg
+    assert kind_of(t, 2, 1) == probes.CURG_NONE           # Gosched, preemption
+    assert kind_of(t, 3, 1) == probes.CURG_NONE           # exitsyscall0: no P
+    assert kind_of(t, 2, 4) == probes.CURG_UNKNOWN        # park_m drops it, the GC's waits keep it
+    assert kind_of(t, 4, 1) == probes.CURG_KEEP           # a ready: another goroutine's
+    assert kind_of(t, 6, 1) == probes.CURG_KEEP           # a creation
+    assert kind_of(t, 2, 3) == probes.CURG_KEEP           # a syscall keeps m.curg
+    assert kind_of(t, 0x1000 | 2, 4) == probes.CURG_UNKNOWN   # the scan bit is ignored
+
+
 def test_config_validation_names_every_problem():
     problems = probes.Config(ring_bytes=5000, wakeup_bytes=10**9, kinds={Kind.EXISTING}).validate()
     assert problems == ["ring_bytes must be a power of two >= 4096, got 5000",
@@ -266,3 +281,77 @@ def test_the_reader_is_woken_past_the_watermark(require_bpf, go_build):
         proc.kill()
         reader.close()
         p.close()
+
+
+
+NO_CREATE = probes.DEFAULT_KINDS - {Kind.CREATE}
+
+
+@pytest.fixture(scope="module")
+def loaded_without_creations(require_bpf):
+    p = probes.Probes(probes.Config(kinds=NO_CREATE))
+    yield p
+    p.close()
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("version,creations", [("1.19", True), ("1.21", True), ("1.25", True),
+                                               ("1.21", False), ("1.25", False)])
+def test_goids_stay_right_while_g_structs_are_reused_across_attachments(
+        request, go_build, version, creations):
+    """The kernel side remembers each g's goid (bpf/gotel.c's goid cache) instead of reading it at
+    every event. tests/go/churn spawn starts 64 goroutines at a time, so every g struct is reborn
+    thousands of times, here while the probe goes on and off 20 times (reborn unseen in between).
+    A goid the cache kept too long would belong to a goroutine already gone: it would exit twice,
+    or show an event after its exit or before its creation; a waker's goid would name a goroutine
+    that had exited before it woke anyone. Without creations recorded, the kernel side must still
+    forget a g's goid when it is reborn."""
+    from receiver.binary import GoBinary
+
+    loaded = request.getfixturevalue("loaded" if creations else "loaded_without_creations")
+
+    path = go_build("churn", version)
+    proc = start_held(path, "spawn", 10**12)      # stopped when the probe is done
+    binary = GoBinary.open(proc.pid)
+    reader = RingBufferReader(loaded.events_fd)
+    chunks = []
+
+    cycles = 0
+    try:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        while cycles < 20 and proc.poll() is None:
+            att = loaded.attach(binary, proc.pid)
+            time.sleep(0.02)
+            chunks.append(reader.read())
+            loaded.detach(att)
+            cycles += 1
+            time.sleep(0.02)
+        chunks.append(reader.read())
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        proc.kill()
+        reader.close()
+    ev = np.concatenate(chunks)
+    ev = ev[ev["pid"] == proc.pid]
+    ev = ev[np.argsort(ev["ts_ns"], kind="stable")]
+    assert len(ev) > 10_000 and (ev["goid"] > 0).all()
+    kinds, goids, ts = ev["kind"], ev["goid"], ev["ts_ns"]
+    created, exited = ev[kinds == Kind.CREATE], ev[kinds == Kind.EXIT]
+    assert len(np.unique(created["goid"])) == len(created) > (1000 if creations else -1)
+    assert len(np.unique(exited["goid"])) == len(exited) > 1000
+    born = dict(zip(created["goid"].tolist(), created["ts_ns"].tolist()))
+    gone = dict(zip(exited["goid"].tolist(), exited["ts_ns"].tolist()))
+    first = {g: t for g, t in zip(goids[::-1].tolist(), ts[::-1].tolist())}
+    last = dict(zip(goids.tolist(), ts.tolist()))
+    assert all(first[g] >= t for g, t in born.items()), version
+    assert all(last[g] <= t for g, t in gone.items()), version
+    # One g struct per goroutine.
+    pairs = np.unique(np.stack([goids, ev["g"]]), axis=1)
+    assert len(np.unique(pairs[0])) == pairs.shape[1], version
+    # main waits for each batch of 64: the child that readies it is alive then.
+    readies = ev[(kinds == Kind.READY) & (goids == 1)]
+    wakers = readies["aux_goid"]
+    assert len(readies) >= 100 and (wakers > 1).all(), version
+    assert all(gone.get(w, t) >= t and born.get(w, 0) <= t
+               for w, t in zip(wakers.tolist(), readies["ts_ns"].tolist())), version
