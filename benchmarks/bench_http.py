@@ -94,9 +94,18 @@ def start_gotel(pid, out_dir, timeout=60):
 
 
 def stop_gotel(gotel):
-    """SIGINT (flush and exit, as a user would); returns its summary text."""
+    """SIGINT (flush and exit, as a user would); returns its summary text. A gotel that has not
+    exited 60 s later is asked for its threads' stacks (SIGQUIT), which the error carries."""
     gotel.send_signal(signal.SIGINT)
-    out, _ = gotel.communicate(timeout=60)
+    try:
+        out, _ = gotel.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        gotel.send_signal(signal.SIGQUIT)
+        time.sleep(1)
+        gotel.kill()
+        out, _ = gotel.communicate()
+        raise RuntimeError(f"gotel did not exit 60 s after SIGINT; its output and stacks:\n"
+                           f"{(out or '')[-6000:]}") from None
     return out
 
 

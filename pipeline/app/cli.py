@@ -5,6 +5,7 @@ SIGINT and SIGTERM stop tracing, flush what was collected, and exit; a second on
 """
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -382,6 +383,9 @@ def main(argv=None):
         args.argv = command
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="gotel: %(message)s", stream=sys.stderr)
+    # `kill -QUIT` prints every thread's stack on stderr and gotel goes on: what a gotel that does
+    # not stop is waiting for.
+    faulthandler.register(signal.SIGQUIT, all_threads=True, chain=False)
     try:
         return args.func(args) or 0
     except GotelError as e:

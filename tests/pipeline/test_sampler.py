@@ -241,8 +241,13 @@ def test_stuck_goroutines_survive_a_sampler_that_drops_almost_everything():
     kept = out[np.isin(out["goid"], list(stuck))]
     assert set(kept["goid"][kept["kind"] == SpanKind.GOROUTINE].tolist()) == stuck
     assert set(kept["goid"][kept["kind"] == SpanKind.PARK].tolist()) == stuck
-    assert (kept["flags"] & SpanFlag.ANOMALY).all()
     parks = kept[kept["kind"] == SpanKind.PARK]
+    assert (parks["flags"] & SpanFlag.ANOMALY).all()
+    # The rest came as anomalies too, unless the sampler kept their trace anyway (about 1 run in
+    # 400 with random IDs; seed 1355 of IdGenerator is one): the first part of a goroutine's span,
+    # emitted in the first batch, is not in the batch of its park.
+    by_chance = kept["sample_threshold"] != 0
+    assert (kept["flags"][~by_chance] & SpanFlag.ANOMALY).all()
     assert (parks["parent_span_id"] != 0).all()       # each under its goroutine's span
     assert sampler.spans_dropped > 30_000
     text = Summary(tap, dropped={"traces/sampler": sampler.spans_dropped},
