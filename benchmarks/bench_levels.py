@@ -23,7 +23,7 @@ The price of a hit is the floor calibrated at start times a factor per probe poi
 HTTP workload of this row (receiver/calibrate.py), charged at most up to the target's system time
 (receiver/levels.py): on HTTP the estimate agrees by construction; on ping-pong and spawn, where the
 factors were not fitted, it is an out-of-sample check of that model. Each run lasts 4 s (the whole
-row ~7 min on a 2-vCPU machine): long enough for a budget's start (0.5 s at census while gotel
+row ~6 min on a 2-vCPU machine): long enough for a budget's start (0.5 s at census while gotel
 prices the probes from the target's memory, then what it can afford) and its reaction; whatever a
 budget's start pays up front is in these figures.
 

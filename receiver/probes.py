@@ -130,28 +130,30 @@ CURG_KEEP, CURG_RUNS, CURG_NONE, CURG_UNKNOWN = range(4)
 
 def thread_table(statuses):
     """The 256-entry (old & 0xf) << 4 | (new & 0xf) -> CURG_* table for one Go version's statuses
-    (bpf/gotel.c's ``threads``). A goroutine made running becomes the thread's m.curg (execute,
-    exitsyscall, the end of the GC's waits on a running goroutine, a stack copy); one that exits,
-    yields, is preempted or leaves a syscall without its P is dropped from the thread right after
-    (dropg); a park may keep it (the GC's waits) or drop it (park_m), so the kernel reads m.curg
-    then. Other transitions (a ready, a creation, a syscall's start) leave the thread as it was."""
+    (bpf/gotel.c's ``threads``). A goroutine made running by execute or at the end of the GC's waits on a
+    running goroutine becomes the thread's m.curg; one that exits, yields, is preempted or leaves a
+    syscall without its P is dropped from the thread right after (dropg); a park may keep it (the
+    GC's waits) or drop it (park_m), and a cgo callback's goroutine (needm: out of a dead status
+    into a syscall) is not known yet, so the kernel reads m.curg then. A syscall and a stack copy,
+    begun and ended on the thread by its own goroutine, leave it as it was, as do a ready and a
+    creation: the syscalls, which are not recorded by default, cost no write."""
     s = {name: num & 0xF for name, num in statuses.items() if name.startswith("_G") and name != "_Gscan"}
 
     def n(*names):
         return {s[x] for x in names if x in s}
 
-    running, waiting = n("_Grunning"), n("_Gwaiting")
+    running, waiting, syscall = n("_Grunning"), n("_Gwaiting"), n("_Gsyscall")
     stopped = n("_Grunnable", "_Gdead", "_Gdeadextra", "_Gpreempted")
     table = [CURG_KEEP] * 256
-    for old in range(16):
+    for old in n("_Grunnable") | waiting:
         for new in running:
             table[old << 4 | new] = CURG_RUNS
-    for old in running | n("_Gsyscall"):
+    for old in running | syscall:
         for new in stopped:
             table[old << 4 | new] = CURG_NONE
-    for old in running:
-        for new in waiting:
-            table[old << 4 | new] = CURG_UNKNOWN
+    for old, new in [(o, w) for o in running for w in waiting] + [
+            (d, s) for d in n("_Gdead", "_Gdeadextra") for s in syscall]:
+        table[old << 4 | new] = CURG_UNKNOWN
     return table
 
 

@@ -385,7 +385,10 @@ def main(argv=None):
                         format="gotel: %(message)s", stream=sys.stderr)
     # `kill -QUIT` prints every thread's stack on stderr and gotel goes on: what a gotel that does
     # not stop is waiting for.
-    faulthandler.register(signal.SIGQUIT, all_threads=True, chain=False)
+    try:
+        faulthandler.register(signal.SIGQUIT, all_threads=True, chain=False)
+    except (AttributeError, ValueError, OSError):   # stderr is no file (called from Python)
+        pass
     try:
         return args.func(args) or 0
     except GotelError as e:

@@ -59,7 +59,9 @@ def test_transition_table_follows_the_status_numbering_given():
 def test_thread_table_says_what_each_transition_does_to_the_threads_goroutine():
     t = probes.thread_table(GO125)
     assert kind_of(t, 1, 2) == probes.CURG_RUNS           # execute
-    assert kind_of(t, 3, 2) == probes.CURG_RUNS           # exitsyscall
+    assert kind_of(t, 3, 2) == probes.CURG_KEEP           # exitsyscall: the same goroutine
+    assert kind_of(t, 8, 2) == probes.CURG_KEEP           # the end of its stack copy
+    assert kind_of(t, 6, 3) == probes.CURG_UNKNOWN        # needm: a cgo callback's goroutine
     assert kind_of(t, 4, 2) == probes.CURG_RUNS           # the end of a GC wait on itself
     assert kind_of(t, 2, 6) == probes.CURG_NONE           # goexit0, then dropg
     assert kind_of(t, 2, 1) == probes.CURG_NONE           # Gosched, preemption
