@@ -265,20 +265,22 @@ static __always_inline __u64 window_u64(__u8 *window, struct gotel_layout *l, __
     return v;
 }
 
-/* The goid of the goroutine that the current M runs (m.curg), 0 when it runs none (the scheduler,
- * e.g. findRunnable injecting netpoll or timer wakeups). R14 is the current g, possibly g0. */
-static __always_inline __u64 current_goid(struct pt_regs *ctx, struct gotel_layout *l)
+/* The goroutine that the current M runs (m.curg), 0 when it runs none (the scheduler, e.g.
+ * findRunnable injecting netpoll or timer wakeups). R14 is the current g, possibly g0. */
+static __always_inline __u64 current_g(struct pt_regs *ctx, struct gotel_layout *l)
 {
     __u64 g = ctx->r14;
     if (!g || !l->g_m)
         return 0;
     __u64 m = read_u64(g + l->g_m);
-    if (!m)
-        return 0;
-    __u64 curg = read_u64(m + l->m_curg);
-    if (!curg)
-        return 0;
-    return read_u64(curg + l->g_goid);
+    return m ? read_u64(m + l->m_curg) : 0;
+}
+
+/* m.curg's goid, 0 when the M runs none. */
+static __always_inline __u64 current_goid(struct pt_regs *ctx, struct gotel_layout *l)
+{
+    __u64 curg = current_g(ctx, l);
+    return curg ? read_u64(curg + l->g_goid) : 0;
 }
 
 /* current_goid through the goid cache (the casgstatus program only: it alone keeps the cache
@@ -286,13 +288,7 @@ static __always_inline __u64 current_goid(struct pt_regs *ctx, struct gotel_layo
 static __always_inline __u64 current_goid_cached(struct pt_regs *ctx, struct gotel_layout *l,
                                                  __u64 tag)
 {
-    __u64 g = ctx->r14;
-    if (!g || !l->g_m)
-        return 0;
-    __u64 m = read_u64(g + l->g_m);
-    if (!m)
-        return 0;
-    __u64 curg = read_u64(m + l->m_curg);
+    __u64 curg = current_g(ctx, l);
     if (!curg)
         return 0;
     __u64 goid = goid_cached(curg, tag);
