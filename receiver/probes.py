@@ -80,17 +80,20 @@ class Config:
                 f"-DGOTEL_WAKEUP_BYTES={wakeup}"]
 
 
+def _status_sets(statuses):
+    """n(*names): the set of those statuses' low four bits (what the tables index by; _Gscan and
+    the statuses a version lacks left out)."""
+    s = {name: num & 0xF for name, num in statuses.items() if name.startswith("_G") and name != "_Gscan"}
+    return lambda *names: {s[x] for x in names if x in s}
+
+
 def transition_table(statuses, kinds=DEFAULT_KINDS):
     """The 256-entry (old & 0xf) << 4 | (new & 0xf) -> Kind table for one Go version's statuses.
 
     statuses maps the runtime's constant names (``_Grunnable`` ...) to numbers; a status a version
     lacks is simply absent. Kinds not in ``kinds`` become DROP.
     """
-    s = {name: num & 0xF for name, num in statuses.items() if name.startswith("_G") and name != "_Gscan"}
-
-    def n(*names):
-        return {s[x] for x in names if x in s}
-
+    n = _status_sets(statuses)
     dead, running = n("_Gdead", "_Gdeadextra"), n("_Grunning")
     runnable, waiting, syscall = n("_Grunnable"), n("_Gwaiting"), n("_Gsyscall")
     preempted, copystack = n("_Gpreempted"), n("_Gcopystack")
@@ -137,11 +140,7 @@ def thread_table(statuses):
     into a syscall) is not known yet, so the kernel reads m.curg then. A syscall and a stack copy,
     begun and ended on the thread by its own goroutine, leave it as it was, as do a ready and a
     creation: the syscalls, which are not recorded by default, cost no write."""
-    s = {name: num & 0xF for name, num in statuses.items() if name.startswith("_G") and name != "_Gscan"}
-
-    def n(*names):
-        return {s[x] for x in names if x in s}
-
+    n = _status_sets(statuses)
     running, waiting, syscall = n("_Grunning"), n("_Gwaiting"), n("_Gsyscall")
     stopped = n("_Grunnable", "_Gdead", "_Gdeadextra", "_Gpreempted")
     table = [CURG_KEEP] * 256
