@@ -1,11 +1,11 @@
 """Row 3: user-space throughput: events/s through gotel's decoder and whole pipeline, against a
 per-event bcc callback consumer and the OpenTelemetry Python SDK, in one run on one machine.
 
-A real event stream is recorded first: gotel's receiver (kernel probe, ring buffer, numpy reader)
+A real event stream is recorded first: gotel's receiver (kernel probe, per-CPU event buffers, numpy reader)
 traces ``spawn`` (goroutine-heavy: one span per 3 events), ``pingpong`` (park-heavy) and the
 ``httpserver`` under ``wrk``, keeping every event. That stream is then replayed from memory, in
 time order, in batches of 16384 events (when the pipeline is the bottleneck the reader hands over
-whatever accumulated during the previous batch, up to the ring's ~116k events, so the batches of a
+whatever accumulated during the previous batch, up to the buffers' 131k events, so the batches of a
 saturated gotel are at least this large), on one thread pinned to one CPU:
 
 - ``decode``: ``EventDecoder`` with its Go runtime metrics, spans dropped after it;
@@ -21,8 +21,10 @@ Both rates are events (and spans) per second of the replaying thread's CPU time.
 (a) ``bcc callback``: the consumer a bcc tool would write, ``open_ring_buffer(cb)`` +
 ``ring_buffer_poll``, where ``cb`` only casts each record to a ctypes struct, reads its kind and
 counts it (bcc's own ``table.event()`` cannot parse the ``__u64`` fields of struct gotel_event; bcc
-tools define such structs with ctypes by hand, as here), against gotel's ``RingBufferReader`` draining the same probe's ring buffer, each on a live
-``pingpong`` traced by gotel's own probe, in events per second of the consumer thread's CPU time.
+tools define such structs with ctypes by hand, as here), on gotel's probe made to write a BPF ring
+buffer (``benchmarks/bpf_parts.py``'s ``ring`` variant), against gotel's ``EventBufferReader``
+draining the shipped probe's per-CPU buffers, each on a live ``pingpong``, in events per second of
+the consumer thread's CPU time.
 (b) ``SDK``: the OpenTelemetry Python SDK creating the spans that gotel's decoder produced from the
 stream (same names, parents, times and attributes, links left out; all of it precomputed outside the
 timing, which favours the SDK), collected by a span processor and encoded with the OTLP exporter's
@@ -32,7 +34,7 @@ export size; and gotel's ``TraceEncoder`` on the very same spans.
 Trust ``pipeline (every span)`` spans/s over ``SDK`` spans/s as the SDK comparison: gotel's side also
 decodes the events, filters and batches, the SDK's side starts from finished names and attributes,
 so the ratio understates gotel's advantage. The bcc comparison counts consumer CPU only (the probe
-side is the same program); a consumer that falls behind loses events, reported with it.
+side is the same program but for where it writes); a consumer that falls behind loses events, reported with it.
 """
 
 import ctypes
@@ -48,7 +50,7 @@ from receiver.receiver import GoroutineReceiver
 
 SDK_BATCH = 512
 # Replay batch size: what the reader hands over when the pipeline is the bottleneck is whatever
-# accumulated meanwhile, up to the ring's 8 MiB (~116k events); 16384 is well inside that range.
+# accumulated meanwhile, up to the buffers' 8 MiB (131k events); 16384 is well inside that range.
 REPLAY_BATCH = 16384
 REPLAYS = ("decode", "pipeline_default", "pipeline_all")
 
@@ -290,20 +292,22 @@ class Event(ctypes.Structure):
 
 
 class LiveConsumers:
-    """gotel's probe compiled once; ``run(style, n)`` traces one pingpong with it and drains the
-    ring buffer with a bcc per-event callback or gotel's numpy reader, on a thread of its own."""
+    """gotel's probe compiled twice, as shipped and writing a ring buffer; ``run(style, n)`` traces
+    one pingpong and drains the ring with a bcc per-event callback or the shipped probe's buffers
+    with gotel's numpy reader, on a thread of its own."""
 
     def __init__(self):
+        from benchmarks import bpf_parts
         from receiver import probes
         from receiver.binary import GoBinary
-        from receiver.ringbuf import RingBufferReader
 
         self.binary = harness.workload("pingpong")
         self.gobinary = GoBinary.open(str(self.binary))
-        self.probes = probes.Probes(probes.Config())
-        self.reader = RingBufferReader(self.probes.events_fd)
+        self.probes = {"numpy_reader": probes.Probes(probes.Config()),
+                       "bcc_callback": bpf_parts.load("ring")}
+        self.reader = self.probes["numpy_reader"].reader()
         self.events = 0
-        self.probes.bpf["events"].open_ring_buffer(self._callback)
+        self.probes["bcc_callback"].bpf["ring_events"].open_ring_buffer(self._callback)
 
     def _callback(self, ctx, data, size):
         event = ctypes.cast(data, ctypes.POINTER(Event)).contents
@@ -311,21 +315,23 @@ class LiveConsumers:
             self.events += 1
 
     def _drain_bcc(self, stop):
+        ring = self.probes["bcc_callback"].bpf
         while not stop.is_set():
-            self.probes.bpf.ring_buffer_poll(50)
-        self.probes.bpf.ring_buffer_consume()
+            ring.ring_buffer_poll(50)
+        ring.ring_buffer_consume()
 
     def _drain_numpy(self, stop):
         while not stop.is_set():
             self.events += len(self.reader.poll(0.05))
-        self.events += len(self.reader.read())
+        self.events += len(self.reader.read(everything=True))
 
     def run(self, style, n):
         """{"events", "cpu_s", "lost"} of one consumer ("bcc_callback" or "numpy_reader")."""
         drain = self._drain_bcc if style == "bcc_callback" else self._drain_numpy
-        lost_before = self.probes.counters()["lost"]
+        probes = self.probes[style]
+        lost_before = probes.counters()["lost"]
         proc = harness.start_waiting(self.binary, ["-n", n])
-        attachment = self.probes.attach(self.gobinary, proc.pid)
+        attachment = probes.attach(self.gobinary, proc.pid)
         self.events, cpu, stop = 0, {}, threading.Event()
 
         def loop():
@@ -340,13 +346,14 @@ class LiveConsumers:
         finally:
             stop.set()
             t.join()
-            self.probes.detach(attachment)
+            probes.detach(attachment)
         return {"events": self.events, "cpu_s": cpu["s"],
-                "lost": self.probes.counters()["lost"] - lost_before}
+                "lost": probes.counters()["lost"] - lost_before}
 
     def close(self):
         self.reader.close()
-        self.probes.close()
+        for probes in self.probes.values():
+            probes.close()
 
 
 # --- the row ------------------------------------------------------------------------------------
@@ -411,7 +418,7 @@ def run(quick=False):
         "gotel encoder / SDK create+encode, same spans (per repetition)", "x",
         [e / s for e, s in zip(enc_rate, sdk_rate)], 1)
     for style, label in (("bcc_callback", "bcc per-event callback consumer"),
-                         ("numpy_reader", "gotel RingBufferReader")):
+                         ("numpy_reader", "gotel EventBufferReader")):
         figs[f"live.{style}.events_per_s"] = harness.figure(
             f"{label}: events/s (consumer CPU time)", "events/s",
             [s["events"] / s["cpu_s"] if s["cpu_s"] else None for s in live[style]], 0)

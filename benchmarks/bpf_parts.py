@@ -13,7 +13,9 @@ variant is what the part cut out costs, per hit:
   goid of a g the cache misses);
 - ``no_cache``: the goid cache never hits: every event reads its g's goid (as before the cache);
 - ``no_clock``: bpf_ktime_get_ns not called;
-- ``no_ring``: the record built, neither reserved nor submitted;
+- ``no_buffer``: the event built, not written to the event buffer;
+- ``ring``: the event written to a BPF ring buffer instead (``bpf_ringbuf_output``, no wakeup, drained
+  by gotel's ring reader), as gotel did before its per-CPU buffers;
 - ``trap_only``: every kind dropped by the table: what any hit costs before it is kept;
 - ``count_only``: a counting program like row 6's, on the same casgstatus: the kernel's floor measured
   the way this row measures the others (a CPU average over the whole run, not row 6's fastest block);
@@ -59,16 +61,20 @@ CUTS = {
                  ("    __u64 goid = goid_cached(curg, tag);\n", "    __u64 goid = 0;\n")],
     "no_clock": [("    e.ts_ns = bpf_ktime_get_ns();\n    e.g = gp;\n    e.pid",
                   "    e.ts_ns = 1;\n    e.g = gp;\n    e.pid")],
-    "no_ring": [("    struct gotel_event *out = events.ringbuf_reserve(sizeof(struct gotel_event));\n"
-                 "    if (!out) {",
-                 "    if (e.ts_ns)\n        return 0;\n"
-                 "    struct gotel_event *out = events.ringbuf_reserve(sizeof(struct gotel_event));\n"
-                 "    if (!out) {")],
+    "no_buffer": [("        count(GOTEL_COUNTER_HELD_FULL);\n    }\n    emit(&e);",
+                   "        count(GOTEL_COUNTER_HELD_FULL);\n    }\n    if (e.ts_ns)\n        return 0;\n"
+                   "    emit(&e);")],
+    "ring": [("static __always_inline void emit(struct gotel_event *e)\n{\n",
+              "BPF_RINGBUF_OUTPUT(ring_events, 2048);\n"
+              "static __always_inline void emit(struct gotel_event *e)\n{\n"
+              "    if (ring_events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP))\n"
+              "        count(GOTEL_COUNTER_LOST);\n"
+              "    if (e->ts_ns)\n        return;\n")],
     "trap_only": [],
     # Not parts of gotel's program but bounds on any: a counting program like row 6's, on the same
     # casgstatus (the kernel's floor, by this row's method) and the least an event can do: the
     # clock, the pid and one read of g.goid into a per-CPU slot that nothing delivers.
-    "count_only": [(ON_CASGSTATUS, ON_CASGSTATUS + """    int k0 = GOTEL_COUNTER_SUBMITTED;
+    "count_only": [(ON_CASGSTATUS, ON_CASGSTATUS + """    int k0 = GOTEL_COUNTER_HITS;
     __u64 *v0 = counters.lookup(&k0);
     if (v0)
         __sync_fetch_and_add(v0, 1);
@@ -114,6 +120,14 @@ def load(name):
         probes.SOURCE = shipped
 
 
+def drain_reader(p):
+    """The reader of what a variant writes: the ``ring`` variant's ring buffer, else p's own."""
+    try:
+        return RingBufferReader(p.bpf["ring_events"].map_fd)
+    except KeyError:
+        return p.reader()
+
+
 def run_stats(fd):
     """(run_time_ns, run_cnt) of a BPF program fd of this process."""
     fields = dict(line.split(":", 1) for line in open(f"/proc/self/fdinfo/{fd}") if ":" in line)
@@ -129,7 +143,7 @@ def one_run(p, binary, gobinary, n):
     att = p.attach(gobinary, proc.pid)
     fd = p._fns[att.slot].fd
     t0, c0 = run_stats(fd)
-    reader, stop, got = RingBufferReader(p.events_fd), threading.Event(), []
+    reader, stop, got = drain_reader(p), threading.Event(), []
     drain = threading.Thread(target=lambda: [got.append(len(reader.poll(0.05)))
                                              for _ in iter(stop.is_set, True)], daemon=True)
     drain.start()
@@ -150,14 +164,17 @@ def main(argv=None):
     parser.add_argument("--workload", default="pingpong", choices=("pingpong", "spawn"))
     parser.add_argument("--ops", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variants", default=",".join(CUTS),
+                        help="comma-separated, among: " + ", ".join(CUTS))
     args = parser.parse_args(argv)
+    chosen = [v for v in CUTS if v in set(args.variants.split(",")) | {"gotel", "count_only"}]
     from receiver.binary import GoBinary
 
     harness.pin_self()
     binary = harness.workload(args.workload)
     gobinary = GoBinary.open(str(binary))
-    loaded = {name: load(name) for name in CUTS}
-    runs = {name: [] for name in ("untraced", *CUTS)}
+    loaded = {name: load(name) for name in chosen}
+    runs = {name: [] for name in ("untraced", *chosen)}
     with open("/proc/sys/kernel/bpf_stats_enabled") as f:
         stats_before = f.read().strip()
     started = time.monotonic()
@@ -177,8 +194,8 @@ def main(argv=None):
     print(f"{'variant':>11} {'hits/op':>8} {'BPF ns/hit':>11} {'vs gotel':>9} {'CPU ns/hit':>11} "
           f"{'/ count_only':>13}")
     gotel_bpf = statistics.median(r[1] for r in runs["gotel"])
-    cpu = {name: [(r[0] - b) / r[2] for r, b in zip(runs[name], base) if r[2]] for name in CUTS}
-    for name in CUTS:
+    cpu = {name: [(r[0] - b) / r[2] for r, b in zip(runs[name], base) if r[2]] for name in chosen}
+    for name in chosen:
         bpf = statistics.median(r[1] for r in runs[name])
         # Pair by pair within a repetition, over the floor measured the same way.
         over = statistics.median(c / f for c, f in zip(cpu[name], cpu["count_only"]) if f > 0)

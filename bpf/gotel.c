@@ -7,10 +7,10 @@
  * stack-check prologue takes a second trap). The trap is paid by every status change, wanted or
  * not: benchmarks/probe_cost.py measures it, and what this program adds per captured event, on the
  * machine at hand. Each hit classifies (old, new) through a table
- * that user space fills per Go layout, drops unwanted kinds before touching the ring buffer, reads of
+ * that user space fills per Go layout, drops unwanted kinds before touching the event buffer, reads of
  * the g only what its goid cache cannot give (a creation's fields, a park's wait reason, the goid of a
- * g not yet seen), and submits one struct gotel_event without waking the reader, unless the ring
- * holds more than GOTEL_WAKEUP_BYTES (a wakeup costs ~1.4 us inside the probe). Go <= 1.23 numbers
+ * g not yet seen), and writes one struct gotel_event into this CPU's event buffer (`events`, below:
+ * no helper call, no lock, no wakeup; the reader polls). Go <= 1.23 numbers
  * a new goroutine only after marking it runnable, so there its CREATE is held in a hash map and sent
  * at the goroutine's next transition, with the goid it has by then.
  *
@@ -21,17 +21,15 @@
 #include <uapi/linux/ptrace.h>
 #include "gotel_event.h"
 
-#ifndef GOTEL_RING_BYTES
-#define GOTEL_RING_BYTES (8 << 20)
+#ifndef GOTEL_CPUS
+#define GOTEL_CPUS 1            /* possible CPUs: one event buffer each */
 #endif
-#ifndef GOTEL_WAKEUP_BYTES
-#define GOTEL_WAKEUP_BYTES (GOTEL_RING_BYTES / 4)
+#ifndef GOTEL_SLOTS_BITS
+#define GOTEL_SLOTS_BITS 16     /* events per CPU buffer: 1 << this */
 #endif
+#define GOTEL_SLOTS (1 << GOTEL_SLOTS_BITS)
 #define GOTEL_MAX_LAYOUTS 8   /* one probe_casgstatus_N per slot, below */
 #define GOTEL_G_WINDOW 256     /* bytes of g read at most per event (a power of two) */
-
-/* Ring-buffer record = 8-byte header + payload, rounded up to 8 bytes. */
-#define GOTEL_RECORD_BYTES ((8 + sizeof(struct gotel_event) + 7) & ~7)
 
 /* Offsets into runtime.g / runtime.m of one Go version, and the transition table. An offset of 0
  * means "absent" (no Go field of interest sits at offset 0 of g or m). */
@@ -80,12 +78,10 @@ struct gotel_layout {
 };
 
 /* counters[GOTEL_COUNTER_*] */
-#define GOTEL_COUNTER_LOST     0   /* ring buffer full: reserve failed, event lost */
-#define GOTEL_COUNTER_WAKEUPS  1   /* forced wakeups of the reader */
-#define GOTEL_COUNTER_HITS     2   /* probe hits that produced a kind (captured or lost) */
-#define GOTEL_COUNTER_HELD_FULL 3  /* CREATE not held (map full): sent with goid 0 */
-#define GOTEL_COUNTER_SUBMITTED 4  /* records submitted (paces the ring-fill queries of submit) */
-#define GOTEL_NUM_COUNTERS     5
+#define GOTEL_COUNTER_LOST     0   /* this CPU's event buffer full: event lost */
+#define GOTEL_COUNTER_HITS     1   /* probe hits that produced a kind (captured or lost) */
+#define GOTEL_COUNTER_HELD_FULL 2  /* CREATE not held (map full): sent with goid 0 */
+#define GOTEL_NUM_COUNTERS     3
 
 /* Probe points, for the hit counter: what the overhead budget prices (receiver/levels.py). */
 #define GOTEL_POINT_CASGSTATUS 0   /* full level: every status change */
@@ -143,11 +139,28 @@ struct gotel_thread_entry {
     __u64 check;
 };
 
-/* `events` must stay the first map declared: bcc has no method for bpf_ringbuf_query, and its
- * placeholder for the first map's fd is bpf_pseudo_fd(1, -1). A wrong map here cannot go unnoticed:
- * the verifier rejects any map but a ring buffer for that helper. */
-BPF_RINGBUF_OUTPUT(events, GOTEL_RING_BYTES / 4096);
-#define GOTEL_EVENTS_MAP ((void *)bpf_pseudo_fd(1, -1))
+/* The event buffers: GOTEL_SLOTS events per CPU, in one array that the reader maps
+ * (receiver/eventbuf.py), each CPU's used as a ring of positions. A writer claims the next position
+ * of its CPU (`heads`) by compare-and-swap if the reader has read the slot's last event
+ * (`tails`, which only the reader writes), writes the event, and stores last its `cpu` field,
+ * which in the buffer holds a tag of the position's lap instead (the reader knows the CPU):
+ * the reader copies the run of slots whose tag is their lap's, then moves that CPU's tail. The
+ * claim is atomic because a uprobe's program may be preempted, and another task of the same CPU
+ * may then write; a slot claimed but not yet written holds the reader up until it is. The reader
+ * writes no slot, so a writer's store finds its line at most shared, never dirty in another
+ * core's cache. All this costs a locked cmpxchg of a line this CPU owns and the stores, no helper
+ * call: the BPF ring buffer it replaced (a spinlock with interrupts off in reserve, two helper
+ * calls, a fill query for the wakeup) took 17-25 ns more of the program's time a hit here. */
+BPF_F_TABLE("array", u32, struct gotel_event, events, GOTEL_CPUS * GOTEL_SLOTS, BPF_F_MMAPABLE);
+struct gotel_position {
+    __u64 pos;
+    __u64 pad[7];   /* a cache line each: CPUs do not share their positions' lines */
+};
+BPF_ARRAY(heads, struct gotel_position, GOTEL_CPUS);
+BPF_F_TABLE("array", u32, struct gotel_position, tails, GOTEL_CPUS, BPF_F_MMAPABLE);
+/* The tag of a position: its lap plus one, so that a slot never written (0) and one of the lap
+ * before never match (the writer is never more than a lap ahead of the reader). */
+#define GOTEL_LAP_TAG(pos) ((__u16)(((pos) >> GOTEL_SLOTS_BITS) + 1))
 BPF_ARRAY(layouts, struct gotel_layout, GOTEL_MAX_LAYOUTS);
 BPF_PERCPU_ARRAY(counters, __u64, GOTEL_NUM_COUNTERS);
 /* hits[(tgid % GOTEL_HIT_PIDS) * GOTEL_NUM_POINTS + point]: every probe hit, kept or dropped. An
@@ -299,27 +312,49 @@ static __always_inline __u64 current_goid_cached(struct pt_regs *ctx, struct got
     return goid;
 }
 
-/* Submit a reserved record without waking the reader, except that every GOTEL_QUERY_EVERY-th
- * event of a CPU asks how full the ring is (bpf_ringbuf_query costs a helper call: asking on every
- * event was a tenth of the program's cost) and wakes the reader past the watermark. The reader
- * also polls on a timer, so a wakeup missed costs latency, never data. */
-#ifndef GOTEL_QUERY_EVERY
-#define GOTEL_QUERY_EVERY 32   /* a power of two */
-#endif
-static __always_inline void submit(struct gotel_event *e)
+/* A free slot of this CPU's event buffer, claimed (see `events`): the caller writes every field
+ * but `cpu`, then commit()s with *pos. NULL, counted lost, when the buffer is full. */
+static __always_inline struct gotel_event *claim(__u64 *pos)
 {
-    __u64 flags = BPF_RB_NO_WAKEUP;
-    int which = GOTEL_COUNTER_SUBMITTED;
-    __u64 *n = counters.lookup(&which);
-    if (n) {
-        *n += 1;
-        if ((*n & (GOTEL_QUERY_EVERY - 1)) == 0 &&
-                bpf_ringbuf_query(GOTEL_EVENTS_MAP, BPF_RB_AVAIL_DATA) >= GOTEL_WAKEUP_BYTES) {
-            flags = BPF_RB_FORCE_WAKEUP;
-            count(GOTEL_COUNTER_WAKEUPS);
+    __u32 cpu = bpf_get_smp_processor_id();
+    struct gotel_position *h = heads.lookup(&cpu), *t = tails.lookup(&cpu);
+    if (!h || !t)
+        return NULL;
+    /* A second try only when another task of this CPU claimed the same position meanwhile. */
+#pragma unroll
+    for (int attempt = 0; attempt < 2; attempt++) {
+        __u64 p = *(volatile __u64 *)&h->pos;
+        if (p - *(volatile __u64 *)&t->pos >= GOTEL_SLOTS)
+            break;   /* the slot's last event is not read yet: the buffer is full */
+        __u32 i = cpu * GOTEL_SLOTS + (p & (GOTEL_SLOTS - 1));
+        struct gotel_event *slot = events.lookup(&i);
+        if (!slot)
+            break;
+        if (__sync_val_compare_and_swap(&h->pos, p, p + 1) == p) {
+            *pos = p;
+            return slot;
         }
     }
-    events.ringbuf_submit(e, flags);
+    count(GOTEL_COUNTER_LOST);
+    return NULL;
+}
+
+/* Hand a claimed slot to the reader: its lap tag is stored after every other field. */
+static __always_inline void commit(struct gotel_event *slot, __u64 pos)
+{
+    asm volatile("" ::: "memory");   /* x86 keeps stores in order; this keeps the compiler's */
+    *(volatile __u16 *)&slot->cpu = GOTEL_LAP_TAG(pos);
+}
+
+/* Write an event built elsewhere into this CPU's event buffer. */
+static __always_inline void emit(struct gotel_event *e)
+{
+    __u64 pos;
+    struct gotel_event *slot = claim(&pos);
+    if (!slot)
+        return;
+    __builtin_memcpy(slot, e, __builtin_offsetof(struct gotel_event, cpu));   /* all but the tag */
+    commit(slot, pos);
 }
 
 /* Send the CREATE held for gp (Go <= 1.23), now that g.goid is set. */
@@ -329,15 +364,11 @@ static __always_inline void release_held(__u64 gp, struct gotel_layout *l, __u64
     struct gotel_event *held = created.lookup(&key);
     if (!held)
         return;
-    struct gotel_event *e = events.ringbuf_reserve(sizeof(struct gotel_event));
-    if (e) {
-        __builtin_memcpy(e, held, sizeof(*e));
-        e->goid = read_u64(gp + l->g_goid);
-        goid_put(gp, tag, e->goid);
-        submit(e);
-    } else {
-        count(GOTEL_COUNTER_LOST);
-    }
+    struct gotel_event e;
+    __builtin_memcpy(&e, held, sizeof(e));
+    e.goid = read_u64(gp + l->g_goid);
+    goid_put(gp, tag, e.goid);
+    emit(&e);
     created.delete(&key);
 }
 
@@ -371,8 +402,7 @@ static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)
     }
     count(GOTEL_COUNTER_HITS);
 
-    /* Built on the stack, then copied into the ring (a 64-byte copy is cheaper than the
-     * verifier-proof juggling of a ring pointer that may also be a held record). */
+    /* Built on the stack, then copied into the event buffer (or held). */
     struct gotel_event e = {};
     int hold = kind == GOTEL_KIND_CREATE && l->late_goid_olds;
     e.ts_ns = bpf_ktime_get_ns();
@@ -382,7 +412,6 @@ static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)
     e.kind = kind;
     e.old_status = oldval;
     e.new_status = newval;
-    e.cpu = bpf_get_smp_processor_id();
     /* The g itself is read only for what the cache cannot give: a creation's fields, a park's
      * wait reason (and a run's, where the runtime set it only after the park: Go 1.19's GC
      * assists, mark termination, stack scans; the decoder reads it for runs that end a wait with
@@ -443,13 +472,7 @@ static __always_inline int on_casgstatus(struct pt_regs *ctx, int slot)
         /* No room to hold it: send it now with goid 0 (unknown), and count it. */
         count(GOTEL_COUNTER_HELD_FULL);
     }
-    struct gotel_event *out = events.ringbuf_reserve(sizeof(struct gotel_event));
-    if (!out) {
-        count(GOTEL_COUNTER_LOST);
-        return 0;
-    }
-    __builtin_memcpy(out, &e, sizeof(e));
-    submit(out);
+    emit(&e);
     return 0;
 }
 
@@ -473,23 +496,23 @@ static __always_inline int on_preemptpark(struct pt_regs *ctx, int slot)
     if (!gp)
         return 0;
     count(GOTEL_COUNTER_HITS);
-    struct gotel_event *e = events.ringbuf_reserve(sizeof(struct gotel_event));
-    if (!e) {
-        count(GOTEL_COUNTER_LOST);
+    __u64 pos;
+    struct gotel_event *e = claim(&pos);
+    if (!e)
         return 0;
-    }
-    __builtin_memset(e, 0, sizeof(*e));
     e->ts_ns = bpf_ktime_get_ns();
     e->g = gp;
     e->goid = read_u64(gp + l->g_goid);
+    e->aux_goid = 0;
+    e->pc_start = 0;
+    e->pc_create = 0;
     e->pid = pid_tgid >> 32;
     e->tid = (__u32)pid_tgid;
     e->kind = l->preempt_kind;
     e->wait_reason = l->preempted_reason;
     e->old_status = l->status_running;
     e->new_status = l->status_preempted;
-    e->cpu = bpf_get_smp_processor_id();
-    submit(e);
+    commit(e, pos);
     return 0;
 }
 
@@ -512,11 +535,10 @@ static __always_inline int on_lifecycle(struct pt_regs *ctx, int slot, __u64 gp,
     if (len > GOTEL_G_WINDOW)
         len = GOTEL_G_WINDOW;
     bpf_probe_read_user(window, len, (void *)(gp + l->g_window));
-    struct gotel_event *e = events.ringbuf_reserve(sizeof(struct gotel_event));
-    if (!e) {
-        count(GOTEL_COUNTER_LOST);
+    __u64 pos;
+    struct gotel_event *e = claim(&pos);
+    if (!e)
         return 0;
-    }
     e->ts_ns = bpf_ktime_get_ns();
     e->g = gp;
     e->goid = window_u64(window, l, l->g_goid);
@@ -524,7 +546,6 @@ static __always_inline int on_lifecycle(struct pt_regs *ctx, int slot, __u64 gp,
     e->tid = (__u32)pid_tgid;
     e->kind = kind;
     e->wait_reason = 0;
-    e->cpu = bpf_get_smp_processor_id();
     if (kind == GOTEL_KIND_CREATE) {
         e->old_status = l->status_dead;
         e->new_status = l->status_runnable;
@@ -539,7 +560,7 @@ static __always_inline int on_lifecycle(struct pt_regs *ctx, int slot, __u64 gp,
         e->pc_create = 0;
         e->aux_goid = 0;
     }
-    submit(e);
+    commit(e, pos);
     return 0;
 }
 

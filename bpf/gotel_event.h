@@ -1,15 +1,15 @@
-/* The one record gotel's BPF programs write to the ring buffer: a goroutine status transition.
+/* The one record gotel's BPF programs write to their event buffers: a goroutine status transition.
  *
  * Mirrored, field for field, by receiver/events.py (EVENT_DTYPE); tests/receiver/test_events.py
  * compiles this header and proves sizes and offsets agree. Fixed size and naturally aligned, so that user space can view a
- * whole run of ring-buffer records as one numpy array. Little-endian (amd64).
+ * whole run of records as one numpy array. Little-endian (amd64).
  */
 #ifndef GOTEL_EVENT_H
 #define GOTEL_EVENT_H
 
 /* Kinds of transition. The kernel does not classify statuses itself: user space writes, per Go
  * layout, a table from (old status, new status) to kind (see struct gotel_layout), so that status
- * numbering lives in one place (receiver/) and unwanted kinds are dropped before the ring buffer. */
+ * numbering lives in one place (receiver/) and unwanted kinds are dropped before the event buffers. */
 #define GOTEL_KIND_DROP           0   /* not emitted */
 #define GOTEL_KIND_CREATE         1   /* _Gdead -> _Grunnable (or _Gwaiting / _Gsyscall) */
 #define GOTEL_KIND_RUN            2   /* -> _Grunning from runnable or waiting */
@@ -42,7 +42,8 @@ struct gotel_event {
                            the runtime set by then (see the decoder's runtime work) */
     __u16 old_status;   /* raw runtime status, _Gscan bit included */
     __u16 new_status;
-    __u16 cpu;
+    __u16 cpu;          /* the CPU whose event buffer held it (in the buffer: its lap tag, see
+                           `events` in gotel.c; the reader writes the CPU in) */
 };
 
 /* Every field sits at its natural alignment, so the struct needs no packing (packing would make

@@ -4,9 +4,9 @@ Per batch, with no per-event Python loop:
 
 1. Unknown kinds, and times that are zero or more than a minute ahead of the wall clock, are
    dropped and counted; stack copies carry no lifecycle meaning and are ignored.
-2. A stable sort by ``ts_ns``. The reader's array is sorted per CPU only (one ring buffer, records
-   interleaved in reservation order); stable, so that records with equal timestamps keep the order
-   they were written in, which on one CPU is the order they happened in.
+2. A stable sort by ``ts_ns``. The reader's array is in order per CPU only (one buffer per CPU,
+   read one after another; receiver/eventbuf.py); stable, so that records with equal timestamps
+   keep the order they were written in, which on one CPU is the order they happened in.
 3. A second stable sort groups events by goroutine (pid, goid) keeping time order inside a group.
    The live-goroutine table (goroutines.py) is touched once per distinct goroutine: one vectorized
    lookup, one insert of the goroutines first seen in the batch, one delete of those that exited.
@@ -62,7 +62,7 @@ batch and has no event at or after T exited between its last sign of life and T:
 an open park) ends at the last time it is known alive, its last event or the previous census
 (which listed it, or it would have ended there), whichever is later, flagged EXIT_UNSEEN, and its
 state is freed (counted in ``exits_unseen``; its lifetime is not recorded, as it is not known).
-Events of those goroutines that arrive later (from before T, still in the ring buffer then) are
+Events of those goroutines that arrive later (from before T, still in the kernel's buffers then) are
 dropped as after their exit. Identity is (pid, goid): the runtime gives every new goroutine a
 fresh goid (``newproc1``; only an extra M's g keeps its goid across cgo callbacks, and it is dead,
 so off the list, between them), while g structs are reused: a reused g is a new goid, so a new

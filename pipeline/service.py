@@ -257,7 +257,7 @@ class Service:
         if source is None:
             pass
         elif source.lost:
-            out.append(f"{source.lost} events (the kernel's ring buffer was full: raise ring_bytes)")
+            out.append(f"{source.lost} events (the kernel's event buffers were full: raise ring_bytes)")
         if source is not None and source.overflowed:
             out.append(f"{source.overflowed} events (the pipeline fell behind and gotel's event "
                        f"buffer was full: raise buffer_events)")

@@ -3,7 +3,7 @@
 under a Resource whose ``service.name`` is ``gotel`` (unless ``service::telemetry::metrics::level``
 is ``none``).
 
-Receiver side: events accepted (read from the ring buffer), refused (lost: the ring was full) and
+Receiver side: events accepted (read from the kernel's event buffers), refused (lost: a buffer was full) and
 failed (a stage raised on their batch); spans accepted (made by the decoder) and refused (could not be
 encoded as OTLP); the decoder's own drop counters. Then each processor's items in and out, and per
 processor its own counters (``gotel_processor_spans_dropped``, ...), and per exporter the Collector's

@@ -101,7 +101,7 @@ class TraceParts:
         out["parent_span_id"] = parent_span
         out["start_ns"] = start_ns
         # A roll-over happens at the batch's latest time; another goroutine's next event may be a
-        # little earlier (CPUs interleave in the ring buffer), so a part can end "before" it
+        # little earlier (each CPU's buffer is read in turn), so a part can end "before" it
         # started by that much: such an end is moved up to the start.
         out["end_ns"] = np.maximum(end_ns, start_ns)
         out["goid"] = g["goid"][rows]

@@ -2,7 +2,7 @@
 
 Measured on Linux 6.18 as a non-root user with ``setpriv`` (tests/faults/test_least_privilege.py):
 
-- CAP_BPF: create the ring buffer and the maps, load the program.
+- CAP_BPF: create the event buffers and the maps, load the program.
 - CAP_PERFMON: load a tracing program that reads process memory, open the uprobe's perf event.
 - A way to create the uprobe. The uprobe PMU (``perf_event_open`` with the type in
   ``/sys/bus/event_source/devices/uprobe/type``) needs CAP_SYS_ADMIN since the 2025 fix "perf:
@@ -72,7 +72,7 @@ def problems(pids=(), caps=None, writable=None):
     admin = "CAP_SYS_ADMIN" in caps
     out = []
     if "CAP_BPF" not in caps and not admin:
-        out.append("CAP_BPF is missing: the kernel refuses gotel's ring buffer and BPF program")
+        out.append("CAP_BPF is missing: the kernel refuses gotel's event buffers and BPF program")
     if "CAP_PERFMON" not in caps and not admin:
         out.append("CAP_PERFMON is missing: the kernel refuses a tracing program that reads "
                    "process memory, and the uprobe's perf event")

@@ -6,7 +6,7 @@ Two uprobes per traced binary (and per PID, or for every process running the bin
 benchmarks/preempt_park_cost.py). The program
 knows no Go version: each distinct Go layout gets a slot of the ``layouts`` map holding its g/m
 offsets and a 16x16 table (old status, new status) -> kind, built here from the binary's own status
-constants; kinds that are not wanted are written as DROP, so they never reach the ring buffer.
+constants; kinds that are not wanted are written as DROP, so they never reach the event buffers.
 Slot N is served by the program ``probe_casgstatus_N``, so binaries of different Go versions are
 traced at once.
 
@@ -28,12 +28,13 @@ import os
 import threading
 
 from receiver.errors import ProbeError
-from receiver.events import BPF_DIR, Kind, check_statuses
+from receiver.events import BPF_DIR, EVENT_DTYPE, Kind, check_statuses
 
 log = logging.getLogger("gotel.probes")
 SOURCE = BPF_DIR / "gotel.c"
 MAX_LAYOUTS = 8
-COUNTERS = ("lost", "wakeups", "hits", "held_full", "submitted")
+COUNTERS = ("lost", "hits", "held_full")
+MIN_SLOTS = 1024         # events per CPU buffer at least (64 KiB)
 # Probe points of the hit counter (GOTEL_POINT_* of bpf/gotel.c) and the programs behind them.
 POINTS = ("casgstatus", "create", "exit", "preemptpark")
 HIT_PIDS = 1024          # GOTEL_HIT_PIDS
@@ -49,35 +50,41 @@ PROBED_FUNCTION = "runtime.casgstatus"
 PREEMPT_FUNCTION = "runtime.preemptPark"
 
 
-def ring_problems(ring_bytes, wakeup_bytes):
-    """What is wrong with a BPF ring buffer's size and wakeup threshold (a list of messages)."""
-    problems = []
-    if ring_bytes < 4096 or ring_bytes & (ring_bytes - 1):
-        problems.append(f"ring_bytes must be a power of two >= 4096, got {ring_bytes}")
-    if not 0 <= wakeup_bytes < ring_bytes:
-        problems.append(f"wakeup_bytes must be in [0, ring_bytes), got {wakeup_bytes}")
-    return problems
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Tunables of the kernel side, passed to the C as -D flags."""
 
-    ring_bytes: int = 8 << 20         # power of two, multiple of the page size
-    wakeup_bytes: int = 0             # wake the reader past this many pending bytes; 0: ring/4
-    kinds: frozenset = DEFAULT_KINDS  # Kind values that reach the ring buffer
+    ring_bytes: int = 8 << 20         # the event buffers of all CPUs together (power of two)
+    kinds: frozenset = DEFAULT_KINDS  # Kind values that reach the event buffers
+    cpus: int = 0                     # event buffers (possible CPUs); 0: this machine's
 
     def validate(self):
-        problems = ring_problems(self.ring_bytes, self.wakeup_bytes)
+        problems = []
+        if self.ring_bytes < 4096 or self.ring_bytes & (self.ring_bytes - 1):
+            problems.append(f"ring_bytes must be a power of two >= 4096, got {self.ring_bytes}")
         unknown = set(self.kinds) - {k for k in Kind if k not in (Kind.DROP, Kind.EXISTING)}
         if unknown:
             problems.append(f"kinds: not emitted by the kernel: {sorted(unknown)}")
         return problems
 
+    @property
+    def buffers(self):
+        """(cpus, slots per CPU): ring_bytes split among the possible CPUs, at least MIN_SLOTS
+        events each (a power of two)."""
+        cpus = self.cpus or possible_cpus()
+        per_cpu = self.ring_bytes // EVENT_DTYPE.itemsize // cpus
+        return cpus, max(MIN_SLOTS, 1 << max(0, per_cpu.bit_length() - 1))
+
     def cflags(self):
-        wakeup = self.wakeup_bytes or self.ring_bytes // 4
-        return [f"-I{BPF_DIR}", f"-DGOTEL_RING_BYTES={self.ring_bytes}",
-                f"-DGOTEL_WAKEUP_BYTES={wakeup}"]
+        cpus, slots = self.buffers
+        return [f"-I{BPF_DIR}", f"-DGOTEL_CPUS={cpus}",
+                f"-DGOTEL_SLOTS_BITS={slots.bit_length() - 1}"]
+
+
+def possible_cpus():
+    """The number of CPU ids the kernel may use (bpf_get_smp_processor_id is below it)."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        return max(int(part.split("-")[-1]) for part in f.read().strip().split(",")) + 1
 
 
 def _status_sets(statuses):
@@ -205,8 +212,8 @@ class Attachment:
 class Probes:
     """The compiled program, its layout slots and its live uprobes.
 
-    ``events_fd`` is the ring buffer map's fd for a ``RingBufferReader``; ``counters()`` sums the
-    per-CPU counters (lost = ring-buffer reserve failures). ``close()`` detaches everything.
+    ``reader()`` reads its per-CPU event buffers; ``counters()`` sums the per-CPU counters (lost:
+    events that found their CPU's buffer full). ``close()`` detaches everything.
     Raises ``ProbeError`` when compiling, loading or attaching fails.
     """
 
@@ -249,6 +256,12 @@ class Probes:
     @property
     def events_fd(self):
         return self.bpf["events"].map_fd
+
+    def reader(self):
+        """An ``EventBufferReader`` of this program's event buffers."""
+        from receiver.eventbuf import EventBufferReader
+
+        return EventBufferReader(self.events_fd, self.bpf["tails"].map_fd, *self.config.buffers)
 
     def slot_for(self, binary):
         """The layout slot for a GoBinary, filled on first use."""
@@ -381,7 +394,7 @@ class Probes:
             return att
 
     def detach(self, attachment):
-        """Remove one uprobe; events it already produced stay in the ring buffer."""
+        """Remove one uprobe; events it already produced stay in the event buffers."""
         with self._lock:
             for key, att in list(self.attachments.items()):
                 if att is attachment:
@@ -420,7 +433,7 @@ class Probes:
                 pass
 
     def counters(self):
-        """{"lost", "wakeups", "hits", "held_full", "submitted"}: sums over CPUs since load."""
+        """{"lost", "hits", "held_full"}: sums over CPUs since load."""
         return {name: int(sum(self._counters[self._counters.Key(i)]))
                 for i, name in enumerate(COUNTERS)}
 
@@ -463,9 +476,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m receiver.probes", description=main.__doc__)
     parser.add_argument("--dump-bpf", action="store_true", help="print the BPF C with its tunables")
     parser.add_argument("--ring-bytes", type=int, default=Config.ring_bytes)
-    parser.add_argument("--wakeup-bytes", type=int, default=Config.wakeup_bytes)
     args = parser.parse_args(argv)
-    config = Config(ring_bytes=args.ring_bytes, wakeup_bytes=args.wakeup_bytes)
+    config = Config(ring_bytes=args.ring_bytes)
     problems = config.validate()
     if problems:
         parser.error("; ".join(problems))

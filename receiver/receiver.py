@@ -3,12 +3,12 @@ processes, as numpy batches of ``EVENT_DTYPE``, handed to the next stage.
 
 ``start()`` compiles the probes, resolves the targets (PIDs, binaries, a command it launches held
 until the probe is in place), attaches, emits the goroutines that already exist as ``Kind.EXISTING``
-events, and starts two threads. The poller waits on the ring buffer (a wakeup past the watermark, or
-``poll_interval_s``) and only copies the records into a bounded ``EventBuffer`` (``buffer_events``
-events): it never waits on a pipeline stage, so a slow stage cannot make the kernel's ring overflow.
+events, and starts two threads. The poller reads the kernel's per-CPU event buffers every 10 ms
+(``receiver.eventbuf``) and only copies the events into a bounded ``EventBuffer`` (``buffer_events``
+events): it never waits on a pipeline stage, so a slow stage cannot make the kernel's buffers overflow.
 Every ``check_interval_s`` it retires processes that exited (detaching their probe, and marking them
 exited once the pipeline went through their last events) and reports lost events: the kernel's
-counter (ring full) and the buffer's (``overflowed``: the pipeline fell ``buffer_events`` behind).
+counter (an event buffer full) and the buffer's (``overflowed``: the pipeline fell ``buffer_events`` behind).
 The pipeline thread takes everything buffered as one batch (up to ``max_batch_events``), registers
 processes first seen in it, converts timestamps to Unix ns in bulk, fills in goroutines it has never
 heard of (read from the process), and calls ``next.consume(batch)``, then ``next.tick()`` (if it
@@ -18,7 +18,7 @@ that a retired process held and a new process of a traced binary now holds is re
 
 Errors: ``start()`` raises ``TargetError`` (no such PID, not a Go program, ...) or ``ProbeError``
 before anything runs; after that, nothing raises: a process that dies is logged and retired, and
-gotel keeps tracing the others. ``lost`` counts events the kernel could not store (ring full),
+gotel keeps tracing the others. ``lost`` counts events the kernel could not store (buffer full),
 ``overflowed`` those the buffer could not hold; ``refused`` is both.
 Thread-safety: ``start``/``shutdown``/``wait`` from one control thread; ``next.consume`` and
 ``next.tick`` run on the pipeline thread only.
@@ -43,7 +43,6 @@ from receiver.drain import EventBuffer
 from receiver.errors import ConfigError, GotelError, ProbeError, TargetError
 from receiver.events import Kind
 from receiver.processes import Process, Processes, start_time_ns
-from receiver.ringbuf import RingBufferReader
 from receiver.watch import Following
 
 log = logging.getLogger("gotel.receiver")
@@ -61,8 +60,7 @@ class Config:
     keep_running: bool = False             # the launched command outlives gotel (else dies with it)
     # "preempt" (Gosched, preemption) is needed for go.schedule.duration to see those waits.
     kinds: tuple = ("create", "run", "park", "ready", "exit", "preempt")
-    ring_bytes: int = 8 << 20
-    wakeup_bytes: int = 0                  # 0: a quarter of the ring
+    ring_bytes: int = 8 << 20              # the kernel's event buffers, all CPUs together
     poll_interval_s: float = dataclasses.field(default=0.05, metadata={"duration": "s"})
     check_interval_s: float = dataclasses.field(default=0.2, metadata={"duration": "s"})
     existing: bool = True                  # emit goroutines alive at attach, and read unknown ones
@@ -82,7 +80,7 @@ class Config:
     trigger_sched_latency_p99_s: float = dataclasses.field(default=0.0, metadata={"duration": "s"})
     # at least this long between two anomaly triggers
     trigger_cooldown_s: float = dataclasses.field(default=30.0, metadata={"duration": "s"})
-    # Events copied out of the ring and not yet through the pipeline (64 bytes each; 2 Mi events,
+    # Events copied out of the kernel's buffers and not yet through the pipeline (64 bytes each; 2 Mi events,
     # 128 MiB, only when the pipeline is that far behind): ~2 s at the probes' top rate here.
     buffer_events: int = 1 << 21
     # The most events the pipeline takes in one batch. Measured on a replay of row 4's stream:
@@ -125,7 +123,7 @@ class Config:
         return problems
 
     def probe_config(self):
-        return probes.Config(ring_bytes=self.ring_bytes, wakeup_bytes=self.wakeup_bytes,
+        return probes.Config(ring_bytes=self.ring_bytes,
                              kinds=frozenset(KIND_NAMES[k] for k in self.kinds if k in KIND_NAMES))
 
 
@@ -148,7 +146,7 @@ class GoroutineReceiver(Following):
         self.clock = MonotonicClock()
         self.lost = 0
         self.overflowed = 0                 # events the EventBuffer had no room for
-        self.max_poll_gap_s = 0.0           # longest the ring went unread (kept after shutdown)
+        self.max_poll_gap_s = 0.0           # longest the event buffers went unread (kept after shutdown)
         self.events = 0
         self.buffer = EventBuffer(config.buffer_events, config.max_batch_events)
         self.failed_batches = 0             # batches the next stage raised on (dropped)
@@ -178,7 +176,7 @@ class GoroutineReceiver(Following):
         self._shut = False
         self.levels = None                  # levels.LevelController
         self._window_lazy = set()           # pids read lazily only while a window is open
-        self._inject = collections.deque()  # event batches to deliver with the next ring batch
+        self._inject = collections.deque()  # event batches to deliver with the next kernel batch
 
     # -- control path -----------------------------------------------------------------------------
 
@@ -196,7 +194,7 @@ class GoroutineReceiver(Following):
             self.levels = levels.LevelController(self.config, self.probes, memory=self._memory,
                                                  on_window=self._on_window)
             self.levels.calibrate()
-            self.reader = RingBufferReader(self.probes.events_fd)
+            self.reader = self.probes.reader()
             for pid in self.config.pids:
                 self._attach_pid(targets.Target.pid(pid), pid)
             for path in self.config.paths:
@@ -204,7 +202,7 @@ class GoroutineReceiver(Following):
             if self.config.command:
                 self._launch(targets.Target.command(self.config.command))
             if self.config.discovery.enabled:
-                # The first scan is the watcher's, once the poller drains the ring: attaching a
+                # The first scan is the watcher's, once the poller drains the event buffers: attaching a
                 # node's worth of processes takes seconds, their events must not wait for it.
                 self.discovery = discovery_mod.Discovery(self.config.discovery, self.registry.pods)
             self.levels.start()
@@ -212,7 +210,7 @@ class GoroutineReceiver(Following):
             self._teardown()
             raise
         # The poller must get the GIL within milliseconds of waking: at the probes' top rate the
-        # ring holds ~0.1 s. Python hands the GIL over every 5 ms by default; with the pipeline
+        # buffers hold ~40 ms. Python hands the GIL over every 5 ms by default; with the pipeline
         # thread busy and the CPU shared, gaps of 0.2 s between reads were measured (and lost
         # events); at 1 ms they stayed under 0.1 s.
         if sys.getswitchinterval() > self.SWITCH_INTERVAL_S:
@@ -235,7 +233,7 @@ class GoroutineReceiver(Following):
         """A window of full tracing opens or closes (controller thread).
 
         Opening, just before the probe goes on: a census of the process (``receiver.census``, no
-        stacks) is handed to the pipeline with the next ring batch (the decoder sorts by time): an
+        stacks) is handed to the pipeline with the next kernel batch (the decoder sorts by time): an
         EXISTING event per goroutine (ignored for those the decoder knows from the level below) and
         a PARK for each one waiting, with its wait reason, dated when its wait began as far as the
         runtime says (``g.waitsince``, stamped at GC cycles; else the census's time), so that a
@@ -265,7 +263,7 @@ class GoroutineReceiver(Following):
 
     @property
     def refused(self):
-        """Events lost before the pipeline: ring full (kernel) plus buffer full (user space)."""
+        """Events lost before the pipeline: event buffer full (kernel) plus buffer full (user space)."""
         return self.lost + self.overflowed
 
     def _attach_pid(self, target, pid, binary=None, popen=None):
@@ -381,7 +379,7 @@ class GoroutineReceiver(Following):
     # -- poller thread ----------------------------------------------------------------------------
 
     def _run(self):
-        """The poller: ring -> EventBuffer, and the periodic check. Never runs a stage."""
+        """The poller: event buffers -> EventBuffer, and the periodic check. Never runs a stage."""
         next_check = 0.0
         try:
             self._deliver_pending()
@@ -391,7 +389,7 @@ class GoroutineReceiver(Following):
                 if now >= next_check:
                     next_check = now + self.config.check_interval_s
                     self._check()
-            self._buffer(self.reader.read())   # what was committed before shutdown
+            self._buffer(self.reader.read(everything=True))   # what was written before shutdown
             self._check()
         except Exception:
             log.exception("receiver poller stopped by an unexpected error")
@@ -611,7 +609,8 @@ class GoroutineReceiver(Following):
             [p.pid for p in self.registry if not p.alive and p.pid not in self._retiring])
         lost = self.probes.counters()["lost"]
         if lost > self.lost:
-            log.warning("%d events lost: the ring buffer (%d bytes) was full; raise ring_bytes",
+            log.warning("%d events lost: the kernel's event buffers (%d bytes) were full; raise "
+                        "ring_bytes",
                         lost - self.lost, self.config.ring_bytes)
             self.lost = lost
         overflowed = self.buffer.overflowed

@@ -12,7 +12,6 @@ import oracle
 from collect import start_held, untraced
 from receiver import probes
 from receiver.events import Kind
-from receiver.ringbuf import RingBufferReader
 
 GO125 = {"_Gidle": 0, "_Grunnable": 1, "_Grunning": 2, "_Gsyscall": 3, "_Gwaiting": 4,
          "_Gdead": 6, "_Gcopystack": 8, "_Gpreempted": 9, "_Gscan": 0x1000}
@@ -74,17 +73,17 @@ def test_thread_table_says_what_each_transition_does_to_the_threads_goroutine():
 
 
 def test_config_validation_names_every_problem():
-    problems = probes.Config(ring_bytes=5000, wakeup_bytes=10**9, kinds={Kind.EXISTING}).validate()
+    problems = probes.Config(ring_bytes=5000, kinds={Kind.EXISTING}).validate()
     assert problems == ["ring_bytes must be a power of two >= 4096, got 5000",
-                        "wakeup_bytes must be in [0, ring_bytes), got 1000000000",
                         "kinds: not emitted by the kernel: [<Kind.EXISTING: 10>]"]
     assert probes.Config().validate() == []
 
 
 def test_dump_bpf_shows_the_tunables():
-    text = probes.dump_bpf(probes.Config(ring_bytes=1 << 20))
-    assert "#define GOTEL_RING_BYTES 1048576" in text
-    assert "#define GOTEL_WAKEUP_BYTES 262144" in text
+    text = probes.dump_bpf(probes.Config(ring_bytes=1 << 20, cpus=4))
+    assert "#define GOTEL_CPUS 4" in text
+    assert "#define GOTEL_SLOTS_BITS 12" in text        # 1 MiB / 64-byte events / 4 CPUs
+    assert probes.Config(ring_bytes=4096, cpus=64).buffers == (64, probes.MIN_SLOTS)
     assert "GOTEL_PROBE(7)" in text
 
 
@@ -122,7 +121,7 @@ def traced_run(loaded, binaries, args=(SPAWNED,)):
     per-process (binary, proc, output, events)."""
     from receiver.binary import GoBinary
 
-    reader = RingBufferReader(loaded.events_fd)
+    reader = loaded.reader()
     runs = []
     try:
         for path in binaries:
@@ -189,7 +188,7 @@ def test_detached_probe_sees_nothing(loaded, go_build):
 
     path = go_build("spawner", "1.25")
     proc = start_held(path, SPAWNED)
-    reader = RingBufferReader(loaded.events_fd)
+    reader = loaded.reader()
     try:
         att = loaded.attach(GoBinary.open(proc.pid), proc.pid)
         loaded.detach(att)
@@ -242,48 +241,66 @@ def test_a_wakeup_names_the_goroutine_that_made_it(loaded, go_build, version):
 
 
 @pytest.mark.bpf
-def test_a_full_ring_counts_every_event_it_drops(require_bpf, go_build):
-    """Nobody reads a one-page ring: what does not fit is counted as lost, nothing vanishes."""
+def test_a_full_event_buffer_counts_every_event_it_drops(require_bpf, go_build):
+    """Nobody reads the smallest buffers (MIN_SLOTS events a CPU): what does not fit is counted as
+    lost, nothing vanishes, and the traced program runs as it does untraced."""
     p = probes.Probes(probes.Config(ring_bytes=4096))
     try:
         path = go_build("spawner", "1.25")
-        [(binary, proc, (out, err, code), ev)] = traced_run(p, [path])
-        assert (code, out, err) == untraced(path, SPAWNED)
+        [(binary, proc, (out, err, code), ev)] = traced_run(p, [path], (5000,))
+        assert (code, out, err) == untraced(path, 5000)
         c = p.counters()
-        assert c["lost"] > 0 and len(ev) == 4096 // 72
+        cpus, slots = p.config.buffers
+        assert c["lost"] > 0 and slots <= len(ev) <= cpus * slots
         assert c["hits"] == len(ev) + c["lost"]
     finally:
         p.close()
 
 
 @pytest.mark.bpf
-def test_the_reader_is_woken_past_the_watermark(require_bpf, go_build):
-    """Records are submitted without a wakeup; crossing wakeup_bytes wakes a reader that would
-    otherwise sleep for its whole (here: 60 s) poll timeout."""
+def test_every_event_of_every_cpu_comes_out_once_in_its_goroutines_order(require_bpf, go_build):
+    """tests/go/churn spawn on every CPU, its goroutines moving between them, read every 10 ms
+    while it runs: each event the kernel counted comes out once (no CPU's buffer skipped, no slot
+    read twice), and each goroutine's events come out in time order across reads, which the reader
+    keeps by holding back what is dated after a read began (receiver/eventbuf.py)."""
     import threading
 
     from receiver.binary import GoBinary
 
-    p = probes.Probes(probes.Config(ring_bytes=1 << 20, wakeup_bytes=16384))
-    reader = RingBufferReader(p.events_fd)
-    proc = start_held(go_build("spawner", "1.25"), 5000)
+    p = probes.Probes(probes.Config(kinds=frozenset({Kind.CREATE, Kind.RUN, Kind.PARK,
+                                                     Kind.READY, Kind.EXIT})))
+    reader = p.reader()
+    proc = start_held(go_build("churn", "1.25"), "spawn", 200_000)
+    batches, stop = [], threading.Event()
+    poller = threading.Thread(target=lambda: [batches.append(reader.poll(0.05))
+                                              for _ in iter(stop.is_set, True)])
     try:
-        p.attach(GoBinary.open(proc.pid), proc.pid)
-        def release():
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-
-        threading.Timer(0.2, release).start()
-        batch = reader.poll(60)
-        assert len(batch) * 72 >= 16384
-        assert p.counters()["wakeups"] >= 1
-        out, err = proc.communicate(timeout=60)
-        assert (proc.returncode, out, err) == untraced(go_build("spawner", "1.25"), 5000)
+        att = p.attach(GoBinary.open(proc.pid), proc.pid)
+        poller.start()
+        out, err = proc.communicate("go\n", timeout=120)
+        assert proc.returncode == 0, err
+        p.detach(att)
+        stop.set()
+        poller.join()
+        batches.append(reader.read(everything=True))
     finally:
+        stop.set()
         proc.kill()
         reader.close()
-        p.close()
-
+    c = p.counters()
+    p.close()
+    ev = np.concatenate(batches)
+    assert c["lost"] == 0 and len(ev) == c["hits"] > 200_000
+    assert sum(len(b) > 0 for b in batches) > 10        # read while it ran, not all at the end
+    assert set(ev["cpu"].tolist()) <= set(range(p.config.buffers[0]))
+    creations = ev[ev["kind"] == Kind.CREATE]["goid"]
+    assert len(np.unique(creations)) == len(creations)
+    # Each batch sorted by time, as the decoder does; then per goroutine, time never goes back.
+    ordered = np.concatenate([b[np.argsort(b["ts_ns"], kind="stable")] for b in batches])
+    by_goroutine = np.lexsort((np.arange(len(ordered)), ordered["goid"]))
+    goid, ts = ordered["goid"][by_goroutine], ordered["ts_ns"][by_goroutine].astype(np.int64)
+    same = goid[1:] == goid[:-1]
+    assert not np.any(np.diff(ts)[same] < 0)
 
 
 NO_CREATE = probes.DEFAULT_KINDS - {Kind.CREATE}
@@ -315,7 +332,7 @@ def test_goids_stay_right_while_g_structs_are_reused_across_attachments(
     path = go_build("churn", version)
     proc = start_held(path, "spawn", 10**12)      # stopped when the probe is done
     binary = GoBinary.open(proc.pid)
-    reader = RingBufferReader(loaded.events_fd)
+    reader = loaded.reader()
     chunks = []
 
     cycles = 0
