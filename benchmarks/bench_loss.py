@@ -4,15 +4,15 @@ default ring-buffer size, and what happens above it.
 Each step of a ladder of offered rates runs benchmarks/go/paced for a few seconds (each op: a
 goroutine created, run and exited while its creator parks and is readied: 6 events and one
 goroutine span), pinned to one CPU with GOMAXPROCS=1, traced from its first op by a new gotel
-``Service`` as shipped, in this process: the embedded default configuration (8 MiB ring buffer,
+``Service`` as shipped, in this process: the embedded default configuration (8 MiB of per-CPU event buffers,
 decoder, filter, adaptive sampler at its default target, batcher, OTLP/JSON file exporters into a
-temporary directory), attached by PID, its poller thread (which copies the ring into the
+temporary directory), attached by PID, its poller thread (which copies the kernel's buffers into the
 receiver's event buffer) and its pipeline thread on the other CPU. The last step runs as fast as
 the traced program can under the probe. Steps are interleaved across the repetitions of the ladder.
 
 Per step: the offered rate (the program's own op count x 6, per second of its run), events lost
 (ring-buffer reserve failures, counted in the kernel, plus the receiver's event-buffer overflow) as a
-share of those offered, the most events waiting for the pipeline, the longest the ring went
+share of those offered, the most events waiting for the pipeline, the longest the buffers went
 unread, the share of spans the adaptive sampler kept and its keep probability at the end, the decoder's live-state bytes, and
 this process's peak RSS during the step (VmHWM, reset through /proc/self/clear_refs after the BPF
 program was compiled).
@@ -102,7 +102,7 @@ def run(quick=False):
             f"{label}: most events waiting for the pipeline", "events",
             [s["buffer_peak"] for s in steps], 0)
         figs[f"{name}.max_poll_gap_ms"] = harness.figure(
-            f"{label}: longest the ring went unread", "ms",
+            f"{label}: longest the buffers went unread", "ms",
             [1e3 * s["max_poll_gap_s"] for s in steps], 1)
         figs[f"{name}.lost_pct"] = harness.figure(
             f"{label}: share lost", "%", [100 * s["lost"] / s["offered"] for s in steps], 2)

@@ -64,13 +64,26 @@ def process_uid(pid):
         return None
 
 
-def problems(pids=(), caps=None, writable=None):
+# The event buffers are claimed by a BPF compare-and-swap (Linux 5.12).
+MIN_KERNEL = (5, 12)
+
+
+def kernel_version(release=None):
+    """(major, minor) of a kernel release string (this kernel's by default)."""
+    numbers = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return (int(numbers[1]), int(numbers[2])) if numbers else (0, 0)
+
+
+def problems(pids=(), caps=None, writable=None, release=None):
     """Every reason tracing cannot work as this process is now, each with what to do; empty when
     nothing is missing. ``pids``: running processes to trace (other users' need CAP_SYS_PTRACE)."""
     if caps is None:
         caps = effective()
     admin = "CAP_SYS_ADMIN" in caps
     out = []
+    if kernel_version(release) < MIN_KERNEL:
+        out.append(f"Linux {release or os.uname().release} is too old: gotel's probes need "
+                   f"{'.'.join(map(str, MIN_KERNEL))} or later (BPF compare-and-swap)")
     if "CAP_BPF" not in caps and not admin:
         out.append("CAP_BPF is missing: the kernel refuses gotel's event buffers and BPF program")
     if "CAP_PERFMON" not in caps and not admin:

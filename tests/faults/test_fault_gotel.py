@@ -174,3 +174,14 @@ def test_least_privilege_gotel_sigkilled_leaves_no_breakpoint_and_its_uprobe_eve
     figure("least privilege, gotel SIGKILLed: tracefs uprobe events left / after the next run",
            f"{len(stale)} / {len(left)}")
     assert stale and left == []      # one event per uprobe gotel had (casgstatus, preemptPark)
+
+
+def test_a_kernel_without_bpf_compare_and_swap_is_named():
+    """The event buffers are claimed by a BPF compare-and-swap (Linux 5.12): an older kernel gets
+    one line saying so before bcc is touched, whatever the capabilities."""
+    caps = {"CAP_SYS_ADMIN", "CAP_SYS_PTRACE"}
+    [line] = privileges.problems(caps=caps, writable=True, release="5.10.0-28-amd64")
+    assert line == ("Linux 5.10.0-28-amd64 is too old: gotel's probes need 5.12 or later "
+                    "(BPF compare-and-swap)")
+    assert privileges.problems(caps=caps, writable=True, release="5.12.0") == []
+    assert privileges.problems(caps=caps, writable=True, release="6.18.44-fc-v657") == []

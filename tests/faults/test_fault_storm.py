@@ -64,7 +64,7 @@ def test_overflow_storm_is_counted_and_gotel_recovers(require_bpf, figure):
     offered = storm_ops * EVENTS_PER_OP
     accounted = delivered + lost + overflowed
     figure("storm: events offered (program's ops x 6)", offered)
-    figure("storm: delivered / ring lost / buffer overflowed",
+    figure("storm: delivered / kernel lost / buffer overflowed",
            f"{delivered} / {lost} / {overflowed}")
     figure("storm: accounted minus offered (runtime's own goroutines)", accounted - offered)
     figure("after the storm: events offered / delivered / lost",

@@ -5,7 +5,7 @@ Per goroutine: creation by its parent (_Gdead -> _Grunnable, with the parent's g
 ready (_Gwaiting -> _Grunnable) and run again, or, for some, a direct resume
 (_Gwaiting -> _Grunning, as the GC's mark workers do: runtime work, not a park, so truth["parks"]
 counts only the others), and finally exit (_Grunning -> _Gdead).
-The events are delivered the way the ring buffer does: sorted per CPU, interleaved across CPUs.
+The events are delivered the way the reader of the per-CPU buffers does: in order per CPU, CPUs interleaved.
 """
 
 import numpy as np
@@ -46,7 +46,7 @@ def workload(n, parks=3, pid=100, seed=0, spread_ns=1_000_000_000, first_goid=10
              direct_resume=0.1, cpus=2, park_ns=(20_000, 2_000_000)):
     """n goroutines created by ``parent`` over ``spread_ns``, each parking ``parks`` times.
 
-    Returns (events as the ring buffer would deliver them, truth) where truth has per goroutine
+    Returns (events as the reader would deliver them, truth) where truth has per goroutine
     goid, created/exited times and each park's (start, ready, run, reason)."""
     rng = np.random.default_rng(seed)
     goid = np.arange(first_goid, first_goid + n, dtype=np.uint64)
@@ -101,9 +101,9 @@ def workload(n, parks=3, pid=100, seed=0, spread_ns=1_000_000_000, first_goid=10
 
 
 def _interleave(flat):
-    """Merge per-CPU time-ordered runs the way a shared ring buffer does: in time order per CPU,
+    """Merge per-CPU time-ordered runs the way the reader of the per-CPU buffers does: in time order per CPU,
     with CPUs interleaved in runs (odd CPUs lag 300 ns), so the batch is not globally sorted. A
-    goroutine's own transitions stay in order (they are causally ordered in the ring buffer too)."""
+    goroutine's own transitions stay in order (the reader keeps causal order too)."""
     lag = (flat["cpu"].astype(np.int64) % 2) * 300
     window = (flat["ts_ns"].astype(np.int64) - T0 + lag) // 1_000
     return flat[np.lexsort((flat["ts_ns"], flat["cpu"], window))]

@@ -486,7 +486,7 @@ def test_vectorized_state_machine_matches_a_per_event_model(seed, batch):
         reasons = rng.integers(0, 40, n)
         per[goid] = list(zip(ts.tolist(), kinds, status.tolist(), reasons.tolist()))
         rows += [(goid, i) for i in range(n)]
-    # Interleave goroutines at random, each one's events staying in order (as in the ring buffer).
+    # Interleave goroutines at random, each one's events staying in order (as the reader delivers them).
     order = rng.permutation(len(rows))
     seq = sorted(range(len(rows)), key=lambda j: order[j])
     counters = {g: 0 for g in per}

@@ -1,7 +1,7 @@
 """EventBuffer: the poller's copies come out in order, in large batches, bounded; overflow is counted
 (never blocks the producer); a waiter learns when what was put before a moment has been consumed.
-Then the receiver with a stage far slower than the probes: the ring never overflows, and every event
-is either delivered or counted."""
+Then the receiver with a stage far slower than the probes: the kernel's buffers never overflow, and
+every event is either delivered or counted."""
 
 import threading
 import time
@@ -107,7 +107,7 @@ class SlowStage:
 
 
 def test_a_slow_stage_does_not_stall_the_drain(go_build, require_bpf):
-    """0.3 s per batch (a poller that ran the stage itself would read the ring 3 times a second,
+    """0.3 s per batch (a poller that ran the stage itself would read the kernel's buffers 3 times a second,
     116k events at most each time, and lose most of the spawner's events): the events arrive in a
     few large batches, the buffer holds more than the whole ring at once, and what the kernel
     could not store is at most a small share (a loaded machine may not run the poller for a while:
