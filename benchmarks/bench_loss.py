@@ -4,7 +4,7 @@ default ring-buffer size, and what happens above it.
 Each step of a ladder of offered rates runs benchmarks/go/paced for a few seconds (each op: a
 goroutine created, run and exited while its creator parks and is readied: 6 events and one
 goroutine span), pinned to one CPU with GOMAXPROCS=1, traced from its first op by a new gotel
-``Service`` as shipped, in this process: the embedded default configuration (8 MiB of per-CPU event buffers,
+``Service`` as shipped, in this process: the embedded default configuration (16 MiB of per-CPU event buffers,
 decoder, filter, adaptive sampler at its default target, batcher, OTLP/JSON file exporters into a
 temporary directory), attached by PID, its poller thread (which copies the kernel's buffers into the
 receiver's event buffer) and its pipeline thread on the other CPU. The last step runs as fast as

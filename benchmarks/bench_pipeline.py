@@ -5,7 +5,7 @@ A real event stream is recorded first: gotel's receiver (kernel probe, per-CPU e
 traces ``spawn`` (goroutine-heavy: one span per 3 events), ``pingpong`` (park-heavy) and the
 ``httpserver`` under ``wrk``, keeping every event. That stream is then replayed from memory, in
 time order, in batches of 16384 events (when the pipeline is the bottleneck the reader hands over
-whatever accumulated during the previous batch, up to the buffers' 131k events, so the batches of a
+whatever accumulated during the previous batch, up to a CPU buffer's 131k events, so the batches of a
 saturated gotel are at least this large), on one thread pinned to one CPU:
 
 - ``decode``: ``EventDecoder`` with its Go runtime metrics, spans dropped after it;
@@ -50,7 +50,7 @@ from receiver.receiver import GoroutineReceiver
 
 SDK_BATCH = 512
 # Replay batch size: what the reader hands over when the pipeline is the bottleneck is whatever
-# accumulated meanwhile, up to the buffers' 8 MiB (131k events); 16384 is well inside that range.
+# accumulated meanwhile, up to a CPU buffer's 8 MiB (131k events); 16384 is well inside that range.
 REPLAY_BATCH = 16384
 REPLAYS = ("decode", "pipeline_default", "pipeline_all")
 

@@ -101,7 +101,7 @@ HEADLINES = (
     (3, "pipeline_all.events_per_s", "pipeline, every span encoded: events/s on one core"),
     (3, "ratio.pipeline_vs_sdk", "pipeline (every span) / OpenTelemetry SDK, spans/s"),
     (3, "ratio.pipeline_vs_bcc_callback", "pipeline (default) / bcc per-event callback, events/s"),
-    (4, "max_lossless_rate", "highest offered rate with 0 events lost (8 MiB ring)"),
+    (4, "max_lossless_rate", "highest offered rate with 0 events lost (default buffers)"),
     (5, "decoder_bytes_per_goroutine", "bytes per live goroutine tracked"),
     (6, "push.ns_per_hit", "the kernel's floor: one uprobe hit on `push %rbp`, in C"),
     (7, "symbolizer.pcs_per_s", "symbolizer: PCs named per second"),

@@ -141,8 +141,9 @@ struct gotel_thread_entry {
 
 /* The event buffers: GOTEL_SLOTS events per CPU, in one array that the reader maps
  * (receiver/eventbuf.py), each CPU's used as a ring of positions. A writer claims the next position
- * of its CPU (`heads`) by compare-and-swap if the reader has read the slot's last event
- * (`tails`, which only the reader writes), writes the event, and stores last its `cpu` field,
+ * of its CPU (`heads`, which the reader maps too) by compare-and-swap if the reader has read the
+ * slot's last event (`tails`, which only the reader writes), writes the event, and stores last its
+ * `cpu` field,
  * which in the buffer holds a tag of the position's lap instead (the reader knows the CPU):
  * the reader copies the run of slots whose tag is their lap's, then moves that CPU's tail. The
  * claim is atomic because a uprobe's program may be preempted, and another task of the same CPU
@@ -156,7 +157,7 @@ struct gotel_position {
     __u64 pos;
     __u64 pad[7];   /* a cache line each: CPUs do not share their positions' lines */
 };
-BPF_ARRAY(heads, struct gotel_position, GOTEL_CPUS);
+BPF_F_TABLE("array", u32, struct gotel_position, heads, GOTEL_CPUS, BPF_F_MMAPABLE);
 BPF_F_TABLE("array", u32, struct gotel_position, tails, GOTEL_CPUS, BPF_F_MMAPABLE);
 /* The tag of a position: its lap plus one, so that a slot never written (0) and one of the lap
  * before never match (the writer is never more than a lap ahead of the reader). */

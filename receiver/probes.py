@@ -34,7 +34,9 @@ log = logging.getLogger("gotel.probes")
 SOURCE = BPF_DIR / "gotel.c"
 MAX_LAYOUTS = 8
 COUNTERS = ("lost", "hits", "held_full")
-MIN_SLOTS = 1024         # events per CPU buffer at least (64 KiB)
+# Events per CPU buffer at least (1 MiB): a CPU running a goroutine-heavy program alone fills 16 Ki
+# slots in ~12 ms here, and the poller, sharing the GIL with the pipeline, was seen 60 ms late.
+MIN_SLOTS = 16384
 # Probe points of the hit counter (GOTEL_POINT_* of bpf/gotel.c) and the programs behind them.
 POINTS = ("casgstatus", "create", "exit", "preemptpark")
 HIT_PIDS = 1024          # GOTEL_HIT_PIDS
@@ -54,7 +56,7 @@ PREEMPT_FUNCTION = "runtime.preemptPark"
 class Config:
     """Tunables of the kernel side, passed to the C as -D flags."""
 
-    ring_bytes: int = 8 << 20         # the event buffers of all CPUs together (power of two)
+    ring_bytes: int = 16 << 20        # the event buffers of all CPUs together (power of two)
     kinds: frozenset = DEFAULT_KINDS  # Kind values that reach the event buffers
     cpus: int = 0                     # event buffers (possible CPUs); 0: this machine's
 
@@ -261,7 +263,8 @@ class Probes:
         """An ``EventBufferReader`` of this program's event buffers."""
         from receiver.eventbuf import EventBufferReader
 
-        return EventBufferReader(self.events_fd, self.bpf["tails"].map_fd, *self.config.buffers)
+        return EventBufferReader(self.events_fd, self.bpf["heads"].map_fd, self.bpf["tails"].map_fd,
+                                 *self.config.buffers)
 
     def slot_for(self, binary):
         """The layout slot for a GoBinary, filled on first use."""

@@ -60,7 +60,7 @@ class Config:
     keep_running: bool = False             # the launched command outlives gotel (else dies with it)
     # "preempt" (Gosched, preemption) is needed for go.schedule.duration to see those waits.
     kinds: tuple = ("create", "run", "park", "ready", "exit", "preempt")
-    ring_bytes: int = 8 << 20              # the kernel's event buffers, all CPUs together
+    ring_bytes: int = 16 << 20             # the kernel's event buffers, all CPUs together
     poll_interval_s: float = dataclasses.field(default=0.05, metadata={"duration": "s"})
     check_interval_s: float = dataclasses.field(default=0.2, metadata={"duration": "s"})
     existing: bool = True                  # emit goroutines alive at attach, and read unknown ones

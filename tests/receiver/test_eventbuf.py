@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from receiver.eventbuf import TAIL_BYTES, EventBufferReader
+from receiver.eventbuf import POSITION_BYTES, EventBufferReader
 from receiver.events import EVENT_DTYPE
 
 CPUS, SLOTS = 2, 8
@@ -20,18 +20,18 @@ class Buffers:
 
     def __init__(self):
         self.events = np.zeros(CPUS * SLOTS, dtype=EVENT_DTYPE)
-        self.tails = np.zeros(CPUS * TAIL_BYTES // 8, dtype="<u8")
-        self.heads = [0] * CPUS
-        self.reader = EventBufferReader.over(self.events, self.tails, CPUS, SLOTS)
+        self.heads = np.zeros(CPUS * POSITION_BYTES // 8, dtype="<u8")
+        self.tails = np.zeros(CPUS * POSITION_BYTES // 8, dtype="<u8")
+        self.reader = EventBufferReader.over(self.events, self.heads, self.tails, CPUS, SLOTS)
 
     def tail(self, cpu):
-        return int(self.tails[cpu * TAIL_BYTES // 8])
+        return int(self.tails[cpu * POSITION_BYTES // 8])
 
     def claim(self, cpu):
-        pos = self.heads[cpu]
+        pos = int(self.heads[cpu * POSITION_BYTES // 8])
         if pos - self.tail(cpu) >= SLOTS:
             return None
-        self.heads[cpu] += 1
+        self.heads[cpu * POSITION_BYTES // 8] += 1
         return pos
 
     def commit(self, cpu, pos, goid, ts=None):
@@ -70,6 +70,17 @@ def test_positions_wrap_lap_after_lap():
         assert not b.write(0, -1)          # full until read
         seen += b.reader.read()["goid"].tolist()
     assert seen == list(range(5 * SLOTS))
+
+
+def test_a_run_across_the_end_of_the_buffer_comes_out_in_position_order():
+    b = Buffers()
+    for i in range(5):
+        b.write(0, i)
+    b.reader.read()
+    for i in range(5, 11):                 # slots 5, 6, 7, then 0, 1, 2 of the next lap
+        b.write(0, i)
+    assert b.reader.read()["goid"].tolist() == list(range(5, 11))
+    assert b.tail(0) == 11
 
 
 def test_a_slot_of_the_lap_before_is_not_taken_for_a_new_one():
@@ -114,10 +125,11 @@ def test_a_new_reader_starts_where_the_last_one_stopped():
     b.write(0, 1)
     b.reader.read()
     b.write(0, 2)
-    again = EventBufferReader.over(b.events, b.tails, CPUS, SLOTS)
+    again = EventBufferReader.over(b.events, b.heads, b.tails, CPUS, SLOTS)
     assert again.read()["goid"].tolist() == [2]
 
 
 def test_slots_must_be_a_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
-        EventBufferReader.over(np.zeros(12, dtype=EVENT_DTYPE), np.zeros(16, "<u8"), 2, 6)
+        EventBufferReader.over(np.zeros(12, dtype=EVENT_DTYPE), np.zeros(16, "<u8"),
+                               np.zeros(16, "<u8"), 2, 6)

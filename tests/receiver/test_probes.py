@@ -80,9 +80,9 @@ def test_config_validation_names_every_problem():
 
 
 def test_dump_bpf_shows_the_tunables():
-    text = probes.dump_bpf(probes.Config(ring_bytes=1 << 20, cpus=4))
+    text = probes.dump_bpf(probes.Config(ring_bytes=1 << 26, cpus=4))
     assert "#define GOTEL_CPUS 4" in text
-    assert "#define GOTEL_SLOTS_BITS 12" in text        # 1 MiB / 64-byte events / 4 CPUs
+    assert "#define GOTEL_SLOTS_BITS 18" in text        # 64 MiB / 64-byte events / 4 CPUs
     assert probes.Config(ring_bytes=4096, cpus=64).buffers == (64, probes.MIN_SLOTS)
     assert "GOTEL_PROBE(7)" in text
 
@@ -240,6 +240,9 @@ def test_a_wakeup_names_the_goroutine_that_made_it(loaded, go_build, version):
     assert len(by_inner) >= 0.9 * ROUND_TRIPS and set(by_inner.tolist()) == {inner}
 
 
+FILLS = 3 * probes.MIN_SLOTS     # goroutines: 3 events each, more than any one CPU's buffer holds
+
+
 @pytest.mark.bpf
 def test_a_full_event_buffer_counts_every_event_it_drops(require_bpf, go_build):
     """Nobody reads the smallest buffers (MIN_SLOTS events a CPU): what does not fit is counted as
@@ -247,8 +250,8 @@ def test_a_full_event_buffer_counts_every_event_it_drops(require_bpf, go_build):
     p = probes.Probes(probes.Config(ring_bytes=4096))
     try:
         path = go_build("spawner", "1.25")
-        [(binary, proc, (out, err, code), ev)] = traced_run(p, [path], (5000,))
-        assert (code, out, err) == untraced(path, 5000)
+        [(binary, proc, (out, err, code), ev)] = traced_run(p, [path], (FILLS,))
+        assert (code, out, err) == untraced(path, FILLS)
         c = p.counters()
         cpus, slots = p.config.buffers
         assert c["lost"] > 0 and slots <= len(ev) <= cpus * slots
