@@ -1,5 +1,5 @@
 """Row 4: loss: the highest sustained goroutine-event rate gotel takes with 0 events lost at the
-default ring-buffer size, and what happens above it.
+default size of the kernel's event buffers, and what happens above it.
 
 Each step of a ladder of offered rates runs benchmarks/go/paced for a few seconds (each op: a
 goroutine created, run and exited while its creator parks and is readied: 6 events and one
@@ -11,7 +11,7 @@ receiver's event buffer) and its pipeline thread on the other CPU. The last step
 the traced program can under the probe. Steps are interleaved across the repetitions of the ladder.
 
 Per step: the offered rate (the program's own op count x 6, per second of its run), events lost
-(ring-buffer reserve failures, counted in the kernel, plus the receiver's event-buffer overflow) as a
+(a CPU's event buffer full, counted in the kernel, plus the receiver's event-buffer overflow) as a
 share of those offered, the most events waiting for the pipeline, the longest the buffers went
 unread, the share of spans the adaptive sampler kept and its keep probability at the end, the decoder's live-state bytes, and
 this process's peak RSS during the step (VmHWM, reset through /proc/self/clear_refs after the BPF
@@ -93,7 +93,7 @@ def run(quick=False):
                                                  [s["offered_events_per_s"] for s in steps], 0)
         figs[f"{name}.lost"] = harness.figure(f"{label}: events lost", "events", [s["lost"] for s in steps], 0)
         figs[f"{name}.lost_ring"] = harness.figure(
-            f"{label}: of which lost in the kernel's ring (poller not scheduled in time)", "events",
+            f"{label}: of which lost in the kernel's buffers (poller not scheduled in time)", "events",
             [s["lost_ring"] for s in steps], 0)
         figs[f"{name}.lost_buffer"] = harness.figure(
             f"{label}: of which lost in gotel's event buffer (pipeline behind)", "events",
@@ -120,13 +120,13 @@ def run(quick=False):
     ceiling = figs["max.offered"]["median"]
     names = [f"{rate // 1000}k" if rate else "max" for rate in rates]
     bound = bound_of(figs, names)
-    goals = [harness.goal("0 events lost at the default ring size up to the highest rate the probes "
+    goals = [harness.goal("0 events lost at the default buffer size up to the highest rate the probes "
                           "produce on this machine", "max_lossless_rate", top, ceiling,
                           all(figs[f"{n}.lost"]["max"] == 0 for n in names), bound)]
     notes = [f"{len(rates)} steps of {seconds} s each, {repeats} ladders, steps interleaved; default "
-             f"ring size {cfg_ring_bytes() >> 20} MiB; the lossless rate is bounded by {bound}.",
+             f"event buffers {cfg_ring_bytes() >> 20} MiB (all CPUs); the lossless rate is bounded by {bound}.",
              f"Row wall time {time.monotonic() - started:.0f} s."]
-    return harness.row(4, "Loss at the default ring size", __doc__, figs, goals, notes,
+    return harness.row(4, "Loss at the default buffer size", __doc__, figs, goals, notes,
                        {"seconds": seconds, "repeats": repeats, "ladder": rates, "steps": runs})
 
 

@@ -13,11 +13,12 @@ alike:
 - ``naive_entry``: the probe set a tracer following the runtime's function names would use
   (newproc1, execute, gopark, ready, goexit1), each uprobe at the function's entry, which on x86 is
   the stack-check ``cmp`` the kernel must single-step (benchmarks/bpf/naive.c: the same event
-  record and the same ring buffer without wakeups as gotel);
+  record, through a BPF ring buffer without wakeups, which costs 20-50 ns a hit more than gotel's
+  per-CPU buffers: nothing next to the single-step);
 - ``naive_after_prologue``: that set again, each probe moved past the prologue (the ``push rbp``
   the kernel emulates): separates the cost of the placement from the cost of the function choice;
 - ``gotel``: gotel as shipped: ``GoroutineReceiver`` with its default kinds, one uprobe on
-  ``runtime.casgstatus`` (nosplit: its entry is a ``push rbp``), the numpy ring-buffer reader and
+  ``runtime.casgstatus`` (nosplit: its entry is a ``push rbp``), the numpy reader of its per-CPU buffers and
   Unix-time conversion, feeding a stage that drops the batches (the pipeline after the reader runs
   on the other CPU and does not touch the traced program);
 - ``gotel_trap_only``: the same probe with every kind these workloads produce dropped in the kernel
@@ -32,12 +33,12 @@ and the record add on top of the trap any uprobe tracer pays.
 Each run yields the workload's own wall ns/op of its loop, and its CPU time (user + system of the
 whole process, from wait4) per op: a uprobe's trap and BPF program are charged to the traced thread
 as system time. Derived, pair by pair within a repetition: ns added per op = traced - untraced;
-ns added per captured event = that / (events captured / ops), with the events counted from the ring
-buffer of that very run; the ratios of those per-event costs to gotel's.
+ns added per captured event = that / (events captured / ops), with the events counted from what
+that very run delivered; the ratios of those per-event costs to gotel's.
 
 Trust the CPU ``ns added per captured event`` of ``gotel`` and ``naive_entry`` and their per-pair
 ratio: each divides one run's extra CPU time by the events that run really captured (0 lost), both
-pay the same record and ring buffer, so the ratio isolates where the probes sit; CPU time moves
+write the same record, so the ratio isolates where the probes sit; CPU time moves
 less than wall time when other tenants take the CPU (on a quiet machine the wall figures agree).
 For ``runtime_trace`` and ``gotel_trap_only`` the per-event figure divides by gotel's event count of
 the same repetition (Go's tracer records the same transitions, plus stacks; every transition is one
@@ -286,7 +287,7 @@ def run(quick=False):
             f"every casgstatus call is a uprobe trap (int3, kernel entry and exit around the BPF "
             f"program); on this machine the trap with nothing written costs {trap or 0:.0f} ns per hit "
             f"(gotel_trap_only; row 6 gives the kernel's own floor for one hit, in a C program), "
-            f"the record and ring buffer the rest"))
+            f"the event's clock, reads and write the rest"))
         over = figs[f"{w}.ratio.gotel_vs_floor"]["median"]
         floor = figs[f"{w}.floor.ns_per_hit"]["median"]
         goals.append(harness.goal(
@@ -296,9 +297,9 @@ def run(quick=False):
             f"the floor is {floor or 0:.0f} ns per hit here, the fastest block of a C loop; over "
             f"the trap that writes nothing, measured the same way as gotel, gotel is at "
             f"{figs[f'{w}.ratio.gotel_vs_trap']['median'] or 0:.2f}x. What gotel's program adds per "
-            f"event is helper calls (the clock, the ring reserve and submit, a creation's or a "
-            f"park's read of the g; benchmarks/bpf_parts.py measures each, and the least any "
-            f"event can do)"))
+            f"event is the clock (a helper call), the write to its CPU's buffer, and a creation's or "
+            f"a park's read of the g; benchmarks/bpf_parts.py measures each, and the least any "
+            f"event can do."))
         goals.append(harness.goal(
             f"{w}: >= 10x below the naive entry placement, per captured event",
             f"{w}.ratio.naive_entry_vs_gotel", ratio, 10, ratio is not None and ratio >= 10,
