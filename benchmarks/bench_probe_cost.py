@@ -299,7 +299,7 @@ def run(quick=False):
             f"{figs[f'{w}.ratio.gotel_vs_trap']['median'] or 0:.2f}x. What gotel's program adds per "
             f"event is the clock (a helper call), the write to its CPU's buffer, and a creation's or "
             f"a park's read of the g; benchmarks/bpf_parts.py measures each, and the least any "
-            f"event can do."))
+            f"event can do"))
         goals.append(harness.goal(
             f"{w}: >= 10x below the naive entry placement, per captured event",
             f"{w}.ratio.naive_entry_vs_gotel", ratio, 10, ratio is not None and ratio >= 10,
