@@ -319,8 +319,10 @@ static __always_inline struct gotel_event *claim(__u64 *pos)
 {
     __u32 cpu = bpf_get_smp_processor_id();
     struct gotel_position *h = heads.lookup(&cpu), *t = tails.lookup(&cpu);
-    if (!h || !t)
+    if (!h || !t) {
+        count(GOTEL_COUNTER_LOST);   /* not expected (CPU ids are below GOTEL_CPUS): counted all the same */
         return NULL;
+    }
     /* A second try only when another task of this CPU claimed the same position meanwhile. */
 #pragma unroll
     for (int attempt = 0; attempt < 2; attempt++) {
