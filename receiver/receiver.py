@@ -589,6 +589,13 @@ class GoroutineReceiver(Following):
             status = proc.popen.poll() if proc.popen is not None else None
             if status is None and targets.is_running(proc.pid):
                 continue
+            if status is None and proc.popen is not None:
+                # It died between the two looks (a zombie not reaped by poll): its status is
+                # there to take now.
+                try:
+                    status = proc.popen.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    pass
             # Its last events were committed before it died: drain them before detaching, and
             # mark it exited only once the pipeline went through them.
             self._buffer(self.reader.read())
