@@ -499,23 +499,17 @@ static __always_inline int on_preemptpark(struct pt_regs *ctx, int slot)
     if (!gp)
         return 0;
     count(GOTEL_COUNTER_HITS);
-    __u64 pos;
-    struct gotel_event *e = claim(&pos);
-    if (!e)
-        return 0;
-    e->ts_ns = bpf_ktime_get_ns();
-    e->g = gp;
-    e->goid = read_u64(gp + l->g_goid);
-    e->aux_goid = 0;
-    e->pc_start = 0;
-    e->pc_create = 0;
-    e->pid = pid_tgid >> 32;
-    e->tid = (__u32)pid_tgid;
-    e->kind = l->preempt_kind;
-    e->wait_reason = l->preempted_reason;
-    e->old_status = l->status_running;
-    e->new_status = l->status_preempted;
-    commit(e, pos);
+    struct gotel_event e = {};
+    e.ts_ns = bpf_ktime_get_ns();
+    e.g = gp;
+    e.goid = read_u64(gp + l->g_goid);
+    e.pid = pid_tgid >> 32;
+    e.tid = (__u32)pid_tgid;
+    e.kind = l->preempt_kind;
+    e.wait_reason = l->preempted_reason;
+    e.old_status = l->status_running;
+    e.new_status = l->status_preempted;
+    emit(&e);
     return 0;
 }
 

@@ -37,6 +37,7 @@ import numpy as np
 from receiver import placement
 from receiver.errors import GotelError, ProbeError
 from receiver.events import BPF_DIR
+from receiver.probes import ring_problems
 
 log = logging.getLogger("gotel.funcs")
 
@@ -344,16 +345,6 @@ def infer_bias(functions, ips, page=4096):
         if (addrs[pos] == probe).all():
             winners.append(bias)
     return winners[0] if len(winners) == 1 else None
-
-
-def ring_problems(ring_bytes, wakeup_bytes):
-    """What is wrong with a BPF ring buffer's size and wakeup threshold (a list of messages)."""
-    problems = []
-    if ring_bytes < 4096 or ring_bytes & (ring_bytes - 1):
-        problems.append(f"ring_bytes must be a power of two >= 4096, got {ring_bytes}")
-    if not 0 <= wakeup_bytes < ring_bytes:
-        problems.append(f"wakeup_bytes must be in [0, ring_bytes), got {wakeup_bytes}")
-    return problems
 
 
 @dataclasses.dataclass(frozen=True)

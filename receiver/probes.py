@@ -52,6 +52,17 @@ PROBED_FUNCTION = "runtime.casgstatus"
 PREEMPT_FUNCTION = "runtime.preemptPark"
 
 
+def ring_problems(ring_bytes, wakeup_bytes=0):
+    """What is wrong with a size of kernel buffers and a ring's wakeup threshold (a list of
+    messages); the function probes' ring and the event buffers share the size rule."""
+    problems = []
+    if ring_bytes < 4096 or ring_bytes & (ring_bytes - 1):
+        problems.append(f"ring_bytes must be a power of two >= 4096, got {ring_bytes}")
+    if not 0 <= wakeup_bytes < ring_bytes:
+        problems.append(f"wakeup_bytes must be in [0, ring_bytes), got {wakeup_bytes}")
+    return problems
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Tunables of the kernel side, passed to the C as -D flags."""
@@ -61,9 +72,7 @@ class Config:
     cpus: int = 0                     # event buffers (possible CPUs); 0: this machine's
 
     def validate(self):
-        problems = []
-        if self.ring_bytes < 4096 or self.ring_bytes & (self.ring_bytes - 1):
-            problems.append(f"ring_bytes must be a power of two >= 4096, got {self.ring_bytes}")
+        problems = ring_problems(self.ring_bytes)
         unknown = set(self.kinds) - {k for k in Kind if k not in (Kind.DROP, Kind.EXISTING)}
         if unknown:
             problems.append(f"kinds: not emitted by the kernel: {sorted(unknown)}")

@@ -209,10 +209,10 @@ class GoroutineReceiver(Following):
         except BaseException:
             self._teardown()
             raise
-        # The poller must get the GIL within milliseconds of waking: at the probes' top rate the
-        # buffers hold ~40 ms. Python hands the GIL over every 5 ms by default; with the pipeline
-        # thread busy and the CPU shared, gaps of 0.2 s between reads were measured (and lost
-        # events); at 1 ms they stayed under 0.1 s.
+        # The poller must get the GIL within milliseconds of waking: at the probes' top rate a
+        # CPU's buffer holds ~90 ms (16 MiB on 2 CPUs). Python hands the GIL over every 5 ms by
+        # default; with the pipeline thread busy and the CPU shared, gaps of 0.2 s between reads
+        # were measured (and lost events); at 1 ms they stayed under 0.1 s.
         if sys.getswitchinterval() > self.SWITCH_INTERVAL_S:
             sys.setswitchinterval(self.SWITCH_INTERVAL_S)
         self._pipeline_thread = threading.Thread(target=self._pipeline_loop, daemon=True,
