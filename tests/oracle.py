@@ -185,6 +185,13 @@ class View:
     run_times: dict = None                             # goid -> [monotonic ns of each schedule]
 
 
+def start_names(proc, events):
+    """Start PC -> the name gotel gives it (the service's symbolization), for ``from_events``."""
+    pcs = np.unique(events["pc_start"][events["kind"] == Kind.CREATE])
+    file_pcs = proc.binary.start_pcs(pcs - np.uint64(proc.pc_bias()))
+    return dict(zip(pcs.tolist(), proc.binary.symbolizer().function_names(file_pcs).tolist()))
+
+
 def from_events(events, layout, pid, start_names=None):
     """View of one process from gotel's events (in ring order, ts still monotonic).
 

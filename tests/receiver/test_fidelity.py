@@ -30,13 +30,6 @@ BUILDS = {
 MAX_SPANS = 200
 
 
-def start_names(proc, events):
-    """Start PC -> the name gotel gives it (the service's symbolization)."""
-    pcs = np.unique(events["pc_start"][events["kind"] == 1])
-    file_pcs = proc.binary.start_pcs(pcs - np.uint64(proc.pc_bias()))
-    return dict(zip(pcs.tolist(), proc.binary.symbolizer().function_names(file_pcs).tolist()))
-
-
 @pytest.mark.bpf
 @pytest.mark.slow
 @pytest.mark.parametrize("build", list(BUILDS))
@@ -57,7 +50,7 @@ def test_gotel_reports_what_the_go_tracer_saw(require_bpf, go_build, tmp_path, b
     spans = np.concatenate([decoder.process(b) for b in mine] + [decoder.flush()])
 
     trace = oracle.go_tool_trace(trace_file)
-    view = oracle.from_events(events, proc.binary.layout, proc.pid, start_names(proc, events))
+    view = oracle.from_events(events, proc.binary.layout, proc.pid, oracle.start_names(proc, events))
     f = oracle.fidelity(trace, view, rx.clock.offset_ns, spans,
                          opaque=oracle.opaque_wrappers(proc.binary))
     print(f"\n{build}: {f.line()}")
