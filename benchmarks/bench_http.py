@@ -71,9 +71,11 @@ def start_server():
 
 
 def attached(pid):
-    """True once a process holds a perf event fd (gotel's uprobe is in place)."""
+    """True once a process holds a uprobe's fd (gotel's uprobe is in place): a BPF link, or a perf
+    event where the kernel has no uprobe links (receiver/uprobe.py)."""
     try:
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[perf_event]"
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") in ("anon_inode:bpf_link",
+                                                          "anon_inode:[perf_event]")
                    for fd in os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return False

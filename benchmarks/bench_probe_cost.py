@@ -24,6 +24,10 @@ alike:
 - ``gotel_trap_only``: the same probe with every kind these workloads produce dropped in the kernel
   (only ``stack_copy`` wanted): each casgstatus call still traps and runs the program up to its
   table lookup, nothing is written. Its cost per hit is the floor that the placement sets.
+- ``gotel_perf_events``: gotel with its uprobes attached as perf events (``GOTEL_UPROBE_LINKS=0``,
+  what kernels before 6.6 get) instead of BPF links: what the links save per event in a Go program.
+
+gotel and the naive variants attach as receiver/uprobe.py does (BPF links on this kernel).
 
 Beside them, once per repetition, row 6's measurement of the kernel's own floor
 (``bench_uprobe_floor.measure``: a counting BPF program on the ``push %rbp`` of a C leaf function,
@@ -54,6 +58,7 @@ import threading
 import time
 
 from benchmarks import bench_uprobe_floor, harness
+from receiver import uprobe
 from receiver.events import BPF_DIR
 from receiver.receiver import Config as ReceiverConfig
 from receiver.receiver import GoroutineReceiver
@@ -68,12 +73,13 @@ NAIVE_FUNCTIONS = {
     "runtime.goexit1": "naive_goexit1",
 }
 VARIANTS = ("untraced", "runtime_trace", "naive_entry", "naive_after_prologue", "gotel",
-            "gotel_trap_only")
-TRACED = ("naive_entry", "naive_after_prologue", "gotel")
+            "gotel_trap_only", "gotel_perf_events")
+TRACED = ("naive_entry", "naive_after_prologue", "gotel", "gotel_perf_events")
 RATIOS = (("naive_entry", "naive entry / gotel"),
           ("naive_after_prologue", "naive after prologue / gotel"),
           ("runtime_trace", "runtime/trace / gotel"),
-          ("gotel_trap_only", "trap alone / gotel"))
+          ("gotel_trap_only", "trap alone / gotel"),
+          ("gotel_perf_events", "uprobes as perf events / as BPF links (gotel)"))
 # Variants whose cost is divided by gotel's event count of the same repetition, and what it counts.
 PER_GOTEL_EVENT = {"runtime_trace": "goroutine transition", "gotel_trap_only": "casgstatus hit"}
 WORKLOADS = ("pingpong", "spawn")
@@ -92,7 +98,8 @@ class NaiveProbes:
         cflags = [f"-I{BPF_DIR}", f"-DNAIVE_G_GOID={layout.g['goid']}",
                   f"-DNAIVE_G_M={layout.g['m']}", f"-DNAIVE_M_CURG={layout.m['curg']}"]
         self.bpf = BPF(src_file=str(NAIVE_SOURCE).encode(), cflags=cflags)
-        self.fns = {name: self.bpf.load_func(prog.encode(), BPF.KPROBE)
+        self.links = uprobe.links_available()      # attached as gotel's probes are
+        self.fns = {name: uprobe.load(self.bpf, prog, self.links)
                     for name, prog in NAIVE_FUNCTIONS.items()}
         self.events_fd = self.bpf["events"].map_fd
         self.attached = []
@@ -114,23 +121,14 @@ class NaiveProbes:
         return out
 
     def attach(self, binary, pid, where):
-        from bcc import lib
-
         for name, address in self.places(binary, where).items():
             offset = binary.file_offset(address)
-            ev = f"gotel_naive_{os.getpid()}_{pid}_{offset:x}".encode()
-            fd = lib.bpf_attach_uprobe(self.fns[name].fd, 0, ev, str(binary.path).encode(), offset, pid)
-            if fd < 0:
-                raise RuntimeError(f"attaching the naive probe on {name} (pid {pid}) failed")
-            self.bpf._add_uprobe_fd(ev, fd)
-            self.attached.append(ev)
+            self.attached.append(uprobe.Uprobe(self.fns[name].fd, str(binary.path), offset, pid,
+                                               f"gotel_naive_{os.getpid()}_{pid}_{offset:x}", self.links))
 
     def detach(self):
-        for ev in self.attached:
-            try:
-                self.bpf.detach_uprobe_event(ev)
-            except Exception:  # noqa: BLE001  (perf-only probe: nothing in tracefs to remove)
-                self.bpf.uprobe_fds.pop(ev, None)
+        for probe in self.attached:
+            probe.close()
         self.attached.clear()
 
     def lost(self):
@@ -180,7 +178,14 @@ def run_variant(variant, binary, gobinary, n, naive):
         kinds = ("stack_copy",) if variant == "gotel_trap_only" else ReceiverConfig.kinds
         rx = GoroutineReceiver(ReceiverConfig(pids=(proc.pid,), existing=False, kinds=kinds),
                                harness.Discard())
-        rx.start()
+        perf = variant == "gotel_perf_events"
+        os.environ["GOTEL_UPROBE_LINKS"] = "0" if perf else "1"   # read when the probes load
+        try:
+            rx.start()
+        finally:
+            os.environ.pop("GOTEL_UPROBE_LINKS")
+        if rx.probes.links == perf:
+            raise RuntimeError(f"{variant}: uprobes attached as {'links' if perf else 'perf events'}")
         try:
             out, cpu = harness.release(proc)
         finally:

@@ -106,38 +106,35 @@ def _symbol_offset(path, name):
 LEAVES = {"push": "probed", "nop5": "probed_nop5"}   # first instruction -> probed function
 
 
-def measure(fn_fd, calls=CALLS, leaf="push"):
-    """ns per hit of the BPF program whose fd is ``fn_fd`` (loaded as a kprobe/uprobe program),
-    on a leaf function starting with ``leaf`` (a key of LEAVES), called ``calls`` times (a
-    multiple of 100: calibrate.c runs 100 blocks). Raises on failure."""
-    from bcc import lib
+def measure(fn_fd, calls=CALLS, leaf="push", links=False):
+    """ns per hit of the BPF program whose fd is ``fn_fd`` (loaded as a kprobe/uprobe program, for
+    a BPF link if ``links``), on a leaf function starting with ``leaf`` (a key of LEAVES), called
+    ``calls`` times (a multiple of 100: calibrate.c runs 100 blocks). Raises on failure."""
+    from receiver import uprobe
 
     binary = _binary()
     proc = subprocess.Popen([str(binary), str(calls), leaf], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    name = f"gotel_calibrate_{proc.pid}".encode()
-    fd = -1
+    probe = None
     try:
-        fd = lib.bpf_attach_uprobe(fn_fd, 0, name, str(binary).encode(),
-                                   _symbol_offset(binary, LEAVES[leaf]), proc.pid)
-        if fd < 0:
-            raise RuntimeError("attaching the calibration uprobe failed")
+        probe = uprobe.Uprobe(fn_fd, str(binary), _symbol_offset(binary, LEAVES[leaf]), proc.pid,
+                              f"gotel_calibrate_{proc.pid}", links)
         out, _ = proc.communicate("\n", timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if fd >= 0:
-            lib.bpf_close_perf_event_fd(fd)
-            lib.bpf_detach_uprobe(name)
+        if probe is not None:
+            probe.close()
     with_probe, without = (float(x) for x in out.split())
     return max(with_probe - without, 1.0)
 
 
-def calibrate(fn_fd):
-    """A Calibration, measured with the program ``fn_fd``; the default (logged) on any failure."""
+def calibrate(fn_fd, links=False):
+    """A Calibration, measured with the program ``fn_fd`` (loaded for BPF links if ``links``); the
+    default (logged) on any failure."""
     try:
-        floor = min(measure(fn_fd, CALLS // ROUNDS) for _ in range(ROUNDS))
+        floor = min(measure(fn_fd, CALLS // ROUNDS, links=links) for _ in range(ROUNDS))
         log.info("one uprobe hit costs %.0f ns on this machine (calibrated)", floor)
         return Calibration(floor, True)
     except Exception as e:  # noqa: BLE001  (the budget still works, with a stated default)

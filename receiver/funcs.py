@@ -22,7 +22,6 @@ Cost of attaching, measured here (see ``FuncProbes.attach``/``close``): each upr
 perf_event_open; closing one unregisters it, the slow part.
 """
 
-import ctypes
 import dataclasses
 import fnmatch
 import logging
@@ -34,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from receiver import placement
+from receiver import placement, uprobe
 from receiver.errors import GotelError, ProbeError
 from receiver.events import BPF_DIR
 from receiver.probes import ring_problems
@@ -371,34 +370,6 @@ def dump_bpf(config, goid_offset):
     return f"/* cflags: {' '.join(config.cflags(goid_offset))} */\n{defines}{SOURCE.read_text()}"
 
 
-# bpf(2): BPF_LINK_CREATE with attach type BPF_TRACE_UPROBE_MULTI (Linux 6.6, uapi/linux/bpf.h).
-_SYS_BPF = 321            # x86_64
-_BPF_LINK_CREATE = 28
-BPF_TRACE_UPROBE_MULTI = 48
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _uprobe_multi_link(prog_fd, path, offsets, pid, cookies=None):
-    """fd of a BPF link putting prog on every file offset of path (pid -1: every process), each
-    site with its cookie (bpf_get_attach_cookie) if given."""
-    path_buf = ctypes.create_string_buffer(path.encode())
-    offs = (ctypes.c_uint64 * len(offsets))(*offsets)
-    cooks = (ctypes.c_uint64 * len(offsets))(*(cookies or [0] * len(offsets)))
-    attr = (ctypes.c_uint8 * 128)()
-    ctypes.memmove(ctypes.addressof(attr), ctypes.byref(ctypes.c_uint32(prog_fd)), 4)
-    ctypes.memmove(ctypes.addressof(attr) + 8, ctypes.byref(ctypes.c_uint32(BPF_TRACE_UPROBE_MULTI)), 4)
-    ctypes.memmove(ctypes.addressof(attr) + 16, ctypes.byref(ctypes.c_uint64(ctypes.addressof(path_buf))), 8)
-    ctypes.memmove(ctypes.addressof(attr) + 24, ctypes.byref(ctypes.c_uint64(ctypes.addressof(offs))), 8)
-    ctypes.memmove(ctypes.addressof(attr) + 40, ctypes.byref(ctypes.c_uint64(ctypes.addressof(cooks))), 8)
-    ctypes.memmove(ctypes.addressof(attr) + 48, ctypes.byref(ctypes.c_uint32(len(offsets))), 4)
-    ctypes.memmove(ctypes.addressof(attr) + 56, ctypes.byref(ctypes.c_uint32(max(pid, 0))), 4)
-    fd = _libc.syscall(_SYS_BPF, _BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"BPF_LINK_CREATE uprobe_multi: {os.strerror(err)}")
-    return fd
-
-
 class FuncProbes:
     """bpf/funcs.c compiled for one Go binary (its goid offset), and its uprobes.
 
@@ -461,7 +432,7 @@ class FuncProbes:
         ret_ids = [i for i, f in enumerate(self.functions) for _ in f.ret_addresses]
         if self._multi is not False:
             try:
-                links = [_uprobe_multi_link(self._prog(name, True).fd, path, offs, pid, ids)
+                links = [uprobe.link(self._prog(name, True).fd, path, offs, pid, ids)
                          for name, offs, ids in ((b"probe_func_entry", entries, entry_ids),
                                                  (b"probe_func_return", rets, ret_ids))]
                 self._links.extend(links)
@@ -496,13 +467,9 @@ class FuncProbes:
 
     def _prog(self, name, multi):
         """The program loaded for uprobe_multi links (expected attach type) or for perf uprobes."""
-        from bcc import BPF
-
         key = (name, multi)
         if key not in self._progs:
-            self.bpf.funcs.pop(name, None)   # bcc caches by name; the two loads differ
-            self._progs[key] = self.bpf.load_func(name, BPF.KPROBE,
-                                                  attach_type=BPF_TRACE_UPROBE_MULTI if multi else -1)
+            self._progs[key] = uprobe.load(self.bpf, name, multi)
         return self._progs[key]
 
     def counters(self):

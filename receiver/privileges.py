@@ -1,21 +1,23 @@
 """What gotel needs from the kernel to trace, checked before bcc is touched, one message per lack.
 
-Measured on Linux 6.18 as a non-root user with ``setpriv`` (tests/faults/test_least_privilege.py):
+Measured on Linux 6.18 as a non-root user with ``setpriv`` (tests/faults/test_fault_gotel.py):
 
 - CAP_BPF: create the event buffers and the maps, load the program.
-- CAP_PERFMON: load a tracing program that reads process memory, open the uprobe's perf event.
-- A way to create the uprobe. The uprobe PMU (``perf_event_open`` with the type in
+- CAP_PERFMON: load a tracing program that reads process memory, create its uprobes.
+- On Linux 6.6 and later, nothing else: gotel's uprobes are BPF links (receiver/uprobe.py).
+- Before 6.6 (or with ``GOTEL_UPROBE_LINKS=0``) uprobes are perf events, and there is one more
+  need. The uprobe PMU (``perf_event_open`` with the type in
   ``/sys/bus/event_source/devices/uprobe/type``) needs CAP_SYS_ADMIN since the 2025 fix "perf:
   Require CAP_SYS_ADMIN for uprobes" (it accepted CAP_PERFMON from 5.8 on). bcc falls back to
   tracefs: writing ``/sys/kernel/tracing/uprobe_events`` (root's) needs CAP_DAC_OVERRIDE, a
   smaller grant than CAP_SYS_ADMIN.
-- CAP_SYS_PTRACE only for processes of another user: probing them (``perf_event_open`` on their
-  PID) and reading their memory (``/proc/PID/mem``) need ptrace access. A command gotel launches
-  runs as gotel's user and needs none.
+- CAP_SYS_PTRACE only for processes of another user: probing them and reading their memory
+  (``/proc/PID/mem``) need ptrace access. A command gotel launches runs as gotel's user and needs
+  none.
 
-So the least set is CAP_BPF + CAP_PERFMON + CAP_DAC_OVERRIDE, plus CAP_SYS_PTRACE to trace other
-users' processes. ``problems(pids)`` says what is missing, in words, before bcc prints its own
-lines or fails with "Failed to compile BPF module".
+So the least set is CAP_BPF + CAP_PERFMON (plus CAP_DAC_OVERRIDE before Linux 6.6), plus
+CAP_SYS_PTRACE to trace other users' processes. ``problems(pids)`` says what is missing, in words,
+before bcc prints its own lines or fails with "Failed to compile BPF module".
 """
 
 import os
@@ -25,7 +27,8 @@ CAPS = {"CAP_DAC_OVERRIDE": 1, "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21, "CAP_P
         "CAP_BPF": 39}
 TRACEFS = "/sys/kernel/tracing"
 UPROBE_EVENTS = f"{TRACEFS}/uprobe_events"
-LEAST = ("CAP_BPF", "CAP_PERFMON", "CAP_DAC_OVERRIDE")
+LEAST = ("CAP_BPF", "CAP_PERFMON")
+PERF_EVENT_UPROBES = "CAP_DAC_OVERRIDE"   # also needed where uprobes are perf events
 
 
 def effective(status_path="/proc/self/status"):
@@ -74,9 +77,10 @@ def kernel_version(release=None):
     return (int(numbers[1]), int(numbers[2])) if numbers else (0, 0)
 
 
-def problems(pids=(), caps=None, writable=None, release=None):
+def problems(pids=(), caps=None, writable=None, release=None, links=False):
     """Every reason tracing cannot work as this process is now, each with what to do; empty when
-    nothing is missing. ``pids``: running processes to trace (other users' need CAP_SYS_PTRACE)."""
+    nothing is missing. ``pids``: running processes to trace (other users' need CAP_SYS_PTRACE);
+    ``links``: uprobes are BPF links (``receiver.uprobe.links_available``), not perf events."""
     if caps is None:
         caps = effective()
     admin = "CAP_SYS_ADMIN" in caps
@@ -89,13 +93,14 @@ def problems(pids=(), caps=None, writable=None, release=None):
     if "CAP_PERFMON" not in caps and not admin:
         out.append("CAP_PERFMON is missing: the kernel refuses a tracing program that reads "
                    "process memory, and the uprobe's perf event")
-    if not admin:
+    if not admin and not links:
         if not tracefs_mounted():
             out.append(f"{UPROBE_EVENTS} does not exist: mount tracefs (mount -t tracefs tracefs "
                        f"{TRACEFS}), or give CAP_SYS_ADMIN to create uprobes without it")
         elif not (tracefs_writable() if writable is None else writable):
-            out.append(f"CAP_DAC_OVERRIDE is missing: creating a uprobe means writing "
-                       f"{UPROBE_EVENTS} (the uprobe PMU needs CAP_SYS_ADMIN on this kernel)")
+            out.append(f"{PERF_EVENT_UPROBES} is missing: creating a uprobe means writing "
+                       f"{UPROBE_EVENTS} (no BPF uprobe links before Linux 6.6, and the uprobe "
+                       f"PMU needs CAP_SYS_ADMIN)")
     if "CAP_SYS_PTRACE" not in caps:
         me = os.geteuid()
         others = [p for p in pids if process_uid(p) not in (None, me)]
@@ -107,8 +112,8 @@ def problems(pids=(), caps=None, writable=None, release=None):
 
 def hint():
     """One line naming the least capability set (for messages)."""
-    return (f"run gotel as root, or with {' + '.join(LEAST)} (and CAP_SYS_PTRACE for other "
-            f"users' processes); see README: Requirements")
+    return (f"run gotel as root, or with {' + '.join(LEAST)} (and {PERF_EVENT_UPROBES} before "
+            f"Linux 6.6, CAP_SYS_PTRACE for other users' processes); see README: Requirements")
 
 
 _STALE = re.compile(r"^[pr]:(uprobes/gotel_\d+_\S*_bcc_(\d+))\s")

@@ -11,9 +11,10 @@ Slot N is served by the program ``probe_casgstatus_N``, so binaries of different
 traced at once.
 
 Attaching takes a file offset, computed here from the binary's program headers
-(``GoBinary.file_offset``), and goes straight to libbcc's ``bpf_attach_uprobe``: bcc's
-``attach_uprobe(addr=...)`` expects a virtual address and converts it itself, which differs between
-bcc versions; the kernel's uprobe interface takes the offset in the file, PIE or not.
+(``GoBinary.file_offset``): bcc's ``attach_uprobe(addr=...)`` expects a virtual address and converts
+it itself, which differs between bcc versions; the kernel's uprobe interface takes the offset in the
+file, PIE or not. Each uprobe is a BPF link where the kernel has them, else a perf event
+(receiver/uprobe.py says why and what each costs).
 
 Cost: every status change of a traced process pays the uprobe trap, wanted or filtered out
 (syscall enter/exit included), and a kept event adds building and submitting its record; the
@@ -28,6 +29,7 @@ import os
 import threading
 
 from receiver.errors import ProbeError
+from receiver import uprobe
 from receiver.events import BPF_DIR, EVENT_DTYPE, Kind, check_statuses
 
 log = logging.getLogger("gotel.probes")
@@ -216,8 +218,8 @@ class Attachment:
     offset: int
     pid: int
     slot: int
-    ev_name: bytes
-    extra: tuple = ()   # event names of the other uprobes of this attachment (preemptPark)
+    uprobe: "uprobe.Uprobe"
+    extra: tuple = ()   # the other uprobes of this attachment (preemptPark)
 
 
 class Probes:
@@ -238,7 +240,6 @@ class Probes:
         except ImportError as e:
             raise ProbeError("bcc is not importable: install Debian's python3-bpfcc and use a venv "
                              "made with --system-site-packages (make setup)") from e
-        self._BPF = BPF
         from receiver import privileges
 
         if privileges.tracefs_writable():
@@ -246,23 +247,36 @@ class Probes:
                 log.info("removed %s, left by a gotel that was killed", name)
         try:
             self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=config.cflags())
-            self._fns = [self.bpf.load_func(f"probe_casgstatus_{i}".encode(), BPF.KPROBE)
-                         for i in range(MAX_LAYOUTS)]
-            self._lifecycle_fns = {
-                name: [self.bpf.load_func(f"{name}_{i}".encode(), BPF.KPROBE)
-                       for i in range(MAX_LAYOUTS)] for name in LIFECYCLE_PROGRAMS}
-            self._preempt_fns = [self.bpf.load_func(f"probe_preemptpark_{i}".encode(), BPF.KPROBE)
-                                 for i in range(MAX_LAYOUTS)]
         except Exception as e:
-            raise ProbeError(f"compiling or loading {SOURCE} failed: {e}") from e
+            raise ProbeError(f"compiling {SOURCE} failed: {e}") from e
+        self.links = uprobe.links_available()
+        try:
+            self._load()
+        except Exception as e:
+            if not self.links:
+                raise ProbeError(f"loading {SOURCE} failed: {e}") from e
+            log.info("uprobe links refused (%s); attaching as perf events", e)
+            self.links = False
+            try:
+                self._load()
+            except Exception as e2:
+                raise ProbeError(f"loading {SOURCE} failed: {e2}") from e2
         self._layouts = self.bpf["layouts"]
         self._counters = self.bpf["counters"]
         self._hits = self.bpf["hits"]
         self._slots = {}
         self._leaves = {}
         self.attachments = {}
-        self._writable = None
         self._lock = threading.Lock()
+
+    def _load(self):
+        """Every program, for BPF links or for perf events (``self.links``)."""
+        def each(name):
+            return [uprobe.load(self.bpf, f"{name}_{i}", self.links) for i in range(MAX_LAYOUTS)]
+
+        self._fns = each("probe_casgstatus")
+        self._lifecycle_fns = {name: each(name) for name in LIFECYCLE_PROGRAMS}
+        self._preempt_fns = each("probe_preemptpark")
 
     @property
     def events_fd(self):
@@ -370,69 +384,45 @@ class Probes:
         with self._lock:
             if key in self.attachments:
                 return self.attachments[key]
-            ev_name = f"gotel_{os.getpid()}_{st.st_ino:x}_{offset:x}_{pid if pid >= 0 else 'all'}".encode()
-            from bcc import lib
-
-            fd = lib.bpf_attach_uprobe(fn.fd, 0, ev_name, path.encode(), offset, pid)
-            if fd < 0:
-                from receiver import privileges
-
-                missing = privileges.problems([pid] if pid > 0 else [])
-                raise ProbeError(
-                    f"attaching the uprobe to {path} at file offset {offset:#x} (pid {pid}) failed; "
-                    + ("; ".join(missing) if missing else
-                       f"does the process still exist? ({privileges.hint()})"))
-            self.bpf._add_uprobe_fd(ev_name, fd)
-            extra = []
             stop = binary.functions.get(PREEMPT_FUNCTION) if with_preempt else None
             if with_preempt and stop is None:
                 # Its probe also tells the kernel side that the thread runs no goroutine any more.
-                self._detach_names([ev_name])
                 raise ProbeError(f"{path}: no {PREEMPT_FUNCTION} to probe")
+            name = f"gotel_{os.getpid()}_{st.st_ino:x}_{offset:x}_{pid if pid >= 0 else 'all'}"
+            main = self._uprobe(fn, path, offset, pid, name, "")
+            extra = ()
             if stop is not None:
                 stop_offset = binary.file_offset(stop.probe_address)
-                stop_name = ev_name + f"_p{stop_offset:x}".encode()
-                fd = lib.bpf_attach_uprobe(self._preempt_fns[slot].fd, 0, stop_name, path.encode(),
-                                           stop_offset, pid)
-                if fd < 0:
-                    self._detach_names([ev_name])
-                    raise ProbeError(
-                        f"attaching the uprobe to {path} at file offset {stop_offset:#x} "
-                        f"({PREEMPT_FUNCTION}, pid {pid}) failed")
-                self.bpf._add_uprobe_fd(stop_name, fd)
-                extra.append(stop_name)
-            att = Attachment(path, offset, pid, slot, ev_name, tuple(extra))
+                try:
+                    extra = (self._uprobe(self._preempt_fns[slot], path, stop_offset, pid,
+                                          f"{name}_p{stop_offset:x}", f" ({PREEMPT_FUNCTION})"),)
+                except ProbeError:
+                    main.close()
+                    raise
+            att = Attachment(path, offset, pid, slot, main, extra)
             self.attachments[key] = att
             return att
 
+    def _uprobe(self, fn, path, offset, pid, name, what):
+        try:
+            return uprobe.Uprobe(fn.fd, path, offset, pid, name, self.links)
+        except OSError as e:
+            from receiver import privileges
+
+            missing = privileges.problems([pid] if pid > 0 else [], links=self.links)
+            raise ProbeError(
+                f"attaching the uprobe to {path} at file offset {offset:#x}{what} (pid {pid}) failed "
+                f"({e}); " + ("; ".join(missing) if missing else
+                              f"does the process still exist? ({privileges.hint()})")) from e
+
     def detach(self, attachment):
-        """Remove one uprobe; events it already produced stay in the event buffers."""
+        """Remove one attachment's uprobes; events they already produced stay in the buffers."""
         with self._lock:
             for key, att in list(self.attachments.items()):
                 if att is attachment:
                     del self.attachments[key]
-            self._detach_names((attachment.ev_name, *attachment.extra))
-
-    def _detach_names(self, names):
-        for name in names:
-            if name in self.bpf.uprobe_fds and not self._tracefs_writable():
-                # Made by the uprobe PMU (gotel cannot write tracefs): closing the perf fd removes
-                # it; bcc's detach would also try tracefs and print its permission error.
-                os.close(self.bpf.uprobe_fds.pop(name))
-            if name in self.bpf.uprobe_fds:
-                try:
-                    self.bpf.detach_uprobe_event(name)
-                except Exception:
-                    # The perf fd is closed first; what can fail after is only tracefs clean-up of
-                    # a probe that perf_event_open created without tracefs.
-                    self.bpf.uprobe_fds.pop(name, None)
-
-    def _tracefs_writable(self):
-        if self._writable is None:
-            from receiver import privileges
-
-            self._writable = privileges.tracefs_writable()
-        return self._writable
+            for probe in (attachment.uprobe, *attachment.extra):
+                probe.close()
 
     def forget(self, pid):
         """Drop what the kernel side still holds for an exited process (creations of Go <= 1.23
@@ -456,7 +446,7 @@ class Probes:
 
         if len(self._slots) >= MAX_LAYOUTS:
             return calibrate.Calibration(calibrate.DEFAULT_FLOOR_NS, False)
-        return calibrate.calibrate(self._fns[MAX_LAYOUTS - 1].fd)
+        return calibrate.calibrate(self._fns[MAX_LAYOUTS - 1].fd, self.links)
 
     def hits(self, pid):
         """{"casgstatus", "create", "exit"}: probe hits of process pid since load, kept or dropped

@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 from receiver import (discovery as discovery_mod, existing, levels, platform, privileges, probes,
-                      procmem, targets)
+                      procmem, targets, uprobe)
 from receiver.clock import MonotonicClock
 from receiver.drain import EventBuffer
 from receiver.errors import ConfigError, GotelError, ProbeError, TargetError
@@ -182,7 +182,7 @@ class GoroutineReceiver(Following):
 
     def start(self):
         """Attach to every target and start polling. Raises TargetError / ProbeError up front."""
-        missing = privileges.problems(self.config.pids)
+        missing = privileges.problems(self.config.pids, links=uprobe.links_available())
         if missing:
             raise ProbeError("cannot trace: " + "; ".join(missing))
         if self.registry.pods is None:

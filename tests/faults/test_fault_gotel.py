@@ -83,13 +83,13 @@ def ensure_user():
                         USER], check=True)
 
 
-def as_user(caps, argv, cwd):
+def as_user(caps, argv, cwd, extra_env=None):
     """Run argv as USER with exactly ``caps`` (names without CAP_), nothing else."""
     spec = ",".join(["-all"] + [f"+{c.lower()}" for c in caps])
     return subprocess.run(["setpriv", "--reuid", USER, "--regid", USER, "--clear-groups",
                            f"--inh-caps={spec}", f"--ambient-caps={spec}", f"--bounding-set={spec}",
-                           *argv], cwd=cwd, env={**ENV, "HOME": str(cwd)}, capture_output=True,
-                          text=True, timeout=180)
+                           *argv], cwd=cwd, env={**ENV, "HOME": str(cwd), **(extra_env or {})},
+                          capture_output=True, text=True, timeout=180)
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +122,18 @@ def test_least_privilege_run(require_bpf, lp_dir, figure):
     assert spans > 10
 
 
+def least(links):
+    """The least capability set (names without CAP_) with uprobes as links ("1") or perf events."""
+    return LEAST + ([] if links == "1" else [privileges.PERF_EVENT_UPROBES.removeprefix("CAP_")])
+
+
 @pytest.mark.bpf
-@pytest.mark.parametrize("missing", LEAST)
-def test_each_missing_capability_is_named(require_bpf, lp_dir, missing):
-    caps = [c for c in LEAST if c != missing]
+@pytest.mark.parametrize("missing,links", [(c, "1") for c in LEAST] + [("DAC_OVERRIDE", "0")])
+def test_each_missing_capability_is_named(require_bpf, lp_dir, missing, links):
+    caps = [c for c in least(links) if c != missing]
     p = as_user(caps, [sys.executable, "-m", "pipeline.app.cli", "trace", "--out",
                        str(lp_dir / f"out-{missing}"), "--", str(lp_dir / "lingerer"), "-for", "1s"],
-                REPO)
+                REPO, {"GOTEL_UPROBE_LINKS": links})
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gotel: cannot trace: "), p.stderr
@@ -137,18 +142,22 @@ def test_each_missing_capability_is_named(require_bpf, lp_dir, missing):
 
 
 @pytest.mark.bpf
+@pytest.mark.parametrize("links", ["1", "0"], ids=["bpf-links", "perf-events"])
 def test_least_privilege_gotel_sigkilled_leaves_no_breakpoint_and_its_uprobe_event_is_removed(
-        require_bpf, lp_dir, figure):
-    """Without CAP_SYS_ADMIN the uprobe is a tracefs event: a SIGKILLed gotel leaves it listed in
-    uprobe_events (inert: the breakpoint goes with the perf event), and the next gotel removes it."""
-    spec = ",".join(["-all"] + [f"+{c.lower()}" for c in LEAST])
+        require_bpf, lp_dir, figure, links):
+    """A SIGKILLed gotel leaves no breakpoint. Its BPF links leave nothing else; as perf events
+    (older kernels, or GOTEL_UPROBE_LINKS=0), without CAP_SYS_ADMIN each uprobe is a tracefs event,
+    left listed in uprobe_events (inert: the breakpoint goes with the perf event), and the next
+    gotel removes it."""
+    env = {**ENV, "HOME": str(lp_dir), "GOTEL_UPROBE_LINKS": links}
+    spec = ",".join(["-all"] + [f"+{c.lower()}" for c in least(links)])
     target = subprocess.Popen([str(lp_dir / "lingerer"), "-for", "60s"], stdout=subprocess.DEVNULL,
                               user=USER, group=USER, extra_groups=[])     # gotel's user's own
     gotel = subprocess.Popen(["setpriv", "--reuid", USER, "--regid", USER, "--clear-groups",
                               f"--inh-caps={spec}", f"--ambient-caps={spec}",
                               f"--bounding-set={spec}", sys.executable, "-m", "pipeline.app.cli",
                               "-v", "trace", "--pid", str(target.pid), "--out",
-                              str(lp_dir / "out-killed")], cwd=REPO, env={**ENV, "HOME": str(lp_dir)},
+                              str(lp_dir / "out-killed")], cwd=REPO, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         said = []
@@ -162,18 +171,22 @@ def test_least_privilege_gotel_sigkilled_leaves_no_breakpoint_and_its_uprobe_eve
         stale = [l for l in UPROBE_EVENTS.read_text().splitlines() if f"_bcc_{gotel.pid} " in l]
         live, file_byte = probe_byte(target.pid, lp_dir / "lingerer")
         assert live == file_byte and target.poll() is None
-        p = as_user(LEAST, [sys.executable, "-m", "pipeline.app.cli", "trace", "--out",
-                            str(lp_dir / "out-next"), "--", str(lp_dir / "lingerer"), "-for", "1s"],
-                    REPO)
+        p = as_user(least(links), [sys.executable, "-m", "pipeline.app.cli", "trace", "--out",
+                                   str(lp_dir / "out-next"), "--", str(lp_dir / "lingerer"), "-for",
+                                   "1s"], REPO, {"GOTEL_UPROBE_LINKS": links})
         assert p.returncode == 0, p.stderr
     finally:
         gotel.kill()
         target.kill()
         target.wait()
     left = [l for l in UPROBE_EVENTS.read_text().splitlines() if f"_bcc_{gotel.pid} " in l]
-    figure("least privilege, gotel SIGKILLed: tracefs uprobe events left / after the next run",
-           f"{len(stale)} / {len(left)}")
-    assert stale and left == []      # one event per uprobe gotel had (casgstatus, preemptPark)
+    figure(f"least privilege, gotel SIGKILLed ({'links' if links == '1' else 'perf events'}): "
+           f"tracefs uprobe events left / after the next run", f"{len(stale)} / {len(left)}")
+    assert left == []
+    if links == "0":
+        assert stale                 # one event per uprobe gotel had (casgstatus, preemptPark)
+    else:
+        assert stale == []
 
 
 def test_a_kernel_without_bpf_compare_and_swap_is_named():

@@ -183,6 +183,28 @@ def test_only_the_kinds_asked_for_reach_the_ring(require_bpf, go_build):
 
 
 @pytest.mark.bpf
+@pytest.mark.parametrize("links", [True, False], ids=["bpf-links", "perf-events"])
+def test_uprobes_work_as_links_and_as_perf_events(require_bpf, go_build, monkeypatch, links):
+    """Links where the kernel has them (this one does); perf events otherwise, which the test gets
+    by having the kernel check answer as a kernel before 6.6 would."""
+    from receiver import uprobe
+
+    if not links:
+        monkeypatch.setattr(uprobe, "links_available", lambda release=None: False)
+    p = probes.Probes()
+    try:
+        assert p.links is links
+        path = go_build("spawner", "1.25")
+        [(binary, proc, (out, err, code), ev)] = traced_run(p, [path])
+        assert (code, out, err) == untraced(path, SPAWNED)
+        created = ev[ev["kind"] == Kind.CREATE]
+        assert (created["aux_goid"] == 1).sum() == SPAWNED
+        assert p.counters()["lost"] == 0 and not p.attachments
+    finally:
+        p.close()
+
+
+@pytest.mark.bpf
 def test_detached_probe_sees_nothing(loaded, go_build):
     from receiver.binary import GoBinary
 

@@ -132,7 +132,8 @@ def test_sigkilled_target_is_retired_and_the_others_still_traced(require_bpf, go
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         assert wait_for(lambda: not rx.registry.get(victim.pid).alive)
-        assert rx.registry.get(victim.pid).attachment.ev_name not in rx.probes.bpf.uprobe_fds
+        gone = rx.registry.get(victim.pid).attachment
+        assert gone not in rx.probes.attachments.values() and not gone.uprobe.open
         before = (sink.events["pid"] == survivor.pid).sum()
         assert wait_for(lambda: (sink.events["pid"] == survivor.pid).sum() > before + 1000)
         assert rx.registry.get(survivor.pid).alive and not rx.finished.is_set()
