@@ -7,12 +7,16 @@ unprobed one; ns per call of the fastest probed block minus the fastest unprobed
 one hit. Two leaves: `push %rbp` (what gotel probes in runtime.casgstatus: emulated, no single-step)
 and a 5-byte NOP (which kernels with arch_uprobe_optimize can patch into a call to a trampoline).
 The `push` leaf is also measured with the probe attached as a perf event (what bcc's
-``attach_uprobe`` makes): each of its hits also passes the trace event layer (receiver/uprobe.py).
+``attach_uprobe`` makes): each of its hits also passes the trace event layer (receiver/uprobe.py),
+whose filter lock every CPU hitting the probe takes; and with two threads hitting it at once, as a
+multi-threaded program's CPUs do, both ways.
 
 Trust the median ns per hit of `push`: it is the least any uprobe-based tracer can add per goroutine
 transition on this machine, whatever its BPF program does; gotel's row 1 figures sit on top of it.
 Each figure is the fastest block of its run, the one other tenants disturbed least.
 """
+
+THREADS = 2   # the two-thread figures: as many threads as this project's machines have CPUs
 
 COUNT = r"""
 #include <uapi/linux/ptrace.h>
@@ -41,15 +45,17 @@ def measure(repeat=5, calls=1_000_000):
     try:
         fns = {True: uprobe.load(bpf, "count", True) if links else None,
                False: uprobe.load(bpf, "count", False)}
-        kinds = [(leaf, links) for leaf in calibrate.LEAVES] + [("push", False)]
-        out = {f"{leaf}{'' if as_link == links else '_perf'}": [] for leaf, as_link in kinds}
+        kinds = [(leaf, links, 1) for leaf in calibrate.LEAVES] + [("push", False, 1)]
+        kinds += [("push", as_link, THREADS) for as_link in sorted({links, False}, reverse=True)]
+        out = {f"{leaf}{'' if as_link == links else '_perf'}{'' if n == 1 else f'_{n}threads'}": []
+               for leaf, as_link, n in kinds}
         for _ in range(repeat):
-            for (leaf, as_link), values in zip(kinds, out.values()):
+            for (leaf, as_link, n), values in zip(kinds, out.values()):
                 before = bpf["hits"][0].value
-                values.append(calibrate.measure(fns[as_link].fd, calls, leaf, links=as_link))
+                values.append(calibrate.measure(fns[as_link].fd, calls, leaf, links=as_link, threads=n))
                 hits = bpf["hits"][0].value - before
-                if hits != calls:
-                    raise RuntimeError(f"{leaf}: {hits} hits for {calls} calls")
+                if hits != calls * n:
+                    raise RuntimeError(f"{leaf}: {hits} hits for {calls * n} calls")
         return out
     finally:
         bpf.cleanup()
@@ -66,6 +72,11 @@ def run(quick=False):
         "nop5.ns_per_hit": harness.figure("one uprobe hit on a 5-byte NOP (C leaf function)", "ns",
                                           hits["nop5"], 0),
     }
+    for key in [k for k in hits if k.endswith("threads")]:
+        how = "as a perf event" if "_perf" in key else "as gotel attaches"
+        figures[f"{key}.ns_per_hit"] = harness.figure(
+            f"one uprobe hit on `push %rbp`, {THREADS} threads hitting it at once, attached {how}",
+            "ns", hits[key], 0)
     if "push_perf" in hits:
         figures["push_perf.ns_per_hit"] = harness.figure(
             "one uprobe hit on `push %rbp`, attached as a perf event instead of a BPF link", "ns",

@@ -84,7 +84,8 @@ def _binary():
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         built = Path(tmp) / "calibrate"
-        subprocess.run([cc, "-O2", "-fno-omit-frame-pointer", "-o", str(built), str(SOURCE)],
+        subprocess.run([cc, "-O2", "-pthread", "-fno-omit-frame-pointer", "-o", str(built),
+                        str(SOURCE)],
                        check=True, capture_output=True, timeout=60)
         os.replace(built, out)
     return out
@@ -106,14 +107,15 @@ def _symbol_offset(path, name):
 LEAVES = {"push": "probed", "nop5": "probed_nop5"}   # first instruction -> probed function
 
 
-def measure(fn_fd, calls=CALLS, leaf="push", links=False):
+def measure(fn_fd, calls=CALLS, leaf="push", links=False, threads=1):
     """ns per hit of the BPF program whose fd is ``fn_fd`` (loaded as a kprobe/uprobe program, for
     a BPF link if ``links``), on a leaf function starting with ``leaf`` (a key of LEAVES), called
-    ``calls`` times (a multiple of 100: calibrate.c runs 100 blocks). Raises on failure."""
+    ``calls`` times (a multiple of 100: calibrate.c runs 100 blocks) by each of ``threads`` threads
+    at once. Raises on failure."""
     from receiver import uprobe
 
     binary = _binary()
-    proc = subprocess.Popen([str(binary), str(calls), leaf], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([str(binary), str(calls), leaf, str(threads)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     probe = None
     try:
