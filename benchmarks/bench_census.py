@@ -143,15 +143,15 @@ def run(quick=False):
                                                         values, 0)
     notes.append(f"HTTP: {http['censuses']} censuses taken during the measured loads.")
     fig = figures["http.kept"]
-    # Met only when the pairs agree: a median above 0.99 among pairs spread wider than the goal
-    # says nothing.
+    # Judged only when the pairs agree: a median among pairs spread wider than the goal's 1% can
+    # neither meet nor miss it.
     resolved = fig["n"] >= 3 and fig["max"] - fig["min"] <= 0.02
     goals.append(harness.goal("<= 1% of the HTTP server's throughput lost to a 1 s census",
-                              "http.kept", fig["median"], 0.99,
-                              bool(resolved and fig["median"] >= 0.99),
+                              "http.kept", fig["median"], 0.99, fig["median"] >= 0.99,
+                              "the census's page copies slow the server",
+                              unresolved="" if resolved else
                               f"pairs ranged {fig['min']}-{fig['max']}: the load's own noise is "
-                              f"larger than the 1% to resolve" if not resolved else
-                              "the census's page copies slow the server"))
+                              f"larger than the 1% to resolve"))
     if 100_000 in results:
         for key, target in (("table_s", 0.1), ("stacks_s", 1.0)):
             fig = figures[f"n100000.{key}"]
