@@ -37,6 +37,7 @@ Costs ~60-100 ms (60,000 probed calls in three runs). Without ``cc``, or if anyt
 ``DEFAULT_FLOOR_NS`` is used and the reason logged.
 """
 
+import atexit
 import dataclasses
 import hashlib
 import logging
@@ -73,21 +74,38 @@ class Calibration:
 
 
 def _binary():
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gotel"
+    """The calibration program, built once per source and cached; where the cache cannot be written
+    (a user with a few capabilities and no writable home, a read-only root file system), built
+    for this process alone in a private temporary directory, removed at exit."""
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gotel"
     out = cache / f"calibrate-{digest}"
     if out.exists():
         return out
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            built = _build(Path(tmp) / "calibrate")
+            os.replace(built, out)
+        return out
+    except OSError as e:
+        if digest not in _PRIVATE:
+            log.debug("calibration: cache not writable (%s); building in a private directory", e)
+            tmp = tempfile.mkdtemp(prefix="gotel-calibrate-")       # mode 0700, ours alone
+            atexit.register(shutil.rmtree, tmp, True)
+            _PRIVATE[digest] = _build(Path(tmp) / "calibrate")
+        return _PRIVATE[digest]
+
+
+_PRIVATE = {}   # source digest -> this process's own build, where the cache was not writable
+
+
+def _build(out):
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("no C compiler (cc) to build the calibration program")
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        built = Path(tmp) / "calibrate"
-        subprocess.run([cc, "-O2", "-pthread", "-fno-omit-frame-pointer", "-o", str(built),
-                        str(SOURCE)],
-                       check=True, capture_output=True, timeout=60)
-        os.replace(built, out)
+    subprocess.run([cc, "-O2", "-pthread", "-fno-omit-frame-pointer", "-o", str(out), str(SOURCE)],
+                   check=True, capture_output=True, timeout=60)
     return out
 
 

@@ -38,10 +38,11 @@ probes would cost (and goes on reading it every PREVIEW_S while they are off): t
 count of runs (``sched.timeToRun``, which records 1 run in RUN_SAMPLING) times HITS_PER_RUN hits per
 run prices full tracing, and the goroutine ids it hands out (``sched.goidgen``) price the lifecycle
 probes, which are placed only if they would cost at most half the budget. Where memory cannot tell,
-the probes measure it (a first window of MEASURE_S for full tracing). Any window's measured hit rate
-replaces the guess; full tracing stays on while it costs less than the budget; the lifecycle probes
-come off while they alone cost more than half of it (back when memory says they fit; where it cannot
-tell, tried after LIFECYCLE_RETRY_S). So the duty cycle follows the event rate, both ways.
+the probes measure it (a first window of MEASURE_S for full tracing). A window's measured hit rate
+replaces the guess; once it is off, the guess stands in again at the scale the probe measured (hits
+counted per guessed hit over a read when it was on). Full tracing stays on while it costs less than
+the budget; the lifecycle probes come off while they alone cost more than half of it (back when
+memory says they fit; else tried after LIFECYCLE_RETRY_S). So the duty cycle follows the rate.
 ``overhead`` is the estimate (cost over CPU time, smoothed over ~5 s), exported as
 ``gotel.target.overhead``.
 
@@ -174,9 +175,11 @@ class Unit:
         self.sched_ns = 0                # when sched.timeToRun was last read
         self.sched_p99 = {}              # pid -> (p99 s, latencies) of the last interval
         self.sched_high = set()          # pids whose p99 is past the threshold
-        self.memory_rates = None         # (ns, _memory_counts) of the last read; "unreadable"
+        self.memory_rates = None         # (ns, _memory_counts, casgstatus hits) or "unreadable"
         self.memory_guessed = False      # a first interval of memory has been read
         self.full_guessed = False        # full_rate is a guess from memory, not yet measured
+        self.full_since = None           # when the window whose probe is on was opened
+        self.full_scale = None           # hits measured / memory's guess, over a read with it on
         self.life_guessed = False        # life_rate is a guess from memory (the probes are off)
 
 
@@ -471,11 +474,12 @@ class LevelController:
         if counts is None:
             unit.memory_rates = "unreadable"
             return True
+        hits = sum(h["casgstatus"] for h in unit.hits.values()) if unit.hits else None
         if unit.memory_rates is None:
-            unit.memory_rates = (now, counts)
+            unit.memory_rates = (now, counts, hits)
             return False
-        started, before = unit.memory_rates
-        unit.memory_rates, dt = (now, counts), (now - started) / 1e9
+        started, before, hits_before = unit.memory_rates
+        unit.memory_rates, dt = (now, counts, hits), (now - started) / 1e9
 
         def delta(i):
             pids = set(before) & set(counts)
@@ -490,12 +494,18 @@ class LevelController:
         if runs is None:
             return unit.memory_guessed           # no process in both reads (pids came and went)
         who = unit.pid if unit.pid > 0 else unit.binary.path
+        guess = HITS_PER_RUN * RUN_SAMPLING * runs / dt
+        if unit.full_since is not None and unit.full_since <= started and runs and \
+                None not in (hits, hits_before) and hits >= hits_before:   # on over this whole read
+            unit.full_scale = (hits - hits_before) / dt / guess      # sharper than the guess's 2x
         if runs and (unit.full_rate is None or unit.full_guessed):
-            unit.full_rate = HITS_PER_RUN * RUN_SAMPLING * runs / dt
+            unit.full_rate = guess
             if not unit.full_guessed:
                 log.info("%s: full tracing would take about %.0f hits/s (%d runs recorded in "
                          "%.1fs)", who, unit.full_rate, runs, dt)
             unit.full_guessed = True
+        elif unit.full is None and unit.full_scale is not None:   # a rate that falls back is seen
+            unit.full_rate = guess * unit.full_scale                 # within PREVIEW_S
         if goids is not None and not unit.lifecycle:
             unit.life_rate, unit.life_guessed = 2 * goids / dt, True
         unit.memory_guessed = True
@@ -626,6 +636,7 @@ class LevelController:
             except GotelError as e:
                 log.warning("window not opened on %s: %s", unit.binary.path, e)
                 return
+            unit.full_since = now
         unit.window = window
         unit.windows.append(window)
         unit.window_until = now + (length_ns or self.window_ns)
@@ -640,6 +651,7 @@ class LevelController:
         if window.attached and unit.full is not None:
             self.probes.detach(unit.full)
             unit.full = None
+            unit.full_since = None
         window.closed_ns, window.close_reason = self.clock(), why
         window.closed_unix_ns = time.time_ns()
         if self.period_ns:

@@ -111,11 +111,17 @@ LEAST = [c.removeprefix("CAP_") for c in privileges.LEAST]
 
 @pytest.mark.bpf
 def test_least_privilege_run(require_bpf, lp_dir, figure):
+    """gotel with only the least capabilities, as a user whose cache it cannot write (the uprobe
+    cost calibration then builds its program in a private directory, removed at exit)."""
     out = lp_dir / "out"
+    cache = lp_dir / "cache-not-writable"
+    cache.mkdir(mode=0o755, exist_ok=True)
+    private = set(Path(tempfile.gettempdir()).glob("gotel-calibrate-*"))
     p = as_user(LEAST, [sys.executable, "-m", "pipeline.app.cli", "trace", "--out", str(out), "--",
-                        str(lp_dir / "lingerer"), "-for", "1s"], REPO)
+                        str(lp_dir / "lingerer"), "-for", "1s"], REPO, {"XDG_CACHE_HOME": str(cache)})
     assert p.returncode == 0, p.stderr
     assert p.stderr == ""                              # no stray bcc line, no warning
+    assert set(Path(tempfile.gettempdir()).glob("gotel-calibrate-*")) == private
     spans = sum(len(ss["spans"]) for r in whole_lines(out / "traces.jsonl")
                 for rs in r["resourceSpans"] for ss in rs["scopeSpans"])
     figure(f"least privilege ({' + '.join(LEAST)}): spans", spans)

@@ -152,7 +152,9 @@ def test_budget_holds_when_the_event_rate_changes_thirtyfold(require_bpf, go_bui
     30,000, then 1,000 again: the probes' cost as gotel estimates it stays within the budget over
     the run (with a quarter of it to spare for the start), and the duty cycle of full tracing follows
     the rate both ways: nearly always on at the low rate, mostly off at the high one, on again once
-    the rate falls back.
+    the rate falls back (memory's guess, at the scale the probe measured, sees the fall within half
+    a second; the measured high rate alone kept full tracing off for 2-3.5 s more, until the bucket
+    could pay for a window at that rate).
 
     At the low rate the probes cost ~7,000 hits/s (0.7-2% of the program's CPU at 0.5-1.5 us a hit,
     under the 80% of the budget at which full tracing stays on); at the high rate ~200,000 hits/s.
@@ -165,7 +167,9 @@ def test_budget_holds_when_the_event_rate_changes_thirtyfold(require_bpf, go_bui
                            timeout=120, level="full", max_overhead="3%", window_s=0.5)
     assert done.returncode == 0, done.stderr
     (unit,) = rx.levels.status()
-    assert unit["cpu_ns"] > 0 and unit["windows"] >= 3
+    # At least one window over the first low phase and one reopened after the high phase (more
+    # where the controller lets one lapse and reopens it, or opens one in the high phase).
+    assert unit["cpu_ns"] > 0 and unit["windows"] >= 2
     assert unit["cost_ns"] <= 0.03 * 1.25 * unit["cpu_ns"], unit
 
     marks = [int(line.split()[1]) for line in done.stdout.splitlines()
@@ -176,7 +180,7 @@ def test_budget_holds_when_the_event_rate_changes_thirtyfold(require_bpf, go_bui
     # Each phase judged from its second second on: the controller reacts to a rate it has seen.
     low1, high, low2 = (_covered(opened, closed, a + 1_000_000_000, b)
                         for a, b in zip(marks, marks[1:]))
-    assert low1 > 0.7 and low2 > 0.5 and high < 0.5, (low1, high, low2, unit)
+    assert low1 > 0.7 and low2 > 0.7 and high < 0.5, (low1, high, low2, unit)
     assert high < low1 - 0.3 and high < low2 - 0.2, (low1, high, low2, unit)
 
 
