@@ -1,6 +1,8 @@
-"""A ring overflow storm: a producer far above the drain rate for 10 s, into a small ring and a
-small event buffer, with a slow last stage. Every event either arrives or is counted (ring loss in
-the kernel, buffer overflow in gotel), and once the storm is over gotel loses nothing again."""
+"""An overflow storm: a producer far above the drain rate for 10 s, into the smallest kernel
+buffers and a small event buffer, with a slow last stage. Every event either arrives or is counted
+(buffer overflow in gotel; loss in the kernel where the reader falls a buffer behind, which on a
+fast host it may not: the kernel's count alone is tested in test_probes.py, with nobody reading),
+and once the storm is over gotel loses nothing again."""
 
 import time
 
@@ -70,7 +72,7 @@ def test_overflow_storm_is_counted_and_gotel_recovers(require_bpf, figure):
     figure("after the storm: events offered / delivered / lost",
            f"{calm_ops * EVENTS_PER_OP} / {after_calm[0] - delivered} / "
            f"{after_calm[1] + after_calm[2] - lost - overflowed}")
-    assert lost > 0 and overflowed > 0                       # it was a storm, both ways
+    assert overflowed > 0                                    # it was a storm
     # Every event is delivered or counted; the few extra are the Go runtime's own goroutines
     # (GC workers, finalizers) of the paced processes, which its op count does not include.
     assert offered <= accounted <= offered + 2_000
