@@ -378,7 +378,7 @@ class FuncProbes:
     ``RingBufferReader(fd, FUNC_EVENT_DTYPE)``. Not thread-safe (control path only).
     """
 
-    def __init__(self, binary, functions, config=Config(), links=True, strings=None):
+    def __init__(self, binary, functions, config=Config(), links=None, strings=None):
         problems = config.validate()
         if problems:
             raise ProbeError("function probe configuration: " + "; ".join(problems))
@@ -407,9 +407,11 @@ class FuncProbes:
                 table[table.Key(i)] = leaf
         self._counters = self.bpf["funccounters"]
         self._progs = {}
+        if links is None:
+            links = uprobe.links_available()
         self._multi = None if links else False   # uprobe_multi: None untried, True working, False not used
         self._links = []
-        self._fds = []
+        self._uprobes = []                       # one uprobe.Uprobe per site, without uprobe_multi
         self.probe_count = 0
         self.attach_seconds = 0.0
         self.detach_seconds = 0.0
@@ -450,18 +452,16 @@ class FuncProbes:
                                      f"failed: {e}; does the process still exist?") from e
                 log.info("uprobe_multi links unavailable (%s); attaching uprobes one by one", e)
                 self._multi = False
-        from bcc import lib
-
         sites = [(self._prog(b"probe_func_entry", False), o) for o in entries] + \
                 [(self._prog(b"probe_func_return", False), o) for o in rets]
         for prog, offset in sites:
-            ev = f"gotelf_{os.getpid()}_{offset:x}_{pid if pid >= 0 else 'all'}".encode()
-            fd = lib.bpf_attach_uprobe(prog.fd, 0, ev, path.encode(), offset, pid)
-            if fd < 0:
+            ev = f"gotelf_{os.getpid()}_{offset:x}_{pid if pid >= 0 else 'all'}"
+            try:
+                self._uprobes.append(uprobe.Uprobe(prog.fd, path, offset, pid, ev, False))
+            except OSError as e:
                 self.close()
                 raise ProbeError(f"attaching a uprobe to {path} at file offset {offset:#x} (pid {pid}) "
-                                 f"failed; is gotel running as root?")
-            self._fds.append((ev, fd))
+                                 f"failed ({e}); is gotel running as root?") from e
             self.probe_count += 1
         self.attach_seconds += time.monotonic() - started
 
@@ -482,21 +482,18 @@ class FuncProbes:
         Idempotent."""
         if self.bpf is None:
             return
-        from bcc import lib
-
         self._final = self.counters()
         started = time.monotonic()
         for link in self._links:
             os.close(link)
         self._links = []
-        fds = self._fds
-        self._fds = []
+        probes, self._uprobes = self._uprobes, []
 
         def worker(chunk):
-            for ev, fd in chunk:
-                lib.bpf_close_perf_event_fd(fd)
+            for probe in chunk:
+                probe.close()
 
-        chunks = [fds[i::threads] for i in range(threads)]
+        chunks = [probes[i::threads] for i in range(threads)]
         workers = [threading.Thread(target=worker, args=(c,)) for c in chunks if c]
         for w in workers:
             w.start()
