@@ -108,7 +108,8 @@ HEADLINES = (
     (10, "http.full.estimate_vs_measured", "net/http, full: gotel's estimated / measured overhead"),
     (10, "pingpong.full.estimate_vs_measured", "ping-pong, full: estimated / measured (out of sample)"),
     (10, "spawn.full.estimate_vs_measured", "spawn, full: estimated / measured (out of sample)"),
-    (10, "http.budget_2.throughput_loss_pct", "net/http, max_overhead 2%: throughput lost"),
+    (10, "http.lifecycle.estimate_vs_measured", "net/http, lifecycle: gotel's estimated / measured overhead"),
+    (10, "http.budget_2.measured_overhead_pct", "net/http, max_overhead 2%: share of the server's CPU added"),
 )
 
 
