@@ -30,7 +30,8 @@ a small one: gotel's work there starves wrk, and turns the server's wakeups of w
 CPU idles (the guest's haltpoll), into rescheduling interrupts. With no probe at all, a busy loop
 on wrk's CPU at SCHED_IDLE (it runs only when wrk waits) cost the untraced server 12-26% of its
 requests/s and 1.6-3.6 us of CPU per request (0.34-0.41 interrupts per request, in two runs) on
-2026-12-02. Row 10 runs wrk beside the server for this reason; this row keeps the layout of its history.
+2026-12-02 (``busy_neighbour`` measures it in every run). Row 10 runs wrk beside the server for
+this reason; this row keeps the layout of its history.
 """
 
 import os

@@ -1,26 +1,27 @@
 """Row 10: what each level costs, side by side, on three workloads: the net/http server of row 2
 under wrk, and the ping-pong and spawn programs of row 1.
 
-Variants, each on a fresh process, interleaved over the repetitions (every workload's variants, then
-the next workload's, then the next repetition): untraced; ``gotel trace --pid PID --level census``
-(no probe), ``--level lifecycle``, ``--level full`` (as shipped), a second untraced run, full under
-``--max-overhead`` 1%, 2% and 5%, and a third untraced run. Each variant is compared with the
-untraced throughput and CPU per op at its place in the repetition, on the line through the first
-and the last untraced runs: a host that slows down (or speeds up) steadily over a repetition, as
-this one did by 11% on the server, is not taken for a cost. The middle untraced run's distance from
-that line is the noise left (A/A/A): a goal whose tolerance is narrower is reported as unresolved,
-not met or missed. The target runs pinned to one CPU with
-GOMAXPROCS=1, gotel on the other; wrk runs beside the server, on its CPU (``LOAD_CPU``: on gotel's
-CPU, gotel's own work slowed the server with no probe at all). For each run: the target's throughput (requests/s; ping-
-pong round trips or spawned goroutines per second) and its CPU time per op (/proc/PID/stat over the
-wrk run; for the Go programs, which run for a fixed time once gotel has attached, wait4 less what
-they had used by then). Every target is busy while gotel starts (wrk, or the Go programs' unmeasured
-``-warm`` phase), as a service is when gotel attaches. Also gotel's own estimate of its overhead
-over the run (from its summary: probe hits x the per-hit price of receiver/calibrate.py / the
-target's CPU time); and the measured overhead, the share of the target's CPU per op that tracing
-added: (traced - untraced) / traced, pair by pair. That share is what a CPU-bound target loses in
-throughput, and what ``max_overhead`` bounds, so the census and budget goals are judged on it; the
-server's requests/s under wrk are reported, but wrk's own share of the CPU dilutes their loss.
+Variants, each on a fresh process, interleaved over the repetitions (every workload's variants,
+then the next workload's, then the next repetition): untraced; ``gotel trace --pid PID --level
+census`` (no probe), ``--level lifecycle``, ``--level full`` (as shipped), a second untraced run,
+full under ``--max-overhead`` 1%, 2% and 5%, and a third untraced run. Each variant is compared
+with the untraced throughput and CPU per op at its place in the repetition, on the line through the
+first and the last untraced runs: a host that slows down (or speeds up) steadily over a repetition,
+as this one did by 11% on the server, is not taken for a cost. The middle untraced run's distance
+from that line is the noise left (A/A/A): a goal whose tolerance is narrower is reported as
+unresolved, not met or missed. The target runs pinned to one CPU with GOMAXPROCS=1, gotel on the
+other; wrk runs beside the server, on its CPU (``LOAD_CPU``: on gotel's CPU, gotel's own work
+slowed the server with no probe at all). For each run: the target's throughput (requests/s;
+ping-pong round trips or spawned goroutines per second) and its CPU time per op (/proc/PID/stat
+over the wrk run; for the Go programs, which run for a fixed time once gotel has attached, wait4
+less what they had used by then). Every target is busy while gotel starts (wrk, or the Go programs'
+unmeasured ``-warm`` phase), as a service is when gotel attaches. Also gotel's own estimate of its
+overhead over the run (from its summary: probe hits x the per-hit price of receiver/calibrate.py /
+the target's CPU time); and the measured overhead, the share of the target's CPU per op that
+tracing added: (traced - untraced) / traced, pair by pair. That share is what a CPU-bound target
+loses in throughput, and what ``max_overhead`` bounds, so the census and budget goals are judged on
+it; the server's requests/s under wrk are reported, but wrk's own share of the CPU dilutes their
+loss.
 
 The price of a hit is the floor calibrated at start times a factor per probe point fitted on the
 HTTP workload of this row (receiver/calibrate.py), charged at most up to the target's system time
@@ -339,8 +340,26 @@ def workload_goals(w, figs):
             f"{w}.{v}.estimate_vs_measured", ratio, 1.3, ratio is not None and 0.7 <= ratio <= 1.3,
             f"the price of a hit is the calibrated floor times a factor fitted on the HTTP "
             f"workload (receiver/calibrate.py); here a hit costs the target {1 / ratio if ratio else 0:.2f}x "
-            f"that price"))
+            f"that price",
+            unresolved=ratio_unresolved(w, figs, v)))
     return goals
+
+
+def ratio_unresolved(w, figs, v):
+    """Why the estimate / measured goal of variant v cannot be judged on workload w ("" when it
+    can): with the measured overhead moved by the A/A/A's noise either way, the ratio of the
+    medians would fall both inside and outside 0.7-1.3."""
+    noise = noise_points(w, figs)
+    est, measured = (figs[f"{w}.{v}.{k}"]["median"] for k in ("estimated_overhead_pct",
+                                                              "measured_overhead_pct"))
+    if noise is None or est is None or measured is None or measured <= noise:
+        return ""
+    low, high = est / (measured + noise), est / (measured - noise)
+    if low > 1.3 or high < 0.7 or (low >= 0.7 and high <= 1.3):
+        return ""
+    return (f"gotel estimated {est:.1f}% and the target's CPU per op rose by {measured:.1f}%, but an "
+            f"untraced run lay up to {noise:.1f} points from its baseline (A/A/A, '{w}: "
+            f"untraced_mid'): the ratio could lie anywhere in {low:.2f}-{high:.2f}")
 
 
 def run(quick=False):
