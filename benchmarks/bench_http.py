@@ -132,7 +132,7 @@ def summary_counts(text):
 
 def idle_priority_on_gotel_cpu():
     """preexec_fn: run on gotel's CPU at SCHED_IDLE, only when nothing else wants that CPU."""
-    os.sched_setaffinity(0, {harness.GOTEL_CPU % os.cpu_count()})
+    harness.on_cpu(harness.GOTEL_CPU)()
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
