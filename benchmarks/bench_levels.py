@@ -31,6 +31,20 @@ row ~6 min on a 2-vCPU machine): long enough for a budget's start (0.5 s at cens
 prices the probes from the target's memory, then what it can afford) and its reaction; whatever a
 budget's start pays up front is in these figures.
 
+In 4 s a budget opens no window (its bucket fills for ~20 s before it pays for one on the server):
+those runs measure a budget's start, not what it spends. So each workload also runs BUDGET_RUN_S
+under each of ``--max-overhead`` 1%, 2% and 5%, sampled every SAMPLE_S: its CPU time (the threads'
+schedstat, ns), its ops so far (the server's write(2) calls, one per response; the Go programs
+print theirs on SIGUSR1, ``-progress``) and how many uprobes gotel holds (counted every
+LINK_POLL_S in between). An interval in which gotel held more than its fewest over the run is
+traced (a probe on throughout, such as the lifecycle probes where they cost nothing, stays in the
+baseline); what it added is its CPU less its ops at the CPU per op of the
+untraced intervals within LOCAL_S of it, so the host's drift, which moves separate runs by up to
+10 points, cancels. Their sum over the run's CPU is the share the budget's probes added (gotel's
+reads of memory, present throughout, are in the baseline: the census variant measures them). The
+same sum with the traced marks moved 4-12 s onto untraced time (a placebo) is the method's noise,
+and a goal it could carry across is unresolved.
+
 Trust the per-pair ratios (throughput kept, measured overhead, estimate / measured) over absolute
 figures: the machine is shared, and a pair's runs are seconds apart. The estimate is gotel's own
 figure, the measured one is the target's: their ratio says how far the budget can be trusted on
@@ -38,6 +52,7 @@ each kind of program. Under a budget the measured overhead is a few percent, nea
 pair; the full level's ratio is the sharp one.
 """
 
+import os
 import re
 import signal
 import subprocess
@@ -188,6 +203,132 @@ def http_run(extra, seconds, connections, warmup):
             gotel.wait()
         server.kill()
         server.wait()
+
+
+BUDGET_RUN_S = 45      # a budget's long run: a window every 10-25 s (receiver/levels.py)
+SAMPLE_S = 0.25        # the long run's intervals
+LOCAL_S = 5.0          # an interval's baseline: the untraced intervals this close to it
+LINK_POLL_S = 0.02     # how often the uprobes gotel holds are counted between samples
+
+
+def cpu_ns(pid):
+    """CPU ns a process's threads have run (/proc/PID/task/*/schedstat: ns, where /proc/PID/stat
+    counts 10 ms ticks, too coarse for a quarter-second interval)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass    # a thread that exited meanwhile
+    return total
+
+
+def server_responses(pid):
+    """write(2) calls the server has made (/proc/PID/io ``syscw``): one per response under wrk's
+    keep-alive load (113,846 writes for wrk's 113,845 requests, checked on 2026-12-02)."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
+
+
+def probe_links(pid):
+    """How many uprobes process pid (gotel) holds: BPF links, or perf events on older kernels."""
+    try:
+        return sum(os.readlink(f"/proc/{pid}/fd/{fd}") in ("anon_inode:bpf_link",
+                                                           "anon_inode:[perf_event]")
+                   for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def go_progress(proc):
+    """Ops a ``-progress`` Go workload has made so far: it prints them on SIGUSR1."""
+    proc.send_signal(signal.SIGUSR1)
+    line = proc.stdout.readline()
+    if not line.startswith("progress "):
+        raise RuntimeError(f"{proc.args[0]}: no progress line ({line!r}): {proc.stderr.read()[-500:]}")
+    return int(line.split()[1])
+
+
+def budget_run(workload, budget_pct, seconds, connections, warmup):
+    """The target busy for ``seconds`` (the server under wrk; a Go workload's measured loop) under
+    ``gotel trace --max-overhead``, sampled every SAMPLE_S: [(s, target CPU ns, ops so far, uprobes
+    gotel holds, the most it held since the last sample)], and gotel's summary."""
+    target = load = gotel = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="gotel-bench-") as out_dir:
+            if workload == "http":
+                target, addr = start_server()
+                wrk(addr, warmup, connections, LOAD_CPU)
+                load = subprocess.Popen(wrk_command(addr, int(seconds) + 60, connections),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=harness.on_cpu(LOAD_CPU))
+                ops = lambda: server_responses(target.pid)  # noqa: E731
+            else:
+                target = harness.start_waiting(harness.workload(workload),
+                                               ["-d", f"{int(seconds) + 60}s", "-warm", "-progress"])
+                harness.warm_up(target)
+                ops = lambda: go_progress(target)  # noqa: E731
+            gotel = start_gotel(target.pid, out_dir, ["--max-overhead", f"{budget_pct}%"])
+            if workload != "http":
+                target.stdin.write("\n")      # the measured loop, which counts its ops, starts
+                target.stdin.flush()
+            samples, started, most = [], time.monotonic(), 0
+            while time.monotonic() - started < seconds:
+                links = probe_links(gotel.pid)
+                samples.append((time.monotonic() - started, cpu_ns(target.pid), ops(), links,
+                                max(most, links)))
+                most, until = links, time.monotonic() + SAMPLE_S
+                while time.monotonic() < until:     # a window may open and close between samples
+                    time.sleep(LINK_POLL_S)
+                    most = max(most, probe_links(gotel.pid))
+            text, gotel = stop_gotel(gotel), None
+        return samples, text
+    finally:
+        for p in (load, gotel, target):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def traced_intervals(samples):
+    """Per interval between samples: (traced, traced throughout). Traced: gotel held more uprobes
+    at some point of it than the fewest it held over the run (a probe on throughout, such as the
+    lifecycle probes where they cost nothing, is in the baseline)."""
+    least = min(a[3] for a in samples)
+    return [(b[4] > least or a[3] > least, a[3] > least and b[3] > least and b[4] > least)
+            for a, b in zip(samples, samples[1:])]
+
+
+def in_run_overhead(samples, shift=0):
+    """(share of the target's CPU that tracing added over the run, in %; the full probe's share
+    while it was on, in %, or None) from a budget's long run. Each traced interval's baseline is the
+    CPU per op of the untraced intervals within LOCAL_S of it, so a host that drifts is not taken
+    for a cost. ``shift`` (intervals) moves the traced marks onto untraced time: a placebo, whose
+    result is the noise of the method (None when a shifted mark lands on a traced interval or off
+    the run, or nothing was traced)."""
+    cpu = [b[1] - a[1] for a, b in zip(samples, samples[1:])]
+    ops = [b[2] - a[2] for a, b in zip(samples, samples[1:])]
+    t = [a[0] for a in samples[:-1]]
+    flags = traced_intervals(samples)
+    traced = {i for i, (on, _) in enumerate(flags) if on}
+    marks = [i + shift for i in sorted(traced)]
+    if shift and (not marks or any(not 0 <= i < len(cpu) or i in traced for i in marks)):
+        return None, None
+    marked = traced | set(marks)
+    extra = 0.0
+    for i in marks:
+        near = [j for j in range(len(cpu)) if j not in marked and abs(t[j] - t[i]) <= LOCAL_S]
+        base = sum(cpu[j] for j in near) / max(1, sum(ops[j] for j in near))
+        extra += cpu[i] - base * ops[i]
+    on = [i for i, (_, throughout) in enumerate(flags) if throughout]
+    off = [j for j in range(len(cpu)) if j not in marked]
+    full = None
+    if on and off and not shift:
+        per_on = sum(cpu[i] for i in on) / max(1, sum(ops[i] for i in on))
+        per_off = sum(cpu[j] for j in off) / max(1, sum(ops[j] for j in off))
+        full = 100 * (per_on - per_off) / per_on
+    return 100 * extra / max(1, sum(cpu)), full
 
 
 def go_run(workload, extra, seconds):
@@ -362,6 +503,54 @@ def ratio_unresolved(w, figs, v):
             f"untraced_mid'): the ratio could lie anywhere in {low:.2f}-{high:.2f}")
 
 
+PLACEBO_SHIFTS = (-48, -32, -16, 16, 32, 48)    # intervals: 4, 8 and 12 s either way
+
+
+def budget_long(w, budget_pct, seconds, samples, text):
+    """Figures and the goal of one budget's long run on workload w (``budget_run``)."""
+    k, label = f"{w}.budget_{budget_pct}_long", f"{w}: max_overhead {budget_pct}% over {seconds} s"
+    measured, full = in_run_overhead(samples)
+    placebo = [v for v in (in_run_overhead(samples, shift)[0] for shift in PLACEBO_SHIFTS)
+               if v is not None]
+    est = estimated(text)
+    est = 100 * est if est is not None else None
+    traced = [on for on, _ in traced_intervals(samples)]
+    figs = {
+        f"{k}.measured_overhead_pct": harness.figure(
+            f"{label}: share of the target's CPU added (traced intervals against their neighbours)",
+            "%", [measured], 2),
+        f"{k}.estimated_overhead_pct": harness.figure(f"{label}: gotel's estimated overhead", "%",
+                                                      [est], 2),
+        f"{k}.estimate_vs_measured": harness.figure(
+            f"{label}: estimated / measured", "x",
+            [est / measured if est is not None and measured and measured > 0 else None], 2),
+        f"{k}.windows": harness.figure(f"{label}: windows of full tracing", "windows",
+                                       [sum(int(n) for n in re.findall(r"(\d+) window\(s\)", text))], 0),
+        f"{k}.traced_pct": harness.figure(f"{label}: share of the run with the probe attached", "%",
+                                          [100 * sum(traced) / max(1, len(traced))], 1),
+        f"{k}.full_while_on_pct": harness.figure(
+            f"{label}: share of the target's CPU the probe added while attached", "%", [full], 1),
+        f"{k}.placebo_pct": harness.figure(
+            f"{label}: the same measure over untraced time (traced marks moved 4-12 s)", "%",
+            placebo, 2)}
+    noise = max((abs(v) for v in placebo), default=None)
+    target, measured = budget_pct + 1, figs[f"{k}.measured_overhead_pct"]["median"]
+    unresolved = ""
+    if not any(traced):
+        unresolved = "no window opened in the run: the budget spent nothing, so nothing to judge"
+    elif noise is None:
+        unresolved = "no placebo fitted in the run's untraced time: the method's noise is unknown"
+    elif measured is not None and abs(measured - target) < noise:
+        unresolved = (f"the measured {measured:.2f}% lies within {noise:.2f} points of the target, "
+                      f"the widest placebo")
+    goal = harness.goal(
+        f"{w}: max_overhead {budget_pct}% over {seconds} s: the target's CPU added within 1 "
+        f"point of the budget", f"{k}.measured_overhead_pct", measured, target,
+        measured is not None and measured <= target,
+        f"gotel estimated {est}%: the budget is only as good as the price of a hit", unresolved)
+    return figs, goal
+
+
 def run(quick=False):
     seconds, warmup, repeats, connections = (1, 1, 1, 4) if quick else (4, 1, 2, 8)
     started = time.monotonic()
@@ -370,6 +559,9 @@ def run(quick=False):
     order = [(i, w, v) for i in range(repeats) for w in WORKLOADS for v in variants]
     for i, w, v in order:
         runs[w][v][i] = one_run(w, v, seconds, connections, warmup)
+    long_s = 3 if quick else BUDGET_RUN_S
+    long_runs = {(w, b): budget_run(w, b, long_s, connections, warmup)
+                 for w in WORKLOADS for b in ((5,) if quick else (1, 2, 5))}
     times = attach_times(2 if quick else 5)
     figs = {
         "attach_full_ms": harness.figure("attaching the full probe (a window opens)", "ms",
@@ -383,6 +575,10 @@ def run(quick=False):
     for w in WORKLOADS:
         figs.update(workload_figures(w, runs[w]))
         goals += workload_goals(w, figs)
+    for (w, budget_pct), (samples, text) in long_runs.items():
+        more, goal = budget_long(w, budget_pct, long_s, samples, text)
+        figs.update(more)
+        goals.append(goal)
     notes = [f"http: wrk -t1 -c{connections} -d{seconds}s --latency after a {warmup}s warm-up; "
              f"pingpong and spawn: -d {seconds}s from when gotel has attached; targets GOMAXPROCS=1 "
              f"on CPU {harness.TARGET_CPU} (and wrk, beside the server: see LOAD_CPU), gotel on "
@@ -394,6 +590,8 @@ def run(quick=False):
              "target's CPU time (probes cannot cost more than the program used): an estimate of "
              "100% is that cap, and its ratio to the measured overhead understates the error of "
              "the price of a hit.",
+             f"Long budget runs: one {long_s} s run per workload and budget, sampled every "
+             f"{SAMPLE_S} s; baselines from untraced intervals within {LOCAL_S:g} s.",
              f"Row wall time {time.monotonic() - started:.0f} s."]
     return harness.row(10, "Levels and budgets: net/http under wrk, ping-pong, spawn", __doc__, figs,
                        goals, notes, {"seconds": seconds, "connections": connections,

@@ -110,6 +110,8 @@ HEADLINES = (
     (10, "spawn.full.estimate_vs_measured", "spawn, full: estimated / measured (out of sample)"),
     (10, "http.lifecycle.estimate_vs_measured", "net/http, lifecycle: gotel's estimated / measured overhead"),
     (10, "http.budget_2.measured_overhead_pct", "net/http, max_overhead 2%: share of the server's CPU added"),
+    (10, "http.budget_2_long.measured_overhead_pct",
+     "net/http, max_overhead 2% over 45 s, windows included: share of the server's CPU added"),
 )
 
 

@@ -25,26 +25,27 @@ samples 1 transition in 8). A process fires when it crosses the threshold, not a
 stays above. Each trigger is logged and counted by reason; the growth and schedule-latency
 triggers fire at most once per ``trigger_cooldown`` (counted from any trigger).
 
-Budget: with ``max_overhead`` (a fraction of the target's CPU time), every probe hit is priced:
-the BPF side counts every hit, kept or dropped, per process and probe point (``Probes.hits``),
-and one hit costs what ``receiver.calibrate`` prices it at (a floor measured at start times a
-factor fitted on a server), but never more in total than the target's system time, where the traps
-are charged (the sharper bound on programs that make few syscalls). A token bucket per target holds
-the CPU time the probes may still spend: it fills at ``max_overhead`` x the target's CPU time
-(utime + stime of ``/proc/PID/stat``, which includes the traps) and drains by hits x cost. A window
-opens only when the bucket holds what the window is expected to cost and closes early when the
-bucket runs dry. A budgeted target starts at the census level while gotel reads from memory what the
-probes would cost (and goes on reading it every PREVIEW_S while they are off): the runtime's own
-count of runs (``sched.timeToRun``, which records 1 run in RUN_SAMPLING) times HITS_PER_RUN hits per
-run prices full tracing, and the goroutine ids it hands out (``sched.goidgen``) price the lifecycle
-probes, which are placed only if they would cost at most half the budget. Where memory cannot tell,
-the probes measure it (a first window of MEASURE_S for full tracing). A window's measured hit rate
-replaces the guess; once it is off, the guess stands in again at the scale the probe measured (hits
-counted per guessed hit over a read when it was on). Full tracing stays on while it costs less than
-the budget; the lifecycle probes come off while they alone cost more than half of it (back when
-memory says they fit; else tried after LIFECYCLE_RETRY_S). So the duty cycle follows the rate.
-``overhead`` is the estimate (cost over CPU time, smoothed over ~5 s), exported as
-``gotel.target.overhead``.
+Budget: with ``max_overhead`` (a fraction of the target's CPU time), every probe hit is priced: the
+BPF side counts every hit, kept or dropped, per process and probe point (``Probes.hits``), and one
+hit costs what ``receiver.calibrate`` prices it at (a floor measured at start times a factor fitted
+on a server), but never more in total than the target's system time, where the traps are charged
+(the sharper bound on programs that make few syscalls). A token bucket per target holds the CPU time
+the probes may still spend: it fills at ``max_overhead`` x the target's CPU time (utime + stime of
+``/proc/PID/stat``, which includes the traps) and drains by hits x cost. A window opens only when
+the bucket holds what it is expected to cost (a whole ``window``, or what 0.9 of a full bucket buys,
+at least MIN_WINDOW_S: where full tracing costs more than a bucket holds, short windows, three in a
+minute at 2% on row 10's server) and closes early when the bucket runs dry. A budgeted target starts
+at the census level while gotel reads from memory what the probes would cost (and goes on reading it
+every PREVIEW_S while they are off): the runtime's own count of runs (``sched.timeToRun``, which
+records 1 run in RUN_SAMPLING) times HITS_PER_RUN hits per run prices full tracing, and the
+goroutine ids it hands out (``sched.goidgen``) price the lifecycle probes, which are placed only if
+they would cost at most half the budget. Where memory cannot tell, the probes measure it (a first
+window of MEASURE_S for full tracing). A window's measured hit rate replaces the guess; once it is
+off, the guess stands in again at the scale the probe measured (hits counted per guessed hit over a
+read when it was on). Full tracing stays on while it costs less than the budget; the lifecycle
+probes come off while they alone cost more than half of it (back when memory says they fit; else
+tried after LIFECYCLE_RETRY_S). So the duty cycle follows the rate.
+``overhead`` is the estimate (cost over CPU time, smoothed over ~5 s): ``gotel.target.overhead``.
 
 Thread-safety: one controller thread (``gotel-levels``) does every attach and detach after start;
 ``open_window`` may be called from any thread (or a signal handler); ``status()`` reads a snapshot.
@@ -68,6 +69,7 @@ SMOOTHING_S = 5.0        # time constant of the overhead estimate
 DEFAULT_WINDOW_S = 2.0   # a window's length when only a budget or a trigger opens them
 BUCKET_S = 30.0          # the bucket holds at most this many seconds of budget
 MEASURE_S = 0.25         # a window opened only to learn what full tracing costs (budget, no figure yet)
+MIN_WINDOW_S = 0.1       # the shortest window a budget opens: a low budget on a busy target still samples
 LIFECYCLE_RETRY_S = 60   # lifecycle probes that overspent are tried again this much later
 WAIT_CHECK_S = 2.0       # how often the oldest-wait trigger reads a census
 SCHED_CHECK_S = 2.0      # how often the schedule-latency trigger reads sched.timeToRun
@@ -153,14 +155,11 @@ class Unit:
         self.full_rate = None            # casgstatus hits per second, last seen while full was on
         self.hits = None                 # {pid: {point: count}} at the last sample
         self.cpu = None                  # {pid: (cpu ns, system ns)} at the last sample
-        self.sampled_ns = 0
-        self.cost_ns = 0.0               # estimated probe cost, and the target's CPU time, in total
-        self.cpu_ns = 0.0
+        self.sampled_ns, self.window_until = 0, 0
+        self.cost_ns, self.cpu_ns = 0.0, 0.0   # estimated probe cost, the target's CPU time: totals
         self.sys_ns = 0.0                # the target's system time, in total (bounds cost_ns)
         self.priced_ns = 0.0             # hits x price, in total (cost_ns before the bound)
-        self.allglen = None
-        self.allglen_ns = 0
-        self.window_until = 0
+        self.allglen, self.allglen_ns = None, 0
         self.lifecycle_error = None      # why the lifecycle probes cannot go on this binary
         self.lifecycle_off_ns = 0
         self.life_rate = 0.0             # lifecycle hits per second, last seen while they were on
@@ -558,10 +557,11 @@ class LevelController:
         unit.hits, unit.cpu, unit.sampled_ns = hits, cpu, now
 
     def _full_ns_per_ns(self, unit):
-        """CPU ns full tracing costs per ns of a window, from the last one (None: never measured)."""
+        """CPU ns full tracing costs per ns of a window (None: no rate yet), at most a core or the
+        target's CPU rate: traps are its CPU time and slow it (memory's guess is an untraced rate)."""
         if unit.full_rate is None:
             return None
-        return unit.full_rate * self.calibration.hit_ns["casgstatus"] / 1e9
+        return min(unit.full_rate * self.calibration.hit_ns["casgstatus"] / 1e9, max(unit.cpu_rate, 1.0))
 
     def _affordable_ns(self, unit):
         """How long a window the bucket pays for now (ns), and the longest it can ever pay for
@@ -587,10 +587,10 @@ class LevelController:
         if self.budget and self.level in ("lifecycle", "full") and not self._read_rates(unit, now):
             return     # census only, until memory has told what the probes would cost
         if self.budget and self.level in ("lifecycle", "full") and unit.lifecycle_error is None:
-            # The lifecycle probes may take half the budget; beyond, the level drops to census and
-            # they are tried again when memory says they are affordable or, where it cannot tell,
-            # (for a few ticks) after LIFECYCLE_RETRY_S.
-            life_cost = unit.life_rate * self.calibration.hit_ns["create"] / 1e9  # CPU ns per ns
+            # The lifecycle probes may take half the budget; beyond, census until memory says they are
+            # affordable or, where it cannot tell, (for a few ticks) after LIFECYCLE_RETRY_S.
+            life_cost = min(unit.life_rate * self.calibration.hit_ns["create"] / 1e9,  # CPU ns per
+                            max(unit.cpu_rate, 1.0))    # ns, bounded as in _full_ns_per_ns
             too_dear = unit.life_rate and life_cost > 0.5 * self.budget * unit.cpu_rate
             if too_dear and not unit.lifecycle and unit.life_guessed and not unit.lifecycle_off_ns:
                 log.warning("lifecycle probes of %s would cost about %.1f%% of its CPU (%.0f "
@@ -616,7 +616,7 @@ class LevelController:
             if afford is None:
                 self._open(unit, now, "budget" if not self.period_ns else "period",
                            int(MEASURE_S * 1e9))
-            elif afford >= min(self.window_ns, 0.9 * longest) and afford >= MEASURE_S * 1e9:
+            elif afford >= min(self.window_ns, 0.9 * longest) and afford >= MIN_WINDOW_S * 1e9:
                 self._open(unit, now, "budget" if not self.period_ns else "period",
                            int(min(self.window_ns, afford)))
         elif self.period_ns:

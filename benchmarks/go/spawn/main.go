@@ -2,7 +2,8 @@
 // and an exit. -trace runs Go's own execution tracer to io.Discard for comparison; -d runs for a
 // duration instead of -n goroutines (waiting for every 1024 to exit, so that they never pile up);
 // -warm (with -wait) runs the loop unmeasured from the first line on stdin to a second one, so that
-// a tracer can start on a busy program.
+// a tracer can start on a busy program; -progress (with -d) prints the goroutines started and exited
+// so far (to the last 1024) on each SIGUSR1.
 package main
 
 import (
@@ -10,9 +11,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"runtime/trace"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -24,7 +27,12 @@ func main() {
 	withTrace := flag.Bool("trace", false, "run runtime/trace to io.Discard")
 	wait := flag.Bool("wait", false, "wait for a line on stdin before starting")
 	warm := flag.Bool("warm", false, "with -wait: run unmeasured until a second line on stdin")
+	progress := flag.Bool("progress", false, "print \"progress N\" (ops so far) on each SIGUSR1")
 	flag.Parse()
+	var done atomic.Int64
+	if *progress {
+		reportOnSignal(&done)
+	}
 	if *wait {
 		fmt.Fscanln(os.Stdin)
 	}
@@ -53,6 +61,9 @@ func main() {
 	for ; *d > 0 || ops < *n; ops++ {
 		if *d > 0 && ops%1024 == 0 {
 			wg.Wait()
+			if *progress {
+				done.Store(int64(ops))
+			}
 			if time.Since(start) >= *d {
 				break
 			}
@@ -63,4 +74,15 @@ func main() {
 	wg.Wait()
 	elapsed := time.Since(start)
 	fmt.Printf("ns/op %.1f ops %d\n", float64(elapsed.Nanoseconds())/float64(ops), ops)
+}
+
+// reportOnSignal prints "progress N" with N = *done on each SIGUSR1.
+func reportOnSignal(done *atomic.Int64) {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGUSR1)
+	go func() {
+		for range c {
+			fmt.Printf("progress %d\n", done.Load())
+		}
+	}()
 }
