@@ -39,7 +39,7 @@ ROWS = (
     (7, "benchmarks.bench_inspect", 300),
     (8, "benchmarks.bench_census", 420),
     (9, "benchmarks.bench_runtime_metrics", 180),
-    (10, "benchmarks.bench_levels", 500),
+    (10, "benchmarks.bench_levels", 1200),
     (11, "benchmarks.bench_agent", 300),
     (12, "benchmarks.bench_funcs", 420),
 )
