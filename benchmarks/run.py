@@ -111,7 +111,9 @@ HEADLINES = (
     (10, "http.lifecycle.estimate_vs_measured", "net/http, lifecycle: gotel's estimated / measured overhead"),
     (10, "http.budget_2.measured_overhead_pct", "net/http, max_overhead 2%: share of the server's CPU added"),
     (10, "http.budget_2_long.measured_overhead_pct",
-     "net/http, max_overhead 2% over 45 s, windows included: share of the server's CPU added"),
+     "net/http, max_overhead 2% over 40 s, windows included: share of the server's CPU added"),
+    (10, "http.census_long.while_on_pct",
+     "net/http, census: share of the server's CPU added while gotel ran (stopped and running in turn)"),
 )
 
 
