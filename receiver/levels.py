@@ -44,8 +44,8 @@ window of MEASURE_S for full tracing). A window's measured hit rate replaces the
 off, the guess stands in again at the scale the probe measured (hits counted per guessed hit over a
 read when it was on). Full tracing stays on while it costs less than the budget; the lifecycle
 probes come off while they alone cost more than half of it (back when memory says they fit; else
-tried after LIFECYCLE_RETRY_S). So the duty cycle follows the rate.
-``overhead`` is the estimate (cost over CPU time, smoothed over ~5 s): ``gotel.target.overhead``.
+tried after LIFECYCLE_RETRY_S). So the duty cycle follows the rate. ``overhead`` is the estimate
+(cost over CPU time, smoothed over ~5 s): ``gotel.target.overhead``.
 
 Thread-safety: one controller thread (``gotel-levels``) does every attach and detach after start;
 ``open_window`` may be called from any thread (or a signal handler); ``status()`` reads a snapshot.
@@ -157,8 +157,7 @@ class Unit:
         self.cpu = None                  # {pid: (cpu ns, system ns)} at the last sample
         self.sampled_ns, self.window_until = 0, 0
         self.cost_ns, self.cpu_ns = 0.0, 0.0   # estimated probe cost, the target's CPU time: totals
-        self.sys_ns = 0.0                # the target's system time, in total (bounds cost_ns)
-        self.priced_ns = 0.0             # hits x price, in total (cost_ns before the bound)
+        self.sys_ns, self.priced_ns = 0.0, 0.0   # system time (bounds cost_ns), hits x price: totals
         self.allglen, self.allglen_ns = None, 0
         self.lifecycle_error = None      # why the lifecycle probes cannot go on this binary
         self.lifecycle_off_ns = 0
@@ -556,12 +555,14 @@ class LevelController:
                 unit.tokens_ns = min(cap, unit.tokens_ns + self.budget * dcpu - cost)
         unit.hits, unit.cpu, unit.sampled_ns = hits, cpu, now
 
+    def _ns_per_ns(self, unit, rate, point):
+        """CPU ns that ``rate`` hits/s of a probe point cost per ns, at most a core or the target's
+        CPU rate: traps are its CPU time and slow it (memory's guess is an untraced rate)."""
+        return min(rate * self.calibration.hit_ns[point] / 1e9, max(unit.cpu_rate, 1.0))
+
     def _full_ns_per_ns(self, unit):
-        """CPU ns full tracing costs per ns of a window (None: no rate yet), at most a core or the
-        target's CPU rate: traps are its CPU time and slow it (memory's guess is an untraced rate)."""
-        if unit.full_rate is None:
-            return None
-        return min(unit.full_rate * self.calibration.hit_ns["casgstatus"] / 1e9, max(unit.cpu_rate, 1.0))
+        """CPU ns full tracing costs per ns of a window (None: no rate yet)."""
+        return None if unit.full_rate is None else self._ns_per_ns(unit, unit.full_rate, "casgstatus")
 
     def _affordable_ns(self, unit):
         """How long a window the bucket pays for now (ns), and the longest it can ever pay for
@@ -589,8 +590,7 @@ class LevelController:
         if self.budget and self.level in ("lifecycle", "full") and unit.lifecycle_error is None:
             # The lifecycle probes may take half the budget; beyond, census until memory says they are
             # affordable or, where it cannot tell, (for a few ticks) after LIFECYCLE_RETRY_S.
-            life_cost = min(unit.life_rate * self.calibration.hit_ns["create"] / 1e9,  # CPU ns per
-                            max(unit.cpu_rate, 1.0))    # ns, bounded as in _full_ns_per_ns
+            life_cost = self._ns_per_ns(unit, unit.life_rate, "create")
             too_dear = unit.life_rate and life_cost > 0.5 * self.budget * unit.cpu_rate
             if too_dear and not unit.lifecycle and unit.life_guessed and not unit.lifecycle_off_ns:
                 log.warning("lifecycle probes of %s would cost about %.1f%% of its CPU (%.0f "

@@ -207,6 +207,26 @@ def test_budget_prices_full_tracing_from_memory_before_paying_for_it(require_bpf
     assert unit["windows"] == 0, unit
 
 
+def test_a_low_budget_on_a_busy_program_still_opens_a_short_window(require_bpf, go_build,
+                                                                   monkeypatch):
+    """max_overhead 2% on a ping-pong that keeps a core busy, with a bucket of 8 s of budget: it
+    holds ~0.16 s of a core, so the longest window it can pay for is ~0.16 s, and one opens once
+    0.9 of it has filled (~7 s). Two things used to keep it shut: memory's guess of full tracing's
+    cost is the untraced rate (millions of hits/s, many cores' worth), where a window can cost at
+    most the core the program runs on; and no budget window shorter than 0.25 s was opened. The
+    cost stays within the budget (a quarter of it to spare for the start)."""
+    from receiver import levels
+
+    monkeypatch.setattr(levels, "BUCKET_S", 8.0)
+    binary = go_build("levels", "1.25")
+    rx, done = run_command([binary, "pingpong", "100000000", "14"], Sink(), timeout=120,
+                           level="full", max_overhead="2%")
+    assert done.returncode == 0, done.stderr
+    (unit,) = rx.levels.status()
+    assert unit["windows"] >= 1, unit
+    assert unit["cost_ns"] <= 0.02 * 1.25 * unit["cpu_ns"], unit
+
+
 def _tracer_parks(text):
     """{goid: [park reasons]} for every goroutine in `go tool trace -d=parsed` output, those alive
     at trace.Start included (the oracle module keeps only goroutines created in the trace), and
