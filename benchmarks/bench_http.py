@@ -81,15 +81,20 @@ def start_server():
     return server, server.stdout.readline().strip()
 
 
-def attached(pid):
-    """True once a process holds a uprobe's fd (gotel's uprobe is in place): a BPF link, or a perf
-    event where the kernel has no uprobe links (receiver/uprobe.py)."""
+def probe_links(pid):
+    """How many uprobes process pid (gotel) holds: BPF links, or perf events where the kernel has
+    no uprobe links (receiver/uprobe.py)."""
     try:
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}") in ("anon_inode:bpf_link",
-                                                          "anon_inode:[perf_event]")
+        return sum(os.readlink(f"/proc/{pid}/fd/{fd}") in ("anon_inode:bpf_link",
+                                                           "anon_inode:[perf_event]")
                    for fd in os.listdir(f"/proc/{pid}/fd"))
     except OSError:
-        return False
+        return 0
+
+
+def attached(pid):
+    """True once a process holds a uprobe's fd (gotel's uprobe is in place)."""
+    return probe_links(pid) > 0
 
 
 def start_gotel(pid, out_dir, timeout=60):

@@ -63,7 +63,8 @@ import time
 from pathlib import Path
 
 from benchmarks import harness
-from benchmarks.bench_http import GOTEL, attached, start_server, stop_gotel, wrk, wrk_command
+from benchmarks.bench_http import (GOTEL, attached, probe_links, start_server, stop_gotel, wrk,
+                                   wrk_command)
 from receiver import levels
 
 VARIANTS = {
@@ -236,16 +237,6 @@ def server_responses(pid):
     keep-alive load (113,846 writes for wrk's 113,845 requests, checked on 2026-12-02)."""
     with open(f"/proc/{pid}/io") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
-
-
-def probe_links(pid):
-    """How many uprobes process pid (gotel) holds: BPF links, or perf events on older kernels."""
-    try:
-        return sum(os.readlink(f"/proc/{pid}/fd/{fd}") in ("anon_inode:bpf_link",
-                                                           "anon_inode:[perf_event]")
-                   for fd in os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
 
 
 def go_progress(proc):
@@ -502,7 +493,6 @@ def long_figures(w, name, seconds, samples, text):
     label = f"{w}: max_overhead {budget}% over {seconds} s" if budget else \
         f"{w}: census over {seconds} s, gotel stopped but 1 s in 4"
     run_share, while_on = in_run_overhead(samples)
-    judged = run_share if budget else while_on
     placebo = placebos(samples, 0 if budget else 1)
     est = estimated(text)
     est = 100 * est if est is not None else None
@@ -528,8 +518,8 @@ def long_figures(w, name, seconds, samples, text):
         figs[f"{k}.windows"] = harness.figure(
             f"{label}: windows of full tracing", "windows",
             [sum(int(n) for n in re.findall(r"(\d+) window\(s\)", text))], 0)
-    judged, target = figs[f"{k}.{'measured_overhead' if budget else 'while_on'}_pct"]["median"], \
-        (budget + 1 if budget else 1)
+    key = f"{k}.{'measured_overhead' if budget else 'while_on'}_pct"
+    judged, target = figs[key]["median"], (budget + 1 if budget else 1)
     noise = max((abs(v) for v in placebo), default=None)
     unresolved = ""
     if not any(traced):
@@ -544,7 +534,6 @@ def long_figures(w, name, seconds, samples, text):
     else:
         text_goal = f"{w}: census <= 1% of the target's CPU added (gotel stopped and running in turn)"
         limit = "census attaches no probe: what it costs is gotel's reads of /proc and of the target's memory"
-    key = f"{k}.{'measured_overhead' if budget else 'while_on'}_pct"
     return figs, harness.goal(text_goal, key, judged, target, judged is not None and judged <= target,
                               limit, unresolved)
 
