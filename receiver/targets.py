@@ -53,13 +53,30 @@ def exe_identity(pid):
     return st.st_dev, st.st_ino
 
 
-def is_running(pid):
-    """True while pid exists and is not a zombie."""
+def _task_state(path):
+    """The state letter of a /proc .../stat file, None when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        with open(path) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def is_running(pid):
+    """True while pid exists and any of its threads is not a zombie.
+
+    The thread-group leader alone is not the process: it is a zombie while another thread execs
+    (the kernel's de_thread waits for the leader to die before the exec'ing thread takes its PID;
+    a Go program execs from whichever thread runs the goroutine) and after its main thread exited
+    alone. Seen here in 1 exec of 30 polled back to back. The leader is read again last: the
+    exec'ing thread may have taken its PID (and left its own TID) since the first look."""
+    if _task_state(f"/proc/{pid}/stat") not in ("Z", "X", None):
+        return True
+    try:
+        tids = [t for t in os.listdir(f"/proc/{pid}/task") if t != str(pid)] + [str(pid)]
     except OSError:
         return False
+    return any(_task_state(f"/proc/{pid}/task/{t}/stat") not in ("Z", "X", None) for t in tids)
 
 
 def open_binary(target):

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -38,6 +39,37 @@ def test_config_fails_fast_with_every_problem():
 
 def test_start_time_is_a_recent_unix_time():
     assert abs(processes.start_time_ns(os.getpid()) - time.time_ns()) < 3600 * 10**9
+
+
+# The main thread ends alone (pthread_exit, the GIL released by ctypes): the leader is a zombie
+# while the other thread runs, as it is for the moment a Go program execs from another thread.
+LEADER_EXITS_ALONE = """
+import ctypes, sys, threading
+threading.Thread(target=sys.stdin.readline).start()
+print("ready", flush=True)
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def _state(path):
+    with open(path) as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_process_whose_leader_thread_is_a_zombie_is_still_running():
+    proc = subprocess.Popen([sys.executable, "-c", LEADER_EXITS_ALONE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        assert wait_for(lambda: _state(f"/proc/{proc.pid}/stat") == "Z", timeout=5)
+        assert targets.is_running(proc.pid)
+        proc.stdin.write("\n")
+        proc.stdin.flush()                        # the other thread ends: the process is gone
+        assert wait_for(lambda: not targets.is_running(proc.pid), timeout=5)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not targets.is_running(proc.pid)
 
 
 @pytest.mark.bpf
