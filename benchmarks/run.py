@@ -34,7 +34,7 @@ ROWS = (
     (2, "benchmarks.bench_http", 300),
     (3, "benchmarks.bench_pipeline", 300),
     (4, "benchmarks.bench_loss", 240),
-    (5, "benchmarks.bench_memory", 240),
+    (5, "benchmarks.bench_memory", 600),
     (6, "benchmarks.bench_uprobe_floor", 120),
     (7, "benchmarks.bench_inspect", 300),
     (8, "benchmarks.bench_census", 420),

@@ -137,7 +137,8 @@ class Service:
         except BaseException:
             if self.receiver is not None:
                 self.receiver.shutdown(1.0)
-            self._shutdown_exporters(2.0)
+            for exporter in self.exporters.values():
+                exporter.shutdown(2.0)
             self._shutdown_extensions()
             raise
         self.attached = True
@@ -190,8 +191,11 @@ class Service:
         return levels.windows_of(pid) if levels is not None else None
 
     def shutdown(self, timeout=5.0):
-        """Flush everything within timeout: receiver drain, decoder end-of-run spans, batches, last
-        metrics, exporter queues. Idempotent."""
+        """Flush everything: receiver drain, decoder end-of-run spans, batches, last metrics,
+        exporter queues. What was collected is all processed however long it takes (a second
+        signal stops gotel at once); ``timeout`` bounds the waits on what may never end (a thread
+        stuck on the kernel, a peer that does not answer: each exporter waits at least its own
+        shutdown_timeout for one). Idempotent."""
         if self._shut:
             return
         self._shut = True
@@ -209,16 +213,16 @@ class Service:
         if self.receiver is not None:
             self.receiver.shutdown(left(0.4))
         # Let the span exporters drain first, so that the last self-telemetry counts what they sent.
-        # Each exporter may drain for its own shutdown_timeout, when longer than what is left.
-        drain_start = time.monotonic()
-        for eid in self.traces_exporters - self.metrics_exporters:
-            self.exporters[eid].flush(max(left(0.5), self._drain_time(eid) - 0.5 * (
-                time.monotonic() - drain_start)))
+        # An exporter drains while its requests go out; it gives up once none did for its own
+        # shutdown_timeout, or for what is left of timeout when that is longer.
+        stalled = {eid for eid in self.traces_exporters - self.metrics_exporters
+                   if not self.exporters[eid].flush(max(left(0.5), self._drain_time(eid)))}
         try:
             self.export_metrics()
         except Exception:  # noqa: BLE001
             log.exception("final metrics collection failed")
-        self._shutdown_exporters(left(), drain_start)
+        for eid, exporter in self.exporters.items():    # a stalled one is not waited for twice
+            exporter.shutdown(0.0 if eid in stalled else max(left(), self._drain_time(eid)))
         self._shutdown_extensions()
 
     def health_state(self):
@@ -234,13 +238,6 @@ class Service:
 
     def _drain_time(self, eid):
         return float(getattr(self.exporters[eid], "shutdown_timeout", 0.0) or 0.0)
-
-    def _shutdown_exporters(self, timeout, start=None):
-        start = time.monotonic() if start is None else start
-        deadline = time.monotonic() + timeout
-        for eid, exporter in self.exporters.items():
-            own = start + self._drain_time(eid)
-            exporter.shutdown(max(0.0, max(deadline, own) - time.monotonic()))
 
     def abort(self):
         """At a second signal, just before gotel exits without draining: let a file exporter

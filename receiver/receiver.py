@@ -352,7 +352,14 @@ class GoroutineReceiver(Following):
             self._thread.join(max(0.0, deadline - time.monotonic()))
         self.buffer.close()
         if self._pipeline_thread is not None:
+            # The stages run on that thread only and never wait on I/O (exporters queue): it
+            # ends once it went through what was collected, which is not dropped for being much.
             self._pipeline_thread.join(max(0.0, deadline - time.monotonic()))
+            if self._pipeline_thread.is_alive():
+                log.warning("processing the %d events collected before the stop (a second "
+                            "signal stops gotel without them)",
+                            self.buffer.appended - self.buffer.consumed)
+                self._pipeline_thread.join()
         if self._watcher is not None:
             self._watcher.join(max(0.0, deadline - time.monotonic()))
         self._teardown()

@@ -5,6 +5,8 @@ named; the spawner exits within milliseconds, before its memory map can be read 
 """
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +68,38 @@ def test_binary_target_names_processes_started_later(require_bpf, go_build, tmp_
     assert f"{SPAWNED + 100}  main.worker" in summary, summary
     workers = [s for s in spans(out / "traces.jsonl") if s["name"] == "main.worker"]
     assert len(workers) == SPAWNED + 100
+
+
+# Every span goes out: the processors that keep a share of them (filter, sampler) are left out.
+EVERY_SPAN = """
+receivers:
+  goroutines: {ring_bytes: 67108864}
+processors:
+  batch: {send_batch_size: 8192, timeout: 200ms}
+exporters:
+  file/traces: {path: OUT/traces.jsonl}
+service:
+  pipelines:
+    traces: {receivers: [goroutines], processors: [batch], exporters: [file/traces]}
+"""
+
+
+@pytest.mark.bpf
+@pytest.mark.slow
+def test_what_was_collected_before_the_end_is_all_exported(require_bpf, go_build, tmp_path):
+    """A program that ends right after 200,000 goroutines: gotel still has most of their spans to
+    make and write when it ends, far more than its 5 s of shutdown could write at a fixed
+    deadline (52,253 spans were lost that way). It drains them all while they go out."""
+    binary = go_build("spawner", "1.25")
+    config = tmp_path / "every-span.yaml"
+    config.write_text(EVERY_SPAN.replace("OUT", str(tmp_path)))
+    p = subprocess.run(
+        [sys.executable, "-m", "pipeline.app.cli", "trace", "-c", str(config), "--", str(binary),
+         "200000"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "GOMAXPROCS": "1"},
+    )
+    assert p.returncode == 0, p.stderr
+    assert "data lost" not in p.stderr and "none lost" in p.stdout, p.stderr
+    made = int(re.search(r"^  spans +(\d+) made", p.stdout, re.M).group(1))
+    written = sum(1 for _ in spans(tmp_path / "traces.jsonl"))
+    assert written == made > 200_000, p.stdout       # a span per goroutine, and its parks

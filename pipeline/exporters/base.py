@@ -5,10 +5,12 @@ the number of items in it, from the pipeline thread, and never blocks that threa
 the payload on a bounded sending queue (``queue.py``: in memory, or on disk with ``storage``) whose
 worker threads do the I/O. A full queue drops the payload and counts its items as enqueue-failed
 (the Collector's exporterhelper semantics). ``shutdown(timeout)`` is idempotent: it stops
-accepting, lets the workers drain the queue until the deadline, then interrupts them
-(``stop_event`` wakes any retry back-off) and counts what is left as failed, or, for a queue on
-disk, leaves it there for the next start (``left``). ``send`` may return ``KEEP``: not delivered,
-not refused either (interrupted by shutdown): kept on disk when the queue is, else failed.
+accepting, lets the workers drain the queue for as long as requests keep going out (what was
+collected is not dropped for being much: a second signal stops gotel at once) and ``timeout``
+after the last one did, then interrupts them (``stop_event`` wakes any retry back-off) and
+counts what is left as failed, or, for a queue on disk, leaves it there for the next start
+(``left``). ``send`` may return ``KEEP``: not delivered, not refused either (interrupted by
+shutdown): kept on disk when the queue is, else failed.
 """
 
 import collections
@@ -128,7 +130,7 @@ class Exporter:
     Subclasses implement ``send(payload) -> bool | KEEP`` (True: delivered), may set
     ``last_failure`` (why the last payload was not delivered: the summary quotes it), and may
     override ``close()``. With the queue disabled, ``export`` sends on the caller's thread.
-    ``shutdown_timeout`` is how long shutdown lets the queue drain.
+    ``shutdown_timeout`` is how long shutdown waits for a queue that stopped draining.
     """
 
     shutdown_timeout = 5.0
@@ -146,6 +148,7 @@ class Exporter:
         self._shutdown_lock = threading.Lock()
         self.failing_since = None
         self.last_failure = ""
+        self.delivered = 0              # requests sent (shutdown drains while this grows)
         self.left = {}                  # {signal: (requests, items)} left on disk at shutdown
 
     # life cycle
@@ -232,6 +235,7 @@ class Exporter:
         self.counters.add(("sent_" if ok else "send_failed_") + item, payload.signal, payload.count)
         # Since when every send has failed (None after a success): the health check's readiness.
         if ok:
+            self.delivered += 1
             self.failing_since = None
         elif self.failing_since is None:
             self.failing_since = time.monotonic()
@@ -244,21 +248,28 @@ class Exporter:
         """Release files/channels after the workers stopped."""
 
     def flush(self, timeout=5.0):
-        """Wait until everything queued was sent (or failed), at most timeout; True if it was."""
+        """Wait until everything queued was sent (or failed), while requests keep going out and
+        at most ``timeout`` after the last one did; True if it was."""
         if self._queue is None or not self._workers:
             return True
-        return self._queue.wait_idle(max(0.0, timeout))
+        while True:
+            delivered = self.delivered
+            if self._queue.wait_idle(max(0.05, timeout)):
+                return True
+            if self.delivered == delivered:     # failures are no progress: they can take long each
+                if not self.last_failure:
+                    self.last_failure = f"nothing went out for {timeout:g}s at shutdown"
+                return False
 
     def shutdown(self, timeout=5.0):
-        """Stop accepting, drain within timeout, then interrupt and count what is left. Idempotent."""
+        """Stop accepting, drain (``flush``), then interrupt and count what is left. Idempotent."""
         with self._shutdown_lock:
             if self._closed:
                 return
             self._closed = True
         deadline = time.monotonic() + max(0.0, timeout)
         if self._queue is not None and self._workers:
-            if not self.flush(timeout) and not self.last_failure:
-                self.last_failure = f"not sent within the shutdown time ({timeout:g}s)"
+            self.flush(timeout)
             self.stop_event.set()
             # Whatever was not sent in time is counted as failed, not silently lost (a queue on
             # disk keeps it for the next start instead).

@@ -11,7 +11,8 @@ collector gives one clear, rate-limited error line while the data stays queued (
 counted when the queue is full); nothing is raised into the pipeline. With the queue on disk
 (``sending_queue::storage``) a retryable failure is retried until the collector is back, whatever
 ``max_elapsed_time`` says (the data has somewhere to wait), and what shutdown interrupts stays on
-disk for the next start; ``shutdown_timeout`` is how long shutdown lets the queue drain.
+disk for the next start; ``shutdown_timeout`` is how long shutdown waits for a queue that
+stopped draining (one that drains is drained).
 """
 
 import dataclasses
