@@ -339,8 +339,10 @@ def placebos(samples, which):
     out = []
     for shift in sorted((k for k in range(-48, 49, 2) if abs(k) >= 4), key=abs):
         value = in_run_overhead(samples, shift)[which]
-        if value is not None and len(out) < PLACEBOS:
+        if value is not None:
             out.append(value)
+            if len(out) == PLACEBOS:
+                break
     return out
 
 

@@ -148,7 +148,6 @@ class Exporter:
         self._shutdown_lock = threading.Lock()
         self.failing_since = None
         self.last_failure = ""
-        self.delivered = 0              # requests sent (shutdown drains while this grows)
         self.left = {}                  # {signal: (requests, items)} left on disk at shutdown
 
     # life cycle
@@ -235,7 +234,6 @@ class Exporter:
         self.counters.add(("sent_" if ok else "send_failed_") + item, payload.signal, payload.count)
         # Since when every send has failed (None after a success): the health check's readiness.
         if ok:
-            self.delivered += 1
             self.failing_since = None
         elif self.failing_since is None:
             self.failing_since = time.monotonic()
@@ -253,13 +251,17 @@ class Exporter:
         if self._queue is None or not self._workers:
             return True
         while True:
-            delivered = self.delivered
+            sent = self._sent()
             if self._queue.wait_idle(max(0.05, timeout)):
                 return True
-            if self.delivered == delivered:     # failures are no progress: they can take long each
+            if self._sent() == sent:     # failures are no progress: they can take long each
                 if not self.last_failure:
                     self.last_failure = f"nothing went out for {timeout:g}s at shutdown"
                 return False
+
+    def _sent(self):
+        """Items sent so far, every signal together (what flush counts as progress)."""
+        return sum(self.counters.get("sent_" + item, signal) for signal, item in ITEM_NAMES.items())
 
     def shutdown(self, timeout=5.0):
         """Stop accepting, drain (``flush``), then interrupt and count what is left. Idempotent."""
